@@ -1,0 +1,167 @@
+"""Backend registry: which implementation of an op runs for given inputs.
+
+Every op has up to four implementations (DESIGN.md, "Backends"):
+
+  ref     pure PyTorch, any device (vpengine/ref/)
+  triton  Triton kernels (kernels/), CUDA, or CPU under TRITON_INTERPRET=1
+  cuda    CUDA kernels from csrc/cuda, built into vpengine._C_cuda
+  cpu     C++ CPU kernels from csrc/cpu, built into vpengine._C
+
+Each implementation registers a ``reasons(*args, **kwargs) -> list[str]``
+function that says why it cannot take the given inputs (empty: it can).
+``auto`` walks a short priority list per device type and takes the first able
+one. ``VPENGINE_BACKEND=name`` or ``with use_backend(name):`` forces one; a
+forced backend that cannot take the inputs raises with its reasons instead of
+silently falling back.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+BACKEND_NAMES = ("ref", "triton", "cuda", "cpu")
+_ENV = "VPENGINE_BACKEND"
+
+# Default priority per device type when no measurement table says otherwise.
+# Triton is not in the CPU list: its interpreter is for tests, not speed.
+DEFAULT_PRIORITY = {
+    "cuda": ("cuda", "triton", "ref"),
+    "cpu": ("cpu", "ref"),
+}
+
+_local = threading.local()
+
+
+class BackendUnavailable(RuntimeError):
+    """A forced backend cannot run the given inputs; the message lists why."""
+
+
+def _global_reasons(name: str) -> list[str]:
+    """Why a backend cannot run at all on this machine (not input-specific)."""
+    if name == "ref":
+        return []
+    if name == "triton":
+        from . import _ext
+
+        return _ext.triton_reasons()
+    if name == "cpu":
+        from . import _ext
+
+        return _ext.cpu_ext_reasons()
+    if name == "cuda":
+        from . import _ext
+
+        return _ext.cuda_ext_reasons()
+    return [f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}"]
+
+
+def forced_backend(op: str | None = None) -> str | None:
+    """The backend forced by use_backend() or VPENGINE_BACKEND, or None for auto."""
+    stack = getattr(_local, "stack", None)
+    if stack:
+        name, ops = stack[-1]
+        if ops is None or op is None or op in ops:
+            return name
+    env = os.environ.get(_ENV, "").strip().lower()
+    if env in ("", "auto"):
+        return None
+    if env not in BACKEND_NAMES:
+        raise ValueError(
+            f"{_ENV}={env!r} is not a backend; expected auto or one of {', '.join(BACKEND_NAMES)}"
+        )
+    return env
+
+
+@contextlib.contextmanager
+def use_backend(name: str, ops: tuple[str, ...] | None = None) -> Iterator[None]:
+    """Force ``name`` for every op (or only for the op names in ``ops``).
+
+    ``use_backend("auto")`` restores automatic selection inside the block.
+    """
+    if name != "auto" and name not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}; expected auto or one of {', '.join(BACKEND_NAMES)}")
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append((None if name == "auto" else name, None if ops is None else frozenset(ops)))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+@dataclass
+class Impl:
+    name: str
+    fn: Callable
+    reasons: Callable[..., list[str]]
+
+
+@dataclass
+class OpRegistry:
+    """The implementations of one op and the rule that picks among them."""
+
+    op: str
+    impls: dict[str, Impl] = field(default_factory=dict)
+    # device type -> ordered backend names; ops may override per device.
+    priority: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_PRIORITY))
+    # Optional measured chooser: (device_type, *args) -> ordered names, or None.
+    chooser: Callable[..., tuple[str, ...] | None] | None = None
+
+    def register(self, name: str, reasons: Callable[..., list[str]] | None = None):
+        if name not in BACKEND_NAMES:
+            raise ValueError(f"{self.op}: unknown backend {name!r}")
+
+        def deco(fn):
+            self.impls[name] = Impl(name, fn, reasons or (lambda *a, **k: []))
+            return fn
+
+        return deco
+
+    def reasons(self, name: str, *args, **kwargs) -> list[str]:
+        if name not in self.impls:
+            return [f"{self.op} has no {name} implementation"]
+        why = _global_reasons(name)
+        if why:
+            return why
+        return list(self.impls[name].reasons(*args, **kwargs))
+
+    def select(self, device_type: str, *args, **kwargs) -> Impl:
+        forced = forced_backend(self.op)
+        if forced is not None:
+            why = self.reasons(forced, *args, **kwargs)
+            if why:
+                raise BackendUnavailable(
+                    f"{self.op}: forced backend {forced!r} cannot run these inputs: " + "; ".join(why)
+                )
+            return self.impls[forced]
+        order = None
+        if self.chooser is not None:
+            order = self.chooser(device_type, *args, **kwargs)
+        if order is None:
+            order = self.priority.get(device_type, ("ref",))
+        tried = []
+        for name in order:
+            why = self.reasons(name, *args, **kwargs)
+            if not why:
+                return self.impls[name]
+            tried.append(f"{name}: {'; '.join(why)}")
+        raise BackendUnavailable(f"{self.op}: no backend can run these inputs ({' | '.join(tried)})")
+
+
+REGISTRIES: dict[str, OpRegistry] = {}
+
+
+def registry(op: str) -> OpRegistry:
+    """The (created on first use) registry of op ``op``."""
+    if op not in REGISTRIES:
+        REGISTRIES[op] = OpRegistry(op)
+    return REGISTRIES[op]
+
+
+def backend_status() -> dict[str, list[str]]:
+    """Backend name -> reasons it is unusable on this machine (empty: usable)."""
+    return {name: _global_reasons(name) for name in BACKEND_NAMES}
