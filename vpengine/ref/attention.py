@@ -23,7 +23,8 @@ def masked_attention_ref(
     ``mask`` is boolean, True = dropped; dropped logits are replaced by NEG so a
     fully masked row becomes uniform (reference doc section 5).
     """
-    logits = torch.matmul(q_BHLE, k_BHME.transpose(-1, -2)).float()
+    acc = torch.float64 if q_BHLE.dtype == torch.float64 else torch.float32
+    logits = torch.matmul(q_BHLE, k_BHME.transpose(-1, -2)).to(acc)
     if softcap > 0:
         logits = softcap * torch.tanh(logits / softcap)
     if mask_BHLM is not None:

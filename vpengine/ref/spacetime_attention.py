@@ -54,7 +54,10 @@ def spacetime_attention_ref(
     q, k, v = qkv.unflatten(-1, (3, H, E)).unbind(3)
     perm = _PERM[axis]
     q, k, v = (t.permute(perm) for t in (q, k, v))
-    logits = torch.matmul(q * (E ** -0.5), k.transpose(-1, -2)).float()
+    # fp32 softmax as in the official model; float64 inputs stay float64 so the
+    # reference can also serve as the exact (fp64) yardstick for kernels.
+    acc = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+    logits = torch.matmul(q * (E ** -0.5), k.transpose(-1, -2)).to(acc)
     if softcap > 0:
         logits = softcap * torch.tanh(logits / softcap)
     if frame_paddings is not None:
