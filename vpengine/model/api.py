@@ -1,0 +1,142 @@
+"""Public model API: build, load_official, save, load, from_pretrained."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import HUB_FILES, PRESETS, ModelConfig, VideoTextConfig, config_from_dict, config_to_dict, get_config
+from .convert import CheckpointError, convert_official, read_npz
+from .encoder import VideoEncoder
+from .video_text import VideoTextModel
+
+FORMAT = "vpengine-safetensors-1"
+
+
+def _init_weights(model: nn.Module, seed: int | None) -> None:
+    """Random initialisation (truncated-normal-like std 0.02 for projections)."""
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    for name, p in model.named_parameters():
+        with torch.no_grad():
+            if name.endswith("bias") or name.endswith("scale") or name.endswith("per_dim_scale"):
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+
+
+def model_from_config(config: ModelConfig) -> nn.Module:
+    return VideoTextModel(config) if isinstance(config, VideoTextConfig) else VideoEncoder(config)
+
+
+def build(name_or_config: str | ModelConfig, *, seed: int | None = 0) -> nn.Module:
+    """The model of a preset (``vpengine.PRESETS``) or config, randomly initialised."""
+    config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    model = model_from_config(config)
+    _init_weights(model, seed)
+    return model.eval()
+
+
+def _load_state(model: nn.Module, state: dict, source: str) -> nn.Module:
+    expected = dict(model.state_dict())
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    bad = [f"{k}: expected {list(expected[k].shape)}, found {list(state[k].shape)}"
+           for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or extra or bad:
+        parts = []
+        if missing:
+            parts.append("missing: " + ", ".join(missing))
+        if extra:
+            parts.append("unexpected: " + ", ".join(extra))
+        if bad:
+            parts.append("mis-shaped: " + "; ".join(bad))
+        raise CheckpointError(f"{source} does not match its model config ({' | '.join(parts)})")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_official(path: str | os.PathLike) -> nn.Module:
+    """Read an official VideoPrism ``.npz``; the config is inferred from the
+    array shapes; returns a VideoEncoder or a VideoTextModel in eval mode."""
+    arrays = read_npz(path)
+    config, state = convert_official(arrays, source=str(path))
+    return _load_state(model_from_config(config), state, str(path))
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write weights and config to one safetensors file (written to a temporary
+    name and renamed, so an interrupted save never leaves a partial file)."""
+    from safetensors.torch import save_file
+
+    if not hasattr(model, "config"):
+        raise ValueError("save() expects a vpengine model (VideoEncoder or VideoTextModel)")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "config": json.dumps(config_to_dict(model.config))}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Read a file written by :func:`save`."""
+    from safetensors import SafetensorError, safe_open
+
+    path = str(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        with safe_open(path, framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise CheckpointError(f"{path} is a safetensors file but not one written by vpengine.save (no config)")
+    config = config_from_dict(json.loads(meta["config"]))
+    return _load_state(model_from_config(config), state, path).to(device)
+
+
+def from_pretrained(
+    name: str,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool | None = None,
+) -> nn.Module:
+    """Official weights of a released preset, fetched through huggingface_hub
+    (online) or read from the local Hugging Face cache (offline, or with
+    ``HF_HUB_OFFLINE=1`` / ``local_files_only=True``)."""
+    if name not in HUB_FILES:
+        released = ", ".join(HUB_FILES)
+        extra = " (no weights were released for it)" if name in PRESETS else ""
+        raise ValueError(f"no official checkpoint for {name!r}{extra}; released: {released}")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo, filename = HUB_FILES[name]
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        path = hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=local_files_only)
+    except LocalEntryNotFoundError:
+        if local_files_only:
+            raise FileNotFoundError(
+                f"{repo}/{filename} is not in the local Hugging Face cache and downloads are off; "
+                "run once online or pass the .npz to vpengine.load_official"
+            ) from None
+        path = hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=True)
+    return load_official(path)
+
+
+def cached_official_path(name: str) -> str | None:
+    """Path of the official file of ``name`` in the local HF cache, or None."""
+    if name not in HUB_FILES:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, filename = HUB_FILES[name]
+    p = try_to_load_from_cache(repo, filename)
+    return p if isinstance(p, str) else None

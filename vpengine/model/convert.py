@@ -1,0 +1,242 @@
+"""Official checkpoint (``.npz``, flattened ``params/...`` keys, stacked
+``x_layers``) -> vpengine config and state dict (reference doc section 11).
+
+Every conversion is an exact reshape or transpose. The config is inferred from
+the array shapes alone; every array must be used exactly once and have the
+shape the inferred config implies, otherwise the error lists what is missing,
+left over or mis-shaped (never a silent partial load).
+"""
+from __future__ import annotations
+
+import math
+import zipfile
+
+import numpy as np
+import torch
+
+from .config import EncoderConfig, ModelConfig, TextConfig, VideoTextConfig
+
+STACK = "transformers_stack/x_layers/"
+
+
+class CheckpointError(ValueError):
+    """An official checkpoint that cannot be read or does not match a model."""
+
+
+def read_npz(path) -> dict[str, np.ndarray]:
+    """All arrays of an official ``.npz`` (``allow_pickle=False``), by key."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file not found: {path}") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable .npz checkpoint (truncated or not an npz archive): {e}"
+        ) from None
+
+
+class _Arrays:
+    """Key lookup with usage and shape accounting for clear errors."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], source: str):
+        self.arrays = arrays
+        self.source = source
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+        self.bad_shape: list[str] = []
+
+    def has(self, key: str) -> bool:
+        return key in self.arrays
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if key not in self.arrays:
+            raise CheckpointError(f"{self.source}: required array {key!r} is missing")
+        return tuple(self.arrays[key].shape)
+
+    def get(self, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        if key not in self.arrays:
+            self.missing.append(f"{key} {list(shape)}")
+            return None
+        self.used.add(key)
+        a = self.arrays[key]
+        if tuple(a.shape) != tuple(shape):
+            self.bad_shape.append(f"{key}: expected {list(shape)}, found {list(a.shape)}")
+            return None
+        return np.asarray(a, dtype=np.float32)
+
+    def finish(self, prefix: str = "params/") -> None:
+        extra = sorted(k for k in self.arrays if k not in self.used)
+        problems = []
+        if self.missing:
+            problems.append("missing arrays:\n  " + "\n  ".join(self.missing))
+        if self.bad_shape:
+            problems.append("mis-shaped arrays:\n  " + "\n  ".join(self.bad_shape))
+        if extra:
+            problems.append("unexpected arrays:\n  " + "\n  ".join(extra))
+        if problems:
+            raise CheckpointError(f"{self.source} does not match the inferred model:\n" + "\n".join(problems))
+
+
+def _t(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+# ---------------------------------------------------------------- inference
+
+
+def _infer_encoder(A: _Arrays, p: str) -> EncoderConfig:
+    rows, D = A.shape(p + "patch_projection/linear/kernel")
+    P = int(round(math.sqrt(rows / 3)))
+    if 3 * P * P != rows:
+        raise CheckpointError(f"{A.source}: patch kernel has {rows} rows, not 3*P*P for any patch size P")
+    Ls, _, H, E = A.shape(p + "spatial_encoder/" + STACK + "self_attention/query/w")
+    Lt = A.shape(p + "temporal_encoder/" + STACK + "self_attention/query/w")[0]
+    mlp = A.shape(p + "spatial_encoder/" + STACK + "ff_layer/ffn_layer1/linear/kernel")[2]
+    n_sp = A.shape(p + "spatial_pos_emb/emb_var")[0]
+    g = int(round(math.sqrt(n_sp)))
+    if g * g != n_sp:
+        raise CheckpointError(f"{A.source}: spatial_pos_emb has {n_sp} rows, not a square grid")
+    T0 = A.shape(p + "temporal_pos_emb/emb_var")[0]
+    if H * E != D:
+        raise CheckpointError(f"{A.source}: {H} heads x {E} head dim != width {D}")
+    return EncoderConfig(
+        width=D, num_spatial_layers=Ls, num_temporal_layers=Lt, num_heads=H, mlp_dim=mlp,
+        patch_size=P, pos_emb_shape=(T0, g, g),
+    )
+
+
+def infer_config(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> ModelConfig:
+    """The model config implied by an official checkpoint's array shapes."""
+    A = _Arrays(arrays, source)
+    if A.has("params/patch_projection/linear/kernel"):
+        return _infer_encoder(A, "params/")
+    if not A.has("params/vision_encoder/patch_projection/linear/kernel"):
+        keys = ", ".join(sorted(arrays)[:5]) or "no arrays"
+        raise CheckpointError(
+            f"{source} is not an official VideoPrism checkpoint: no params/patch_projection or "
+            f"params/vision_encoder/patch_projection arrays (found: {keys} ...)"
+        )
+    enc = _infer_encoder(A, "params/vision_encoder/")
+    D = enc.width
+    aux = A.shape("params/auxiliary_encoder/" + STACK + "self_attention/query/w")[0]
+    _, Hp, Ep = A.shape("params/contrastive_vision_pooler/pooling_attention/query/w")
+    V = A.shape("params/text_encoder/token_emb/emb_var")[0]
+    Lx, _, Ht, _ = A.shape("params/text_encoder/unimodal_transformer/x_layers/self_attention/query/w")
+    tmlp = A.shape("params/text_encoder/unimodal_transformer/x_layers/ff_layer/ffn_layer1/linear/kernel")[2]
+    text = TextConfig(vocab_size=V, num_layers=Lx, num_heads=Ht, width=D, mlp_dim=tmlp,
+                      atten_logit_cap=enc.atten_logit_cap)
+    return VideoTextConfig(encoder=enc, num_auxiliary_layers=aux, pooler_num_heads=Hp,
+                           pooler_hidden=Hp * Ep, text=text)
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _ln(A: _Arrays, src: str, dst: str, shape, out: dict, idx=None):
+    for name, pname in (("scale", "scale"), ("bias", "bias")):
+        full = (idx[0],) + tuple(shape) if idx is not None else tuple(shape)
+        a = A.get(src + name, full)
+        if a is not None:
+            out[dst + pname] = _t(a[idx[1]] if idx is not None else a)
+
+
+def _stack(A: _Arrays, src: str, dst: str, L: int, D: int, H: int, E: int, mlp: int, out: dict):
+    """One stacked transformer stack -> ``dst{i}.`` block parameters."""
+    HE = H * E
+    w = {n: A.get(src + f"self_attention/{n}/w", (L, D, H, E)) for n in ("query", "key", "value")}
+    b = {n: A.get(src + f"self_attention/{n}/b", (L, H, E)) for n in ("query", "key", "value")}
+    post_w = A.get(src + "self_attention/post/w", (L, D, H, E))
+    post_b = A.get(src + "self_attention/post/b", (L, D))
+    f1w = A.get(src + "ff_layer/ffn_layer1/linear/kernel", (L, D, mlp))
+    f1b = A.get(src + "ff_layer/ffn_layer1/linear/bias", (L, mlp))
+    f2w = A.get(src + "ff_layer/ffn_layer2/linear/kernel", (L, mlp, D))
+    f2b = A.get(src + "ff_layer/ffn_layer2/linear/bias", (L, D))
+    ln = {n: A.get(src + n, (L, D)) for n in ("layer_norm/scale", "layer_norm/bias",
+                                              "ff_layer/layer_norm/scale", "ff_layer/layer_norm/bias")}
+    arrays = [*w.values(), *b.values(), post_w, post_b, f1w, f1b, f2w, f2b, *ln.values()]
+    if any(a is None for a in arrays):
+        return
+    for i in range(L):
+        p = f"{dst}{i}."
+        out[p + "attn.qkv.weight"] = _t(np.concatenate([w[n][i].reshape(D, HE).T for n in w], axis=0))
+        out[p + "attn.qkv.bias"] = _t(np.concatenate([b[n][i].reshape(HE) for n in b]))
+        out[p + "attn.out.weight"] = _t(post_w[i].reshape(D, HE))
+        out[p + "attn.out.bias"] = _t(post_b[i])
+        out[p + "norm.scale"] = _t(ln["layer_norm/scale"][i])
+        out[p + "norm.bias"] = _t(ln["layer_norm/bias"][i])
+        out[p + "ffn.norm.scale"] = _t(ln["ff_layer/layer_norm/scale"][i])
+        out[p + "ffn.norm.bias"] = _t(ln["ff_layer/layer_norm/bias"][i])
+        out[p + "ffn.fc1.weight"] = _t(f1w[i].T)
+        out[p + "ffn.fc1.bias"] = _t(f1b[i])
+        out[p + "ffn.fc2.weight"] = _t(f2w[i].T)
+        out[p + "ffn.fc2.bias"] = _t(f2b[i])
+
+
+def _encoder(A: _Arrays, c: EncoderConfig, src: str, dst: str, out: dict):
+    D, H, E = c.width, c.num_heads, c.head_dim
+    T0, H0, W0 = c.pos_emb_shape
+    k = A.get(src + "patch_projection/linear/kernel", (c.patch_dim, D))
+    bias = A.get(src + "patch_projection/linear/bias", (D,))
+    if k is not None and bias is not None:
+        out[dst + "patch_projection.weight"] = _t(k.T)
+        out[dst + "patch_projection.bias"] = _t(bias)
+    for name, shape in (("spatial_pos_emb", (H0 * W0, D)), ("temporal_pos_emb", (T0, D))):
+        a = A.get(src + f"{name}/emb_var", shape)
+        if a is not None:
+            out[dst + name] = _t(a)
+    for stack, L in (("spatial", c.num_spatial_layers), ("temporal", c.num_temporal_layers)):
+        _stack(A, f"{src}{stack}_encoder/{STACK}", f"{dst}{stack}.blocks.", L, D, H, E, c.mlp_dim, out)
+        _ln(A, f"{src}{stack}_ln/", f"{dst}{stack}_ln.", (D,), out)
+
+
+def _video_text(A: _Arrays, c: VideoTextConfig, out: dict):
+    enc, t = c.encoder, c.text
+    D = enc.width
+    _encoder(A, enc, "params/vision_encoder/", "encoder.", out)
+    _stack(A, "params/auxiliary_encoder/" + STACK, "auxiliary.blocks.", c.num_auxiliary_layers, D,
+           enc.num_heads, enc.head_dim, enc.mlp_dim, out)
+    p = "params/contrastive_vision_pooler/"
+    Hp = c.pooler_num_heads
+    Ep = c.pooler_hidden // Hp
+    for n, dn in (("query", "q"), ("key", "k"), ("value", "v")):
+        w = A.get(p + f"pooling_attention/{n}/w", (D, Hp, Ep))
+        b = A.get(p + f"pooling_attention/{n}/b", (Hp, Ep))
+        if w is not None and b is not None:
+            out[f"pooler.{dn}.weight"] = _t(w.reshape(D, Hp * Ep).T)
+            out[f"pooler.{dn}.bias"] = _t(b.reshape(Hp * Ep))
+    pw = A.get(p + "pooling_attention/post/w", (D, Hp, Ep))
+    pb = A.get(p + "pooling_attention/post/b", (D,))
+    if pw is not None and pb is not None:
+        out["pooler.out.weight"] = _t(pw.reshape(D, Hp * Ep))
+        out["pooler.out.bias"] = _t(pb)
+    pds = A.get(p + "pooling_attention/per_dim_scale/per_dim_scale", (Ep,))
+    query = A.get(p + "pooling_attention_query", (1, D))
+    if pds is not None:
+        out["pooler.per_dim_scale"] = _t(pds)
+    if query is not None:
+        out["pooler.query"] = _t(query)
+    _ln(A, p + "pooling_attention_layer_norm/", "pooler.norm.", (D,), out)
+    tp = "params/text_encoder/"
+    emb = A.get(tp + "token_emb/emb_var", (t.vocab_size, D))
+    cls = A.get(tp + "cls_emb", (1, 1, D))
+    if emb is not None:
+        out["text.token_emb.weight"] = _t(emb)
+    if cls is not None:
+        out["text.cls_emb"] = _t(cls)
+    _stack(A, tp + "unimodal_transformer/x_layers/", "text.blocks.", t.num_layers, D, t.num_heads,
+           D // t.num_heads, t.mlp_dim, out)
+    _ln(A, tp + "unimodal_ln/", "text.norm.", (D,), out)
+
+
+def convert_official(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> tuple[ModelConfig, dict]:
+    """Official arrays -> (inferred config, vpengine state dict of float32 tensors)."""
+    config = infer_config(arrays, source)
+    A = _Arrays(arrays, source)
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(config, VideoTextConfig):
+        _video_text(A, config, out)
+    else:
+        _encoder(A, config, "params/", "", out)
+    A.finish()
+    return config, out
