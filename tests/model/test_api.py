@@ -1,0 +1,179 @@
+"""Public model API: presets, official checkpoints of any shape, safetensors IO,
+from_pretrained through a Hugging Face cache, input validation, autocast."""
+import numpy as np
+import pytest
+import torch
+
+import vpengine
+from vpengine.model import CheckpointError, EncoderConfig, TextConfig, VideoTextConfig
+from vpengine.model.api import model_from_config
+from vpengine.model.export import save_official, to_official
+
+# Shapes unlike the parity set: width 48 with 3 heads of 16, patch 6, a 3x3
+# trained grid, 5 trained frames, odd MLP width.
+ENC = EncoderConfig(width=48, num_spatial_layers=2, num_temporal_layers=1, num_heads=3, mlp_dim=72,
+                    patch_size=6, pos_emb_shape=(5, 3, 3))
+LVT = VideoTextConfig(encoder=ENC, num_auxiliary_layers=1, pooler_num_heads=2, pooler_hidden=64,
+                      text=TextConfig(vocab_size=50, num_layers=1, num_heads=3, width=48, mlp_dim=192))
+
+
+def _random(config, seed=0):
+    model = vpengine.build(config, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # non-zero LN scales and biases, so layout mistakes show
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _video(B=2, T=5, H=18, W=18, seed=0):
+    return torch.rand(B, T, H, W, 3, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name,count", [
+    ("videoprism_public_v1_base", 114_365_184), ("videoprism_public_v1_large", 353_965_056),
+    ("videoprism_lvt_public_v1_base", 247_623_424), ("videoprism_lvt_public_v1_large", 579_877_120),
+    ("videoprism_v1_giant", None),
+])
+def test_presets_match_official_parameter_counts(name, count):
+    with torch.device("meta"):
+        model = model_from_config(vpengine.PRESETS[name])
+    n = sum(p.numel() for p in model.parameters())
+    if count is not None:
+        assert n == count
+    else:
+        assert model.config.head_dim == 88 and model.config.width == 1408
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="known presets"):
+        vpengine.build("videoprism_tiny")
+
+
+@pytest.mark.parametrize("config", [ENC, LVT], ids=["encoder", "lvt"])
+def test_official_roundtrip_infers_config(tmp_path, config):
+    model = _random(config)
+    path = tmp_path / "ckpt.npz"
+    save_official(model, path)
+    loaded = vpengine.load_official(path)
+    assert loaded.config == config
+    video = _video()
+    with torch.no_grad():
+        if isinstance(config, VideoTextConfig):
+            ids = torch.randint(0, 50, (3, 7))
+            pads = torch.zeros(3, 7)
+            pads[1, 4:] = 1
+            assert torch.equal(model.encode_video(video), loaded.encode_video(video))
+            assert torch.equal(model.encode_text(ids, pads), loaded.encode_text(ids, pads))
+        else:
+            assert torch.equal(model(video), loaded(video))
+
+
+def test_safetensors_save_load(tmp_path):
+    model = _random(LVT)
+    path = tmp_path / "m.safetensors"
+    vpengine.save(model, path)
+    loaded = vpengine.load(path)
+    assert loaded.config == LVT
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def _official(tmp_path):
+    arrays = to_official(_random(ENC))
+    return arrays, tmp_path / "bad.npz"
+
+
+def test_checkpoint_missing_extra_misshaped(tmp_path):
+    arrays, path = _official(tmp_path)
+    key = "params/spatial_ln/bias"
+    broken = {k: v for k, v in arrays.items() if k != key}
+    broken["params/unused/thing"] = np.zeros(3, np.float32)
+    broken["params/temporal_ln/scale"] = np.zeros(7, np.float32)
+    np.savez(path, **broken)
+    with pytest.raises(CheckpointError) as e:
+        vpengine.load_official(path)
+    msg = str(e.value)
+    assert key in msg and "params/unused/thing" in msg and "temporal_ln/scale: expected [48], found [7]" in msg
+
+
+def test_checkpoint_truncated_and_not_npz(tmp_path):
+    arrays, path = _official(tmp_path)
+    np.savez(path, **arrays)
+    data = path.read_bytes()
+    trunc = tmp_path / "trunc.npz"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="trunc.npz"):
+        vpengine.load_official(trunc)
+    text = tmp_path / "notes.npz"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="notes.npz"):
+        vpengine.load_official(text)
+    with pytest.raises(CheckpointError, match="not found"):
+        vpengine.load_official(tmp_path / "absent.npz")
+    other = tmp_path / "other.npz"
+    np.savez(other, weights=np.zeros(3))
+    with pytest.raises(CheckpointError, match="not an official VideoPrism checkpoint"):
+        vpengine.load_official(other)
+    st = tmp_path / "x.safetensors"
+    st.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="x.safetensors"):
+        vpengine.load(st)
+
+
+def test_from_pretrained_reads_offline_hf_cache(tmp_path, monkeypatch):
+    """An offline HF cache holding a (tiny) checkpoint under the official name."""
+    model = _random(ENC)
+    repo_dir = tmp_path / "models--google--videoprism-base-f16r288"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo_dir / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    save_official(model, snap / "flax_base_f16r288_repeated.npz")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = vpengine.from_pretrained("videoprism_public_v1_base", cache_dir=tmp_path)
+    video = _video()
+    with torch.no_grad():
+        assert torch.equal(loaded(video), model(video))
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):
+        vpengine.from_pretrained("videoprism_public_v1_large", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="no weights were released"):
+        vpengine.from_pretrained("videoprism_v1_giant")
+
+
+def test_bad_inputs_name_the_layout():
+    model = _random(ENC)
+    with pytest.raises(ValueError, match=r"\[B, T, H, W, 3\]"):
+        model(torch.rand(2, 5, 3, 18, 18))
+    with pytest.raises(ValueError, match="dtype"):
+        model(torch.zeros(1, 2, 18, 18, 3, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model(_video() * 255)
+    with pytest.raises(ValueError, match="multiples of 6"):
+        model(torch.rand(1, 2, 20, 18, 3))
+    with pytest.raises(ValueError, match="frame_paddings"):
+        model(_video(), torch.zeros(2, 4))
+
+
+def test_non_square_frames_and_other_lengths():
+    model = _random(ENC)
+    with torch.no_grad():
+        out = model(_video(B=1, T=3, H=12, W=30))
+    assert out.shape == (1, 3 * 2 * 5, 48) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_autocast(dtype):
+    model = _random(ENC)
+    video = _video()
+    with torch.no_grad():
+        ref = model(video)
+        with torch.autocast("cpu", dtype=dtype):
+            low = model(video)
+        cast = model.to(dtype)(video.to(dtype))
+    assert low.shape == ref.shape and torch.isfinite(low).all()
+    tol = 0.1 if dtype == torch.bfloat16 else 0.02
+    assert (low.float() - ref).abs().max() < tol * ref.abs().max()
+    assert cast.dtype == dtype and (cast.float() - ref).abs().max() < 2 * tol * ref.abs().max()

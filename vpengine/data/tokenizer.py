@@ -1,0 +1,83 @@
+"""Text tokenizer of the LvT models (reference doc section 9): a SentencePiece
+model given by path, the official canonicalization, BOS only where the model
+defines one (or where asked), never EOS, truncation and right padding."""
+from __future__ import annotations
+
+import os
+import re
+import string
+
+import numpy as np
+import torch
+
+TEXT_MAX_LEN = 64
+_PUNCT = str.maketrans({c: " " for c in string.punctuation})
+_SPACES = re.compile(r"\s+")
+
+
+def canonicalize_text(text: str) -> str:
+    """Official canonicalization: ASCII punctuation -> space, lowercase, collapse
+    whitespace, strip, append ``.`` ("Hello, World!" -> "hello world.")."""
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str; got {type(text).__name__}")
+    text = _SPACES.sub(" ", text.translate(_PUNCT).lower()).strip()
+    return text + "."
+
+
+class Tokenizer:
+    """``Tokenizer(path)(texts) -> (ids int32 [N, L], paddings float32 [N, L])``."""
+
+    def __init__(self, model_path: str | os.PathLike):
+        import sentencepiece as spm
+
+        path = os.fspath(model_path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"SentencePiece model not found: {path}")
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            ok = self.sp.Load(path)
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"{path} is not a SentencePiece model: {e}") from None
+        if not ok:
+            raise ValueError(f"{path} is not a SentencePiece model")
+        self.path = path
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.GetPieceSize()
+
+    @property
+    def bos_id(self) -> int:
+        return self.sp.bos_id()
+
+    def encode(self, text: str, *, add_bos: bool | None = None, canonicalize: bool = True) -> list[int]:
+        if canonicalize:
+            text = canonicalize_text(text)
+        ids = list(self.sp.EncodeAsIds(text))
+        if add_bos is None:
+            add_bos = self.bos_id >= 0
+        if add_bos:
+            if self.bos_id < 0:
+                raise ValueError(f"add_bos=True but the SentencePiece model {self.path} defines no BOS id")
+            ids = [self.bos_id] + ids
+        return ids
+
+    def __call__(
+        self,
+        texts: str | list[str],
+        max_length: int = TEXT_MAX_LEN,
+        *,
+        add_bos: bool | None = None,
+        canonicalize: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(texts, str):
+            texts = [texts]
+        if max_length <= 0:
+            raise ValueError(f"max_length must be positive; got {max_length}")
+        ids = np.zeros((len(texts), max_length), dtype=np.int32)
+        pads = np.ones((len(texts), max_length), dtype=np.float32)
+        for i, text in enumerate(texts):
+            row = self.encode(text, add_bos=add_bos, canonicalize=canonicalize)[:max_length]
+            ids[i, : len(row)] = row
+            pads[i, : len(row)] = 0.0
+        return torch.from_numpy(ids), torch.from_numpy(pads)
