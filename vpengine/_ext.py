@@ -3,30 +3,90 @@
 The package must always import: a missing extension or a missing Triton turns
 into a reason string that ``vpengine info`` prints and that a forced backend
 raises with.
+
+``vpengine._C`` holds the op schemas and the CPU/Meta kernels (csrc/cpu),
+``vpengine._C_cuda`` the CUDA kernels (csrc/cuda); both register into
+``torch.ops.vpengine`` when loaded. Before loading a library, its build facts
+are read out of the file (csrc/build_info.cpp embeds them as a string): a
+library built against another torch minor version is refused with a reason
+instead of being dlopen-ed, because a C++ ABI mismatch can crash the process
+rather than raise.
 """
 from __future__ import annotations
 
 import functools
-import importlib
+import importlib.util
+import json
+import mmap
 import os
 
 import torch
 
+_MARKER = b"VPENGINE_BUILD_INFO:"
+_REBUILD = "rebuild with `pip install --no-build-isolation -e .`"
+
+
+def _ext_path(name: str) -> str | None:
+    """File of ``vpengine.<name>`` if one is built (found without importing it)."""
+    try:
+        spec = importlib.util.find_spec(f"vpengine.{name}")
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None and spec.origin and os.path.isfile(spec.origin) else None
+
+
+def read_build_info(path: str) -> dict | None:
+    """The build facts embedded in a compiled vpengine library, or None if absent."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            start = data.find(_MARKER)
+            if start < 0:
+                return None
+            end = data.find(b"\0", start)
+            raw = data[start + len(_MARKER) : end if end > 0 else start + 4096]
+        return json.loads(raw.decode("utf-8", "replace"))
+    except (OSError, ValueError):
+        return None
+
+
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split("+")[0].split(".")[:2])
+
+
+def _abi_reason(name: str, info: dict | None) -> str | None:
+    if info is None:
+        return f"vpengine.{name} carries no build info (built by an older vpengine?); {_REBUILD}"
+    built = str(info.get("torch", "unknown"))
+    if _minor(built) != _minor(torch.__version__):
+        return (
+            f"vpengine.{name} was built against torch {built} but torch {torch.__version__} is "
+            f"running (C++ ABI differs between minor versions); {_REBUILD}"
+        )
+    return None
+
 
 @functools.lru_cache(maxsize=None)
 def _load(name: str) -> str | None:
-    """Import ``vpengine.<name>`` (which registers its torch ops); return an error or None."""
+    """Load ``vpengine.<name>`` (which registers its torch ops); return an error or None."""
     if os.environ.get("VPENGINE_DISABLE_EXT", "") == "1":
         return "disabled by VPENGINE_DISABLE_EXT=1"
-    try:
-        importlib.import_module(f"vpengine.{name}")
-    except ImportError as e:
+    if name == "_C_cuda":
+        err = _load("_C")  # the schemas the CUDA kernels implement live in _C
+        if err:
+            return f"vpengine._C_cuda needs vpengine._C: {err}"
+    path = _ext_path(name)
+    if path is None:
         return (
-            f"vpengine.{name} is not built ({e}); build it with "
-            "`pip install --no-build-isolation -e .` (VPENGINE_BUILD_EXT=1)"
+            f"vpengine.{name} is not built; {_REBUILD}"
+            + (" (VPENGINE_BUILD_CUDA=1 and a CUDA torch for _C_cuda)" if name == "_C_cuda" else "")
         )
-    except OSError as e:  # built against another torch, missing libs
-        return f"vpengine.{name} failed to load: {e}"
+    err = _abi_reason(name, read_build_info(path))
+    if err:
+        return err
+    try:
+        torch.ops.load_library(path)
+    except (OSError, ImportError, RuntimeError) as e:  # missing libs, undefined symbols, dispatcher
+        return f"vpengine.{name} failed to load from {path}: {e}"
     return None
 
 
@@ -42,18 +102,39 @@ def cuda_ext_reasons() -> list[str]:
     err = _load("_C")
     if err:
         why.append(err)
-    elif not has_cuda_kernels():
+    else:
         err = _load("_C_cuda")
-        why.append(err or "vpengine._C_cuda holds no CUDA kernels")
+        if err:
+            why.append(err)
     return why
 
 
 def has_cuda_kernels() -> bool:
-    if _load("_C") is not None:
-        return False
-    if _load("_C_cuda") is not None:
-        return False
-    return True
+    """Whether the CUDA extension is loaded and registered its kernels."""
+    return _load("_C") is None and _load("_C_cuda") is None
+
+
+def build_info() -> dict:
+    """What the compiled extensions were built with, read from their files
+    (nothing is loaded). Keys: ``torch_built_against`` (torch version of _C, or
+    None when not built), ``cuda_built`` (whether _C_cuda exists), ``cuda_archs``,
+    ``cuda_runtime`` (CUDA version _C_cuda compiled with) and ``cuda_torch_built_against``."""
+    out: dict = {"torch_built_against": None, "cuda_built": False}
+    path = _ext_path("_C")
+    if path:
+        info = read_build_info(path) or {}
+        out["torch_built_against"] = info.get("torch", "unknown")
+    path = _ext_path("_C_cuda")
+    if path:
+        info = read_build_info(path) or {}
+        cudart = info.get("cuda_runtime")
+        out.update(
+            cuda_built=True,
+            cuda_torch_built_against=info.get("torch", "unknown"),
+            cuda_archs=info.get("cuda_archs", ""),
+            cuda_runtime=f"{cudart // 1000}.{cudart % 1000 // 10}" if isinstance(cudart, int) else None,
+        )
+    return out
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,12 +7,26 @@ output and the fp32 row log-sum-exp (saved for backward);
 ``vpengine::spacetime_attention_backward`` returns the packed gradient of qkv.
 Both pick a backend per call through :mod:`vpengine.backends`, so the graph
 torch.compile sees is the same whichever backend runs.
+
+Backends: ``ref`` (vpengine/ref, any device, float64 too); ``triton``
+(kernels/spacetime_attention*.py: both axes, head dims up to 128, fp32/fp16/
+bf16); ``cuda`` (``vpengine::spacetime_attention_native``, csrc/cuda: the time
+axis with T <= 32, whole sequences on chip). ``auto`` follows the measured
+table in attention_autotune.json when it has a matching rule, else the
+default priority (cuda, triton, ref on CUDA; ref on CPU).
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
+import json
+import pathlib
+import sys
+
 import torch
 
-from .. import backends
+from .. import _ext, backends
 from ..ref.spacetime_attention import spacetime_attention_backward_ref, spacetime_attention_ref
 
 OP = "spacetime_attention"
@@ -20,7 +34,10 @@ _REG = backends.registry(OP)
 _BWD = backends.registry(OP + "_backward")
 AXES = ("space", "time")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: ref only
-
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 128  # triton and cuda: E padded to a power of two <= 128 (88 -> 128)
+CUDA_MAX_T = 32  # the cuda kernel keeps a sequence in one warp: one frame per lane
+AUTOTUNE_FILE = pathlib.Path(__file__).with_name("attention_autotune.json")
 
 def _check(qkv: torch.Tensor, axis: str, num_heads: int, frame_paddings: torch.Tensor | None) -> None:
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 4:
@@ -47,6 +64,61 @@ def _check(qkv: torch.Tensor, axis: str, num_heads: int, frame_paddings: torch.T
             raise ValueError(f"frame_paddings is on {frame_paddings.device}, qkv on {qkv.device}")
 
 
+def _kernels(name: str):
+    """``vpengine.kernels.<name>``; in a source checkout that was not installed,
+    kernels/ (beside vpengine/) is mapped to ``vpengine.kernels`` as setup.py does."""
+    if "vpengine.kernels" not in sys.modules:
+        try:
+            importlib.import_module("vpengine.kernels")
+        except ModuleNotFoundError:
+            root = pathlib.Path(__file__).resolve().parents[2] / "kernels"
+            spec = importlib.util.spec_from_file_location(
+                "vpengine.kernels", root / "__init__.py", submodule_search_locations=[str(root)]
+            )
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules["vpengine.kernels"] = mod
+            spec.loader.exec_module(mod)
+    return importlib.import_module(f"vpengine.kernels.{name}")
+
+
+def _kernel_reasons(kind: str, qkv: torch.Tensor, axis: str, num_heads: int) -> list[str]:
+    why = []
+    E = qkv.shape[-1] // (3 * num_heads)
+    if qkv.dtype not in _KERNEL_DTYPES:
+        why.append(f"{kind}: dtype {qkv.dtype} unsupported (float32, float16, bfloat16)")
+    if E > MAX_HEAD_DIM:
+        why.append(f"{kind}: head dim {E} unsupported (at most {MAX_HEAD_DIM})")
+    return why
+
+
+def _triton_reasons(qkv, axis, num_heads, softcap, frame_paddings, *rest) -> list[str]:
+    why = _kernel_reasons("triton", qkv, axis, num_heads)
+    dev = qkv.device.type
+    if dev != "cuda" and not (dev == "cpu" and _ext.triton_interpreting()):
+        why.append(f"triton needs CUDA tensors (or CPU ones under TRITON_INTERPRET=1); got {qkv.device}")
+    return why
+
+
+def _has_native(name: str) -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"vpengine::{name}", "CUDA")
+    except RuntimeError:  # schema absent: extension built before this op existed
+        return False
+
+
+def _cuda_reasons(qkv, axis, num_heads, softcap, frame_paddings, *rest) -> list[str]:
+    why = _kernel_reasons("cuda", qkv, axis, num_heads)
+    if axis != "time":
+        why.append("cuda: kernel covers the time axis only (space runs on triton)")
+    elif qkv.shape[1] > CUDA_MAX_T:
+        why.append(f"cuda: T = {qkv.shape[1]} frames > {CUDA_MAX_T} (one warp per sequence)")
+    if qkv.device.type != "cuda":
+        why.append(f"cuda: needs a CUDA tensor; qkv is on {qkv.device}")
+    elif not _has_native(OP + "_native"):
+        why.append("cuda: vpengine._C_cuda has no vpengine::spacetime_attention_native (rebuild it)")
+    return why
+
+
 @_REG.register("ref")
 def _fwd_ref(qkv, axis, num_heads, softcap, frame_paddings):
     return spacetime_attention_ref(qkv, axis, num_heads, softcap, frame_paddings, return_lse=True)
@@ -55,6 +127,79 @@ def _fwd_ref(qkv, axis, num_heads, softcap, frame_paddings):
 @_BWD.register("ref")
 def _bwd_ref(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
     return spacetime_attention_backward_ref(grad_out, qkv, axis, num_heads, softcap, frame_paddings)
+
+
+@_REG.register("triton", reasons=_triton_reasons)
+def _fwd_triton(qkv, axis, num_heads, softcap, frame_paddings):
+    return _kernels("spacetime_attention").spacetime_attention_fwd_triton(
+        qkv, axis, num_heads, softcap, frame_paddings
+    )
+
+
+def _bwd_triton_reasons(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
+    return _triton_reasons(qkv, axis, num_heads, softcap, frame_paddings)
+
+
+@_BWD.register("triton", reasons=_bwd_triton_reasons)
+def _bwd_triton(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
+    return _kernels("spacetime_attention_bwd").spacetime_attention_bwd_triton(
+        grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings
+    )
+
+
+@_REG.register("cuda", reasons=_cuda_reasons)
+def _fwd_cuda(qkv, axis, num_heads, softcap, frame_paddings):
+    return torch.ops.vpengine.spacetime_attention_native(qkv, axis, num_heads, softcap, frame_paddings)
+
+
+def _bwd_cuda_reasons(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
+    why = _cuda_reasons(qkv, axis, num_heads, softcap, frame_paddings)
+    if qkv.device.type == "cuda" and not _has_native(OP + "_backward_native"):
+        why.append("cuda: vpengine._C_cuda has no vpengine::spacetime_attention_backward_native")
+    return why
+
+
+@_BWD.register("cuda", reasons=_bwd_cuda_reasons)
+def _bwd_cuda(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
+    return torch.ops.vpengine.spacetime_attention_backward_native(
+        grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def autotune_rules() -> tuple:
+    """The measured rules of attention_autotune.json (empty: none recorded)."""
+    try:
+        return tuple(json.loads(AUTOTUNE_FILE.read_text()).get("rules", ()))
+    except (OSError, ValueError):
+        return ()
+
+
+def choose(device_type: str, qkv, axis, num_heads, *rest):
+    """Backend order for ``auto`` from the first matching measured rule, or None
+    (the registry's default priority). A rule matches on device, axis, dtype,
+    sequence length L (S or T) and head dim E; see attention_autotune.json."""
+    if qkv.dim() != 4:
+        return None
+    L = qkv.shape[2] if axis == "space" else qkv.shape[1]
+    E = qkv.shape[-1] // (3 * num_heads)
+    dtype = str(qkv.dtype).removeprefix("torch.")
+    for rule in autotune_rules():
+        if (
+            rule.get("device", "cuda") == device_type
+            and rule.get("axis", axis) == axis
+            and rule.get("dtype", dtype) == dtype
+            and rule.get("min_len", 0) <= L <= rule.get("max_len", L)
+            and E <= rule.get("max_head_dim", E)
+        ):
+            return tuple(rule["order"])
+    return None
+
+
+_REG.chooser = choose
+_BWD.chooser = lambda device_type, grad_out, qkv, out, lse, axis, num_heads, *rest: choose(
+    device_type, qkv, axis, num_heads
+)
 
 
 @torch.library.custom_op("vpengine::spacetime_attention", mutates_args=())
