@@ -177,3 +177,12 @@ def test_reduced_precision_autocast(dtype):
     tol = 0.1 if dtype == torch.bfloat16 else 0.02
     assert (low.float() - ref).abs().max() < tol * ref.abs().max()
     assert cast.dtype == dtype and (cast.float() - ref).abs().max() < 2 * tol * ref.abs().max()
+
+
+def test_uint8_clips_equal_the_float_path():
+    model = _random(ENC)
+    u8 = torch.randint(0, 256, (2, 5, 18, 12, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a = model(u8)
+        b = model(u8.float() / 255)
+    assert torch.allclose(a, b, atol=1e-6, rtol=0)
