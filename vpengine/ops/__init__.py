@@ -11,6 +11,7 @@ __all__ = [
     "BackendUnavailable",
     "decoder_input",
     "masked_attention",
+    "patchify",
     "spacetime_attention",
     "token_gather",
     "token_scatter",

@@ -1,0 +1,62 @@
+"""Bad inputs: each one raises BadVideoError naming the file and why; the loader skips them."""
+import json
+
+import pytest
+
+from vpengine.data import BadVideoError, ClipLoader, ClipSpec, read_clip
+
+BAD = {
+    "missing": "missing",
+    "empty": "empty file",
+    "text": "cannot open as a video",
+    "truncated": "cannot open as a video",  # moov atom at the end, cut off
+    "truncated_faststart": "truncated or corrupt",  # index intact, frame data cut off
+    "corrupt": "truncated or corrupt",  # VP9 frame data overwritten with noise
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_read_clip_raises_with_reason(videos, name):
+    with pytest.raises(BadVideoError, match=BAD[name]) as exc:
+        read_clip(videos[name], ClipSpec(8, size=(16, 16)), backend="pyav")
+    assert exc.value.path == videos[name]
+    assert isinstance(exc.value, ValueError)
+
+
+def _manifest(tmp_path, videos, names):
+    p = tmp_path / "m.jsonl"
+    p.write_text("".join(json.dumps({"path": videos[n], "caption": n}) + "\n" for n in names))
+    return p
+
+
+def test_loader_skips_counts_and_reports(tmp_path, videos):
+    names = ["h264", "text", "vp9", "empty", "missing", "hevc", "truncated", "truncated_faststart", "corrupt", "short"]
+    loader = ClipLoader(_manifest(tmp_path, videos, names), ClipSpec(4, size=(16, 16)), batch_size=2,
+                        backend="pyav", shuffle=False, num_workers=2)
+    batches = list(loader)
+    captions = [c for b in batches for c in b.captions]
+    assert captions == ["h264", "vp9", "hevc", "short"]  # bad rows skipped, batches refilled
+    assert [b.frames.shape[0] for b in batches] == [2, 2]
+    bad = sorted((b.path, b.index) for b in loader.bad_files)
+    want = sorted((videos[n], names.index(n)) for n in names if n in BAD)
+    assert bad == want and loader.num_bad == 6
+    assert all(b.reason for b in loader.bad_files)
+
+
+def test_loader_strict_raises(tmp_path, videos):
+    loader = ClipLoader(_manifest(tmp_path, videos, ["h264", "text", "vp9"]), ClipSpec(4, size=(16, 16)),
+                        batch_size=1, backend="pyav", shuffle=False, strict=True)
+    it = iter(loader)
+    assert next(it).captions == ["h264"]
+    with pytest.raises(BadVideoError, match="text.mp4"):
+        next(it)
+
+
+def test_empty_window_is_a_bad_sample(tmp_path, videos):
+    p = tmp_path / "w.jsonl"
+    p.write_text(json.dumps({"path": videos["h264"], "start": 50.0}) + "\n"
+                 + json.dumps({"path": videos["vp9"], "start": 0.5, "end": 1.0}) + "\n")
+    loader = ClipLoader(p, ClipSpec(4, size=(16, 16)), batch_size=2, backend="pyav", shuffle=False)
+    (batch,) = list(loader)
+    assert batch.rows == [1] and batch.infos[0].frame_indices == [5, 6, 7, 8]
+    assert loader.num_bad == 1 and "no frame in the window" in loader.bad_files[0].reason

@@ -1,0 +1,130 @@
+"""vpengine.ops.patchify: official layout, exact /255 scaling, every backend.
+
+Legend: B batch, T frames, H/W height/width, P patch, S patches per frame.
+"""
+import pytest
+import torch
+
+from vpengine import backends
+from vpengine.ops import patchify, use_backend
+from vpengine.ref.patchify import patchify_ref, unpatchify_ref
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# (B, T, H, W, P): batch 1, one frame, non-square, the VideoPrism patch.
+SHAPES = ((1, 1, 36, 36, 18), (2, 3, 36, 54, 18), (1, 2, 12, 8, 4))
+
+
+def _frames(B, T, H, W, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (B, T, H, W, 3), dtype=torch.uint8, generator=g)
+
+
+def _compare(out, ref):
+    assert out.shape == ref.shape and out.dtype == ref.dtype, (out.shape, out.dtype, ref.shape, ref.dtype)
+    assert out.is_contiguous()
+    bad = (out != ref).nonzero()
+    if bad.numel():
+        i = tuple(bad[0].tolist())
+        raise AssertionError(f"{bad.shape[0]} mismatches, first at {list(i)}: {out[i].item()} vs {ref[i].item()}")
+
+
+def _backend_or_skip(name, frames, dtype):
+    why = backends.registry("patchify").reasons(name, frames, frames.shape[2] // 2, dtype)
+    if why:
+        pytest.skip(f"{name} backend unavailable: {'; '.join(why)}")
+
+
+def test_layout_matches_official_loops():
+    # Written from the reference doc's words, with loops, independent of the reshape.
+    B, T, H, W, P = 1, 2, 8, 12, 4
+    x = _frames(B, T, H, W)
+    out = patchify_ref(x, P)
+    gw = W // P
+    for t in range(T):
+        for rb in range(H // P):
+            for cb in range(gw):
+                s = rb * gw + cb
+                for pr in range(P):
+                    for pc in range(P):
+                        for c in range(3):
+                            want = x[0, t, rb * P + pr, cb * P + pc, c].item() / 255
+                            got = out[0, t, s, (pr * P + pc) * 3 + c].item()
+                            assert abs(got - want) < 1e-7, (t, s, pr, pc, c)
+
+
+def test_ref_equals_float_path_and_inverts():
+    x = _frames(2, 2, 36, 54)
+    out = patchify_ref(x, 18)
+    assert torch.equal(out, patchify_ref(x.float() / 255, 18))
+    assert torch.equal(unpatchify_ref(out, 18, 36, 54), x.float() / 255)
+
+
+@pytest.mark.parametrize("backend", ["ref", "cpu", "triton"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backends_exact(backend, dtype, shape):
+    B, T, H, W, P = shape
+    x = _frames(B, T, H, W, seed=sum(shape))
+    _backend_or_skip(backend, x, dtype)
+    with use_backend(backend, ops=("patchify",)):
+        out = patchify(x, P, dtype)
+    # Exact in every dtype: fp32 division, then one rounding, as the spec.
+    _compare(out, (patchify_ref(x, P, torch.float32)).to(dtype))
+
+
+def test_non_contiguous_input():
+    x = _frames(2, 2, 36, 36)[:, :, :, :36].transpose(0, 1)  # strided view
+    _compare(patchify(x, 18), patchify_ref(x.contiguous(), 18))
+
+
+def test_float_input_is_differentiable_reshape():
+    x = torch.rand(1, 2, 36, 36, 3, dtype=torch.float32, requires_grad=True)
+    out = patchify(x, 18, torch.float32)
+    assert torch.equal(out, patchify_ref(x.detach(), 18))
+    g = torch.randn_like(out)
+    out.backward(g)
+    assert torch.equal(x.grad, unpatchify_ref(g, 18, 36, 36))
+
+
+def test_errors_name_the_layout():
+    with pytest.raises(ValueError, match=r"multiples of patch=18.*\[B, T, \(H/P\)\*\(W/P\), P\*P\*3\]"):
+        patchify(_frames(1, 1, 36, 40), 18)
+    with pytest.raises(ValueError, match=r"\[B, T, H, W, 3\]"):
+        patchify(torch.zeros(1, 36, 36, 3, dtype=torch.uint8), 18)
+    with pytest.raises(ValueError, match="patch must be a positive int"):
+        patchify(_frames(1, 1, 36, 36), 0)
+    with pytest.raises(ValueError, match="dtype"):
+        patchify(_frames(1, 1, 36, 36), 18, torch.int32)
+
+
+def test_opcheck_and_fake():
+    x = _frames(1, 2, 36, 36)
+    # schema, autograd registration, fake tensor, aot dispatch (what torch.compile relies on)
+    result = torch.library.opcheck(torch.ops.vpengine.patchify.default, (x, 18, torch.bfloat16))
+    assert all(v == "SUCCESS" for v in result.values()), result
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        fake = torch.empty(2, 4, 288, 288, 3, dtype=torch.uint8)
+        out = patchify(fake, 18, torch.bfloat16)
+        assert out.shape == (2, 4, 256, 972) and out.dtype == torch.bfloat16
+
+
+def test_native_meta_kernel():
+    if not hasattr(torch.ops.vpengine, "patchify_native"):
+        pytest.skip("vpengine._C is not built (no vpengine::patchify_native)")
+    x = torch.empty(2, 3, 36, 54, 3, dtype=torch.uint8, device="meta")
+    out = torch.ops.vpengine.patchify_native(x, 18, torch.float16)
+    assert out.shape == (2, 3, 6, 972) and out.dtype == torch.float16
+    with pytest.raises(ValueError, match="multiples of patch"):
+        torch.ops.vpengine.patchify_native(x, 5, torch.float16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_videoprism_shape(dtype):
+    x = _frames(2, 16, 288, 288).cuda()
+    out = patchify(x, 18, dtype)
+    assert out.shape == (2, 16, 256, 972)
+    _compare(out.cpu(), patchify_ref(x.cpu(), 18, dtype))
+

@@ -1,0 +1,186 @@
+"""NVIDIA DALI decoding: on the GPU (NVDEC, ``"dali-gpu"``) and on the CPU (``"dali-cpu"``).
+
+Legend: B clips, T frames, h/w output height/width.
+
+One pipeline per (device, output size, filter, batch size): encoded file bytes
+and the per-clip frame-index lists come in through ``fn.external_source``
+(the indices are chosen on the host from a PyAV demux probe, so every backend
+samples the very same frames), ``fn.decoders.video(frames=...)`` decodes only
+those frames and ``fn.resize`` resizes the whole frame to ``(h, w)``. On the
+GPU the decoder runs as ``device="mixed"`` (NVDEC) and resize on the GPU; the
+batch is copied device-to-device into a torch tensor with ``feed_ndarray`` on
+torch's current stream: no host copy.
+
+Codecs (toolchain notes, DALI docstrings): the CPU decoder takes VP8, VP9 and
+MJPEG only; the GPU decoder also takes H.264, HEVC, AV1 and MPEG-4. Asking for
+another codec raises BackendUnsupported (``"auto"`` then falls back to PyAV).
+
+Pixels differ from PyAV's: DALI upsamples chroma bilinearly where swscale
+(PyAV) picks the nearest chroma sample, so the two agree on smooth regions and
+differ on sharp colour edges (measured on the VP9 fixtures in
+tests/data/test_dali.py; tolerance documented in vpengine/data/__init__.py).
+DALI does not apply rotation metadata.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from .errors import BackendUnsupported, BadVideoError
+
+CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
+GPU_CODECS = CPU_CODECS | {"h264", "hevc", "av1", "mpeg4"}
+_PIPES: dict[tuple, "_Pipe"] = {}
+_PIPES_LOCK = threading.Lock()
+
+
+class DaliBatchFailed(RuntimeError):
+    """A multi-clip DALI batch failed; retry its clips one by one to find the bad file."""
+
+
+def _dali():
+    try:
+        from nvidia import dali  # noqa: F401
+        from nvidia.dali import fn, pipeline_def, types
+    except ImportError as e:
+        raise BackendUnsupported(f"NVIDIA DALI is not installed ({e}); pip install nvidia-dali-cuda130") from e
+    return fn, pipeline_def, types
+
+
+def dali_reasons(device: str) -> list[str]:
+    """Why the DALI backend on ``device`` ("cpu" or "gpu") cannot run on this machine."""
+    why = []
+    try:
+        _dali()
+    except BackendUnsupported as e:
+        why.append(str(e))
+    if device == "gpu" and not torch.cuda.is_available():
+        why.append("no CUDA device is available")
+    return why
+
+
+def _interp(types, mode: str):
+    table = {
+        "lanczos": types.INTERP_LANCZOS3,
+        "bicubic": types.INTERP_CUBIC,
+        "bilinear": types.INTERP_LINEAR,
+        "nearest": types.INTERP_NN,
+    }
+    if mode not in table:
+        raise BackendUnsupported(f"DALI has no {mode!r} filter; use one of {sorted(table)}")
+    return table[mode]
+
+
+class _Pipe:
+    """A built DALI pipeline and the lock that serializes feeding and running it."""
+
+    def __init__(self, device: str, size, resize: str, batch_size: int, num_threads: int, device_id):
+        fn, pipeline_def, types = _dali()
+        interp = _interp(types, resize) if size is not None else None
+
+        @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1)
+        def clip_pipeline():
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+            frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+            video = fn.decoders.video(encoded, device="mixed" if device == "gpu" else "cpu", frames=frames)
+            if size is not None:
+                video = fn.resize(video, resize_y=size[0], resize_x=size[1], interp_type=interp, antialias=True)
+            return video
+
+        self.pipe = clip_pipeline()
+        self.pipe.build()
+        self.device, self.batch_size = device, batch_size
+        self.lock = threading.Lock()
+
+    def run(self, encoded: list[np.ndarray], frames: list[np.ndarray], device_id) -> torch.Tensor:
+        with self.lock:
+            self.pipe.feed_input("encoded", encoded)
+            self.pipe.feed_input("frames", frames)
+            (out,) = self.pipe.run()
+            # Copy out while holding the lock: the next run may reuse DALI's buffers.
+            return _to_torch(out, self.device, device_id)
+
+
+def _dali_reason(msg: str) -> str:
+    """The informative line of a DALI error (the one after 'encountered:')."""
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines[:-1]):
+        if ln == "encountered:":
+            return lines[i + 1]
+    return lines[0] if lines else "unknown error"
+
+
+def _get_pipe(device: str, size, resize: str, batch_size: int, num_threads: int, device_id) -> _Pipe:
+    key = (device, size, resize, batch_size, num_threads, device_id)
+    with _PIPES_LOCK:
+        if key not in _PIPES:
+            _PIPES[key] = _Pipe(device, size, resize, batch_size, num_threads, device_id)
+        return _PIPES[key]
+
+
+def _to_torch(out, device: str, device_id) -> torch.Tensor:
+    """A DALI TensorList of B equal-shape clips as a torch uint8 ``[B, T, h, w, 3]`` tensor."""
+    if device == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(out.as_array()))
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    dense = out.as_tensor()  # one view of the equal-shape batch: [B, T, h, w, 3]
+    clips = torch.empty(dense.shape(), dtype=torch.uint8, device=torch.device("cuda", device_id))
+    stream = torch.cuda.current_stream(clips.device)
+    feed_ndarray(dense, clips, cuda_stream=stream)
+    # DALI's next run writes its output buffer on DALI's own stream, unordered
+    # with torch's: wait for this device-to-device copy (tens of microseconds).
+    stream.synchronize()
+    return clips
+
+
+def decode_batch(
+    paths: list[str],
+    indices: list[list[int]],
+    codecs: list[str],
+    *,
+    device: str,
+    size: tuple[int, int] | None,
+    resize: str = "lanczos",
+    num_threads: int = 2,
+    device_id: int | None = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Decode ``indices[i]`` of ``paths[i]`` for every i with DALI; uint8 ``[B, T, h, w, 3]``.
+
+    ``device="gpu"`` returns a CUDA tensor (NVDEC decode, GPU resize, no host
+    copy); ``"cpu"`` a CPU tensor. ``size=None`` keeps the source size (all
+    clips must then share it). A failed batch is retried clip by clip
+    by the caller: a one-clip batch raises BadVideoError naming the file, a
+    larger one DaliBatchFailed.
+    """
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
+    why = dali_reasons(device)
+    if why:
+        raise BackendUnsupported("; ".join(why))
+    allowed = GPU_CODECS if device == "gpu" else CPU_CODECS
+    for path, codec in zip(paths, codecs):
+        if codec not in allowed:
+            raise BackendUnsupported(f"{path}: DALI {device} cannot decode {codec} (it takes {sorted(allowed)})")
+    if device == "gpu" and device_id is None:
+        device_id = torch.cuda.current_device()
+    if device == "cpu":
+        device_id = None
+    pipe = _get_pipe(device, size, resize, batch_size or max(len(paths), 1), num_threads, device_id)
+    encoded = [np.fromfile(p, dtype=np.uint8) for p in paths]
+    frames = [np.asarray(ix, dtype=np.int32) for ix in indices]
+    try:
+        clips = pipe.run(encoded, frames, device_id)
+    except RuntimeError as e:
+        # DALI marks a pipeline that raised as no longer valid: build a fresh one next time.
+        with _PIPES_LOCK:
+            _PIPES.pop((device, size, resize, pipe.batch_size, num_threads, device_id), None)
+        first = _dali_reason(str(e))
+        if len(paths) == 1:
+            raise BadVideoError(paths[0], f"DALI {device} decode failed: {first}") from e
+        # The batch does not say which file broke it: the caller retries clip by clip.
+        raise DaliBatchFailed(f"DALI {device} batch of {len(paths)} failed: {first}") from e
+    return clips

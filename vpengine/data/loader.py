@@ -1,0 +1,265 @@
+"""ClipLoader: batches of uint8 clips from a manifest, sharded, seeded, prefetched.
+
+Legend: B clips per batch, T frames, h/w output height/width.
+
+Order: each epoch permutes the manifest rows with ``torch.Generator`` seeded
+by ``(seed, epoch)`` (the same on every rank), pads the permutation by
+wrapping around to a multiple of the world size (as DistributedSampler) and
+gives rank r the rows ``r, r + world, ...``. Each row's sampling seed is a
+function of (seed, epoch, row), so a clip does not depend on rank, worker
+count or timing: two loaders with the same arguments yield the same batches.
+
+Work: a thread pool probes and (PyAV) decodes clips ahead of time, at most
+``prefetch`` batches ahead; a producer thread assembles batches in manifest
+order, moves them to ``device`` and queues them. FFmpeg and PIL release the
+GIL, so threads decode in parallel. With DALI on the GPU the pool only probes
+(choosing the frames on the host) and the producer decodes whole batches with
+one DALI call on the GPU.
+
+Bad files (missing, empty, not a video, truncated, corrupt, no frame in the
+window) are skipped: the batch is filled from the next rows, the file is
+counted and recorded in ``bad_files`` with its path and reason and logged as a
+warning. ``strict=True`` raises the BadVideoError instead. A clip is only
+ever added to a batch whole. (With DALI, a file that probes fine but fails to
+decode is found when its batch decodes, and that batch comes out one short.) Skips can leave ranks with different batch
+counts; a DDP trainer should agree on the step count (e.g. all-reduce a flag).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from . import dali_backend
+from .clip import BACKENDS, ClipInfo, _info, decode_plan, plan_clip
+from .errors import BackendUnsupported, BadFile, BadVideoError
+from .manifest import ManifestEntry, read_manifest
+from .sampling import ClipSpec
+
+log = logging.getLogger("vpengine.data")
+_END = object()
+
+
+@dataclass
+class ClipBatch:
+    """frames: uint8 ``[B, T, h, w, 3]`` on the loader's device; frame_paddings
+    float32 ``[B, T]`` (1 = padded frame) on the same device; captions, infos and
+    manifest rows per clip."""
+
+    frames: torch.Tensor
+    frame_paddings: torch.Tensor
+    captions: list[str | None]
+    infos: list[ClipInfo]
+    rows: list[int]
+
+
+def _dist_rank_world(rank, world_size) -> tuple[int, int]:
+    if rank is not None or world_size is not None:
+        rank, world_size = rank or 0, world_size or 1
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        rank, world_size = 0, 1
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"need 0 <= rank < world_size; got rank={rank!r}, world_size={world_size!r}")
+    return rank, world_size
+
+
+class ClipLoader:
+    """Iterate ``ClipBatch`` es over a manifest (see the module doc for order and bad files).
+
+    manifest: a .jsonl/.csv path or a list of paths/rows (:func:`read_manifest`).
+    spec: the ClipSpec of every clip; a row's start/end override its window.
+    backend: ``"auto"`` (DALI on the GPU when ``device`` is CUDA and DALI is
+        present, else PyAV), ``"pyav"``, ``"dali-cpu"`` or ``"dali-gpu"``.
+    rank, world_size: shard explicitly; default from torch.distributed.
+    num_workers: decode threads; prefetch: batches prepared ahead.
+    """
+
+    def __init__(self, manifest, spec: ClipSpec, batch_size: int, *, device="cpu", backend: str = "auto",
+                 seed: int = 0, shuffle: bool = True, drop_last: bool = False, rank: int | None = None,
+                 world_size: int | None = None, num_workers: int = 2, prefetch: int = 2, strict: bool = False,
+                 root: str | None = None, decode_threads: int = 1):
+        if not isinstance(spec, ClipSpec):
+            raise ValueError(f"spec must be a ClipSpec; got {type(spec).__name__}")
+        if spec.size is None:
+            raise ValueError("spec.size must be set for a loader: clips of different sources are stacked into one batch")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        if num_workers < 1 or prefetch < 1:
+            raise ValueError(f"num_workers and prefetch must be >= 1; got {num_workers}, {prefetch}")
+        self.entries: list[ManifestEntry] = read_manifest(manifest, root)
+        self.spec, self.batch_size, self.device = spec, batch_size, torch.device(device)
+        self.seed, self.shuffle, self.drop_last, self.strict = seed, shuffle, drop_last, strict
+        self.rank, self.world_size = _dist_rank_world(rank, world_size)
+        self.num_workers, self.prefetch, self.decode_threads = num_workers, prefetch, decode_threads
+        self.backend = backend
+        self.dali_device = None  # "gpu"/"cpu": the producer decodes whole batches with DALI
+        if backend == "dali-gpu" or (backend == "auto" and self.device.type == "cuda"
+                                     and not dali_backend.dali_reasons("gpu")):
+            self.dali_device = "gpu"
+        elif backend == "dali-cpu":
+            self.dali_device = "cpu"
+        if backend in ("dali-cpu", "dali-gpu"):  # forced: fail now, not at the first batch
+            why = dali_backend.dali_reasons(self.dali_device)
+            if why:
+                raise BackendUnsupported(f"backend {backend!r} cannot run here: " + "; ".join(why))
+        if self.dali_device is not None and spec.resize == "area":
+            raise ValueError("spec.resize='area' has no DALI equivalent; use lanczos, bicubic, bilinear or nearest")
+        self.epoch = 0
+        self.bad_files: list[BadFile] = []
+        self._lock = threading.Lock()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's permutation and sampling seeds (call before iterating)."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_bad(self) -> int:
+        return len(self.bad_files)
+
+    def shard_rows(self) -> list[int]:
+        """Manifest rows this rank reads this epoch, in order."""
+        n = len(self.entries)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        if n and n % self.world_size:
+            order += order[: self.world_size - n % self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        rows = len(self.shard_rows())
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def _row_seed(self, row: int) -> int:
+        return (self.seed * 1_000_003 + self.epoch) * 10_000_019 + row
+
+    def _bad(self, err: BadVideoError, row: int) -> None:
+        if self.strict:
+            raise err
+        with self._lock:
+            self.bad_files.append(BadFile(err.path, err.reason, row))
+        log.warning("skipping bad video (row %d) %s: %s", row, err.path, err.reason)
+
+    def _work(self, row: int):
+        """In a pool thread: the plan (and the pixels unless DALI decodes the batch)."""
+        e = self.entries[row]
+        spec = self.spec if e.start_time is None and e.end_time is None else self.spec.with_window(
+            e.start_time if e.start_time is not None else self.spec.start_time,
+            e.end_time if e.end_time is not None else self.spec.end_time)
+        try:
+            plan = plan_clip(e.path, spec, self._row_seed(row))
+            if self.dali_device is not None and plan.probe.codec in (
+                    dali_backend.GPU_CODECS if self.dali_device == "gpu" else dali_backend.CPU_CODECS):
+                return row, plan, spec, None, None
+            if self.dali_device is not None and self.backend != "auto":
+                raise BackendUnsupported(f"{self.backend} cannot decode {plan.probe.codec}")
+            frames = decode_plan(plan, spec, "pyav", self.decode_threads)
+            return row, plan, spec, frames, "pyav"
+        except (BadVideoError, BackendUnsupported) as err:
+            return row, None, spec, err, None
+
+    def _dali_batch(self, items) -> list:
+        """Decode DALI-planned items of a batch; returns items with frames filled, bad ones dropped."""
+        todo = [i for i, it in enumerate(items) if it[3] is None]
+        if not todo:
+            return items
+        dev = self.dali_device
+        kw = dict(device=dev, size=self.spec.size, resize=self.spec.resize, batch_size=self.batch_size,
+                  num_threads=self.num_workers, device_id=self.device.index if dev == "gpu" else None)
+        plans = [items[i][1] for i in todo]
+        try:
+            clips = dali_backend.decode_batch([p.probe.path for p in plans], [p.indices for p in plans],
+                                              [p.probe.codec for p in plans], **kw)
+            for k, i in enumerate(todo):
+                items[i] = (*items[i][:3], clips[k], "dali-" + dev)
+        except (dali_backend.DaliBatchFailed, BadVideoError):
+            for i in todo:  # find the culprit: one clip at a time
+                p = items[i][1]
+                try:
+                    clip = dali_backend.decode_batch([p.probe.path], [p.indices], [p.probe.codec], **kw)[0]
+                    items[i] = (*items[i][:3], clip, "dali-" + dev)
+                except BadVideoError as err:
+                    items[i] = (items[i][0], None, items[i][2], err, None)
+        return items
+
+    def _emit(self, items, out: queue.Queue) -> None:
+        if self.dali_device is not None:
+            items = self._dali_batch(items)
+        good = []
+        for row, plan, spec, frames, backend in items:
+            if plan is None or isinstance(frames, Exception):
+                self._bad(frames if isinstance(frames, BadVideoError) else BadVideoError(
+                    self.entries[row].path, str(frames)), row)
+            else:
+                good.append((row, plan, frames, backend))
+        if not good:
+            return
+        clips = [f for _, _, f, _ in good]
+        if all(c.device.type == "cpu" for c in clips):
+            frames = torch.stack(clips)  # one host-to-device copy per batch, from pinned memory
+            if self.device.type == "cuda":
+                frames = frames.pin_memory().to(self.device, non_blocking=True)
+        else:
+            frames = torch.stack([c.to(self.device) for c in clips])
+        pads = torch.tensor([p.paddings for _, p, _, _ in good], dtype=torch.float32).to(self.device)
+        out.put(ClipBatch(frames, pads, [self.entries[r].caption for r, *_ in good],
+                          [_info(p, b, f) for _, p, f, b in good], [r for r, *_ in good]))
+
+    def _produce(self, rows: list[int], out: queue.Queue, stop: threading.Event) -> None:
+        try:
+            with ThreadPoolExecutor(self.num_workers, thread_name_prefix="vpengine-decode") as pool:
+                ahead = self.prefetch * self.batch_size
+                futures = [pool.submit(self._work, r) for r in rows[:ahead]]
+                nxt, pending = len(futures), []
+                for i in range(len(rows)):
+                    if stop.is_set():
+                        return
+                    item = futures[i].result()
+                    if nxt < len(rows):
+                        futures.append(pool.submit(self._work, rows[nxt]))
+                        nxt += 1
+                    # A bad file leaves a gap that the next rows fill; DALI-planned
+                    # items count as good here and are re-checked when decoded.
+                    if item[1] is None:
+                        self._emit([item], out)
+                        continue
+                    pending.append(item)
+                    if len(pending) == self.batch_size:
+                        self._emit(pending, out)
+                        pending = []
+                if pending and not self.drop_last:
+                    self._emit(pending, out)
+            out.put(_END)
+        except BaseException as e:  # strict mode's BadVideoError, or a bug: re-raised by the consumer
+            out.put(e)
+
+    def __iter__(self):
+        out: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        producer = threading.Thread(target=self._produce, args=(self.shard_rows(), out, stop), daemon=True)
+        producer.start()
+        try:
+            while True:
+                item = out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while producer.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    out.get(timeout=0.05)
+                except queue.Empty:
+                    pass

@@ -1,0 +1,110 @@
+"""Manifests: the list of videos a loader reads, as JSONL or CSV.
+
+One row per clip, with a ``path`` and optionally a ``caption`` and a time
+window ``start``/``end`` in seconds (``start_time``/``end_time`` and ``text``
+are accepted as aliases)::
+
+    {"path": "videos/a.mp4", "caption": "a dog runs", "start": 1.5, "end": 6.0}
+    {"path": "videos/b.webm"}
+
+    path,caption,start,end
+    videos/a.mp4,a dog runs,1.5,6.0
+    videos/b.webm,,,
+
+Relative paths are resolved against ``root`` (default: the manifest's own
+folder). A malformed row is a mistake in the manifest, not a bad video, so it
+raises ValueError naming the file and line; a missing or broken video only
+shows up when the loader reads it (skipped and reported there).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+
+_ALIASES = {"path": ("path", "video", "file"), "caption": ("caption", "text"),
+            "start": ("start", "start_time"), "end": ("end", "end_time")}
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One row: absolute video path, optional caption and time window, row number."""
+
+    path: str
+    caption: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    index: int = 0
+
+
+def _field(row: dict, name: str):
+    for key in _ALIASES[name]:
+        value = row.get(key)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _time(value, name: str, where: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {name} must be a number of seconds; got {value!r}") from None
+    if t < 0:
+        raise ValueError(f"{where}: {name} must be >= 0; got {t}")
+    return t
+
+
+def _entry(row: dict, index: int, root: str, where: str) -> ManifestEntry:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: each row must be an object with a 'path'; got {type(row).__name__}")
+    path = _field(row, "path")
+    if path is None:
+        raise ValueError(f"{where}: row has no 'path' (keys: {sorted(row)})")
+    path = os.path.expanduser(str(path))
+    if not os.path.isabs(path):
+        path = os.path.join(root, path)
+    caption = _field(row, "caption")
+    start, end = _time(_field(row, "start"), "start", where), _time(_field(row, "end"), "end", where)
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"{where}: end ({end}) must be greater than start ({start})")
+    return ManifestEntry(path, None if caption is None else str(caption), start, end, index)
+
+
+def read_manifest(manifest, root: str | None = None) -> list[ManifestEntry]:
+    """Rows of a ``.jsonl``/``.json`` or ``.csv``/``.tsv`` manifest file.
+
+    ``manifest`` may also be a list of paths or of row dicts (already loaded).
+    """
+    if isinstance(manifest, (list, tuple)):
+        base = os.path.abspath(root or os.getcwd())
+        rows = [{"path": r} if isinstance(r, (str, os.PathLike)) else r for r in manifest]
+        return [_entry(r, i, base, f"manifest row {i}") for i, r in enumerate(rows)]
+    manifest = os.fspath(manifest)
+    base = os.path.abspath(root or os.path.dirname(os.path.abspath(manifest)))
+    ext = os.path.splitext(manifest)[1].lower()
+    entries: list[ManifestEntry] = []
+    if ext in (".jsonl", ".json", ".ndjson"):
+        with open(manifest, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{manifest}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+                entries.append(_entry(row, len(entries), base, where))
+    elif ext in (".csv", ".tsv"):
+        with open(manifest, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
+            if reader.fieldnames is None or not any(k in reader.fieldnames for k in _ALIASES["path"]):
+                raise ValueError(f"{manifest}: the CSV header must name a 'path' column; got {reader.fieldnames}")
+            for lineno, row in enumerate(reader, 2):
+                entries.append(_entry(row, len(entries), base, f"{manifest}:{lineno}"))
+    else:
+        raise ValueError(f"manifest must end in .jsonl, .json, .csv or .tsv; got {manifest!r}")
+    return entries

@@ -1,0 +1,188 @@
+"""PyAV (FFmpeg) probing and CPU decoding: any codec FFmpeg reads.
+
+Legend: T frames of the clip, H/W source height/width.
+
+Probing demuxes the video stream without decoding: the packets' presentation
+timestamps, sorted, are the frames in display order (packets come in decode
+order, so with B-frames they are not sorted). Their count is the official
+``num_frames`` (mediapy counts frames with ``ffmpeg -vcodec copy``, the same
+demux-only count), and ``pts * time_base`` is each frame's timestamp, exact for
+variable-frame-rate files too.
+
+Decoding groups the wanted frames by the keyframe that precedes them (their
+GOP). For each group it seeks to that keyframe when that jumps over at least
+one whole GOP (else it keeps decoding forward), decodes forward, keeps the frames whose pts were
+asked for and stops at the group's last one. So 16 frames spread over a long
+video cost about 16 GOPs of decoding, not the whole file. A frame the seeks
+could not produce (say, an open-GOP leading picture) triggers one retry that
+decodes linearly from the start; still missing means the file is truncated or
+corrupt.
+
+Footgun (toolchain notes): never touch a stream object after its container
+closed (reading ``average_rate`` then segfaulted), so everything is copied
+into plain Python values inside the ``with`` block.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from .errors import BackendUnsupported, BadVideoError, check_file
+
+
+def _av():
+    try:
+        import av
+    except ImportError as e:  # the `video` extra is not installed
+        raise BackendUnsupported(f"PyAV is not installed ({e}); pip install av") from e
+    return av
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    """What a demux pass learns about a file's first video stream."""
+
+    path: str
+    pts: tuple[int, ...]  # display order
+    keyframe_pts: tuple[int, ...]  # sorted
+    time_base: Fraction
+    fps: float
+    height: int  # as stored; frames are rotated by `rotation` on decode (PyAV path)
+    width: int
+    codec: str
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.pts)
+
+    def timestamp(self, i: int) -> float:
+        return float(self.pts[i] * self.time_base)
+
+    def window(self, start_time: float | None, end_time: float | None) -> tuple[int, int]:
+        """Index range [i0, i1) of the frames with start_time <= t < end_time."""
+        ts = [self.timestamp(i) for i in range(self.num_frames)]
+        i0 = 0 if start_time is None else bisect.bisect_left(ts, start_time - 1e-9)
+        i1 = self.num_frames if end_time is None else bisect.bisect_left(ts, end_time - 1e-9)
+        return i0, i1
+
+
+def _wrap(path: str, e: Exception, what: str) -> BadVideoError:
+    msg = str(e).split(": '", 1)[0]  # FFmpeg messages end with the path; keep the reason
+    return BadVideoError(path, f"{what}: {type(e).__name__}: {msg}")
+
+
+def probe(path: str) -> VideoProbe:
+    """Demux ``path`` (no decode). Raises BadVideoError for files that cannot be videos."""
+    av = _av()
+    path = str(path)
+    check_file(path)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise BadVideoError(path, "no video stream")
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            codec = ctx.name
+            height, width = int(ctx.height), int(ctx.width)
+            tb = stream.time_base
+            rate = stream.average_rate or stream.guessed_rate
+            pts, key = [], []
+            for packet in container.demux(stream):
+                if packet.size == 0:  # the flush packet at the end
+                    continue
+                if packet.pts is None:
+                    raise BadVideoError(path, "a packet has no timestamp; cannot index frames")
+                pts.append(int(packet.pts))
+                if packet.is_keyframe:
+                    key.append(int(packet.pts))
+    except BadVideoError:
+        raise
+    except Exception as e:  # av.error.* (InvalidDataError, ...), OSError, UnicodeDecodeError
+        raise _wrap(path, e, "cannot open as a video") from e
+    if not pts:
+        raise BadVideoError(path, "the video stream has no frames")
+    if tb is None:
+        raise BadVideoError(path, "the video stream has no time base")
+    pts.sort()
+    fps = float(rate) if rate else (len(pts) - 1) / max(float((pts[-1] - pts[0]) * tb), 1e-9)
+    return VideoProbe(path, tuple(pts), tuple(sorted(key)), Fraction(tb), fps, height, width, codec)
+
+
+def _groups(vp: VideoProbe, want_pts: list[int], seek: bool) -> list[tuple[int | None, list[int]]]:
+    """Wanted pts (sorted) grouped by the keyframe to seek to (None: no seek)."""
+    out: list[tuple[int | None, list[int]]] = []
+    for p in want_pts:
+        j = bisect.bisect_right(vp.keyframe_pts, p) - 1
+        kf = vp.keyframe_pts[j] if seek and j > 0 else None
+        if out and out[-1][0] == kf:
+            out[-1][1].append(p)
+        else:
+            out.append((kf, [p]))
+    return out
+
+
+def _skips_a_gop(vp: VideoProbe, position: int | None, kf: int) -> bool:
+    """Whether seeking from ``position`` to keyframe ``kf`` jumps over a whole GOP.
+
+    Seeking into the very next GOP saves less than it costs (it flushes the
+    frame-threaded decoder). Measured on a 2-core CPU, 300-frame 360p H.264
+    with 30-frame GOPs: 16 uniform frames 221 ms vs 214 ms linear, 4 frames
+    42 ms vs 144 ms; seeking into every next GOP made the 16-frame case
+    slower (216 vs 168 ms).
+    """
+    if position is None:
+        return True
+    return bisect.bisect_left(vp.keyframe_pts, kf) - bisect.bisect_right(vp.keyframe_pts, position) >= 1
+
+
+def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int) -> dict[int, np.ndarray]:
+    got: dict[int, np.ndarray] = {}
+    with av.open(vp.path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame + slice threads: 1.4x on 720p H.264 (toolchain notes)
+        stream.thread_count = threads
+        frames, position = None, None  # decoder generator; pts of the last frame it gave
+        for kf, targets in _groups(vp, want_pts, seek):
+            if frames is None or (kf is not None and _skips_a_gop(vp, position, kf)):
+                if kf is not None:
+                    container.seek(kf, stream=stream, backward=True, any_frame=False)
+                frames = container.decode(stream)
+            last = targets[-1]
+            wanted = set(targets)
+            for frame in frames:
+                if frame.pts is None:
+                    continue
+                position = frame.pts
+                if frame.pts in wanted and frame.pts not in got:
+                    rgb_HW3 = frame.to_ndarray(format="rgb24")
+                    k = round(frame.rotation / 90) % 4 if frame.rotation else 0
+                    got[frame.pts] = np.ascontiguousarray(np.rot90(rgb_HW3, k)) if k else rgb_HW3
+                if frame.pts >= last:
+                    break
+    return got
+
+
+def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> np.ndarray:
+    """Decode the frames ``indices`` (display order, repeats allowed) as uint8 ``[T, H, W, 3]``.
+
+    The frames come out in display orientation: a stream's rotation metadata
+    is applied, as the ffmpeg command line (mediapy) does by default.
+    """
+    av = _av()
+    want = sorted({vp.pts[i] for i in indices})
+    try:
+        got = _decode(av, vp, want, True, threads)
+        if len(got) < len(want):
+            got = _decode(av, vp, want, False, threads)
+    except Exception as e:
+        raise _wrap(vp.path, e, "decode failed (truncated or corrupt)") from e
+    if len(got) < len(want):
+        missing = sorted(i for i in set(indices) if vp.pts[i] not in got)
+        raise BadVideoError(
+            vp.path,
+            f"decode produced {len(got)} of {len(want)} wanted frames (missing {missing[:8]}); truncated or corrupt",
+        )
+    return np.stack([got[vp.pts[i]] for i in indices])
