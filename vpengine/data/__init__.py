@@ -30,10 +30,7 @@ from .resize import resize_frames
 from .sampling import ClipSpec, sample_indices, uniform_indices
 from .synthetic import encode_video, frame_index, index_frames, pattern_frames
 
-try:
-    from .tokenizer import Tokenizer, canonicalize_text
-except ImportError:  # written by another change; the data API does not depend on it
-    pass
+from .tokenizer import Tokenizer, canonicalize_text
 
 __all__ = [
     "BACKENDS",
@@ -45,6 +42,8 @@ __all__ = [
     "ClipLoader",
     "ClipSpec",
     "ManifestEntry",
+    "Tokenizer",
+    "canonicalize_text",
     "encode_video",
     "frame_index",
     "index_frames",
