@@ -37,6 +37,18 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--device", default=None)
+    p = sub.add_parser("embed", help="embed every clip of a manifest (JSONL/CSV) into one .npz")
+    p.add_argument("manifest")
+    p.add_argument("--model", required=True, help="preset name (official weights), .npz or .safetensors")
+    p.add_argument("--out", required=True, help="output .npz (embeddings, rows, paths, bad files)")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=288)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--pool", choices=("mean", "tokens"), default="mean")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--decoder", default="auto", help="auto, pyav, dali-cpu or dali-gpu")
+    p.add_argument("--device", default=None)
+    p.add_argument("--strict", action="store_true", help="stop at the first bad file instead of skipping it")
     bench = sub.add_parser("bench", help="benchmark suite (see benchmarks/)")
     try:
         from .bench.cli import add_arguments
@@ -63,6 +75,24 @@ def main(argv=None) -> int:
 
         return run(args.preset, args.frames, args.size, args.batch, args.runs,
                    tuple(d.strip() for d in args.dtypes.split(",") if d.strip()), args.device)
+    if args.command == "embed":
+        import torch
+
+        from .data import BadVideoError, ClipSpec
+        from .embed import embed_manifest, load_any
+        from .model.convert import CheckpointError
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            model = load_any(args.model)
+            embed_manifest(model, args.manifest, args.out,
+                           spec=ClipSpec(args.frames, size=(args.size, args.size)), batch_size=args.batch,
+                           device=device, dtype=getattr(torch, args.dtype), pool=args.pool,
+                           backend=args.decoder, strict=args.strict)
+        except (ValueError, CheckpointError, FileNotFoundError, BadVideoError) as e:
+            print(f"vpengine embed: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "bench":
         if have_bench is not True:
             print(f"vpengine bench is unavailable: {have_bench}", file=sys.stderr)

@@ -1,0 +1,80 @@
+"""``vpengine embed``: embeddings of every clip of a manifest, in one file.
+
+Legend: N clips, D width.
+
+A video-text model writes its L2-normalized video embeddings; a video encoder
+writes the mean of its tokens (``--pool mean``, ``[N, D]``) or all tokens
+(``--pool tokens``, ``[N, T*S, D]``). Bad files are skipped and listed, never
+fatal (``--strict`` raises). The output is written once, at the end, to a
+temporary name and renamed: an interrupted run leaves no partial file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from .data import ClipLoader, ClipSpec
+from .model.api import from_pretrained, load, load_official
+from .model.config import PRESETS
+from .model.video_text import VideoTextModel
+
+
+def load_any(model: str) -> torch.nn.Module:
+    """A preset name (official weights), an official ``.npz`` or a vpengine ``.safetensors``."""
+    if model in PRESETS:
+        return from_pretrained(model)
+    if model.endswith(".npz"):
+        return load_official(model)
+    if model.endswith(".safetensors"):
+        return load(model)
+    raise ValueError(f"--model must be a preset ({', '.join(PRESETS)}), an .npz or a .safetensors file; got {model!r}")
+
+
+@torch.inference_mode()
+def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int = 8, device="cpu",
+                   dtype: torch.dtype = torch.float32, pool: str = "mean", backend: str = "auto",
+                   strict: bool = False, num_workers: int = 2, log=print) -> dict:
+    """Embed every clip of ``manifest`` and write ``out`` (.npz); returns a summary."""
+    if pool not in ("mean", "tokens"):
+        raise ValueError(f"pool must be 'mean' or 'tokens'; got {pool!r}")
+    if not out.endswith(".npz"):
+        raise ValueError(f"output must be an .npz file; got {out!r}")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    loader = ClipLoader(manifest, spec, batch_size, device=device, backend=backend, shuffle=False,
+                        strict=strict, num_workers=num_workers)
+    embs, rows, paths = [], [], []
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    t0 = time.perf_counter()
+    for batch in loader:
+        with autocast:
+            if isinstance(model, VideoTextModel):
+                e = model.encode_video(batch.frames, batch.frame_paddings)
+            else:
+                tokens = model(batch.frames, batch.frame_paddings)
+                e = tokens.float().mean(1) if pool == "mean" else tokens
+        embs.append(e.float().cpu().numpy())
+        rows += batch.rows
+        paths += [loader.entries[r].path for r in batch.rows]
+        log(f"embedded {len(rows)} clips ({len(rows) / (time.perf_counter() - t0):.2f} clips/s), "
+            f"{loader.num_bad} skipped")
+    D = model.config.encoder.width if isinstance(model, VideoTextModel) else model.config.width
+    arrays = {
+        "embeddings": np.concatenate(embs) if embs else np.zeros((0, D), np.float32),
+        "rows": np.asarray(rows, dtype=np.int64),
+        "paths": np.asarray(paths, dtype=str),
+        "bad_paths": np.asarray([b.path for b in loader.bad_files], dtype=str),
+        "bad_reasons": np.asarray([b.reason for b in loader.bad_files], dtype=str),
+    }
+    tmp = out + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, out)
+    summary = {"clips": len(rows), "skipped": loader.num_bad, "output": out,
+               "shape": list(arrays["embeddings"].shape),
+               "bad_files": [{"path": b.path, "reason": b.reason} for b in loader.bad_files]}
+    log(json.dumps(summary))
+    return summary
