@@ -1,0 +1,84 @@
+"""Token ops on a CUDA device (cuda and triton backends) against the reference,
+exactly; run by benchmarks/device_check.sh on a GPU machine."""
+import os
+
+import pytest
+import torch
+
+from test_tokens import DTYPES, OPS, SHAPES, assert_exact, call, make_inputs, skip_unless_runs
+from vpengine.ops import decoder_input, token_gather, token_scatter, token_shuffle, token_unshuffle, use_backend
+
+pytestmark = pytest.mark.gpu
+GPU_BACKENDS = ["cuda", "triton"]
+# Misaligned widths take the scalar path, multiples of 8 the 16-byte one.
+CUDA_SHAPES = SHAPES + [(4, 4096, 1024, 768), (2, 257, 64, 1408)]
+
+
+def _to_cuda(inputs):
+    return [t.cuda() for t in inputs]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=str)
+@pytest.mark.parametrize("op", OPS)
+def test_cuda_forward_backward_match_ref(op, shape, dtype, backend):
+    inputs = _to_cuda(make_inputs(*shape, dtype, noncontig=shape[0] == 2))
+    fn, leaves, want, want_bwd = call(op, *inputs)
+    skip_unless_runs(backend, op, *leaves)
+    leaves = [t.detach().requires_grad_() for t in leaves]
+    with use_backend(backend):
+        out = fn(leaves)
+        assert_exact(out, want, f"{op} forward ({backend})")
+        grad = torch.randn(out.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1)).to(dtype)
+        got = torch.autograd.grad(out, leaves, grad)
+    for i, (g, w) in enumerate(zip(got, want_bwd(grad))):
+        if i > 0 and op in ("token_scatter", "decoder_input", "token_shuffle"):
+            # fp32 reductions run through the same torch code, but CUDA sums
+            # are not bitwise deterministic across calls.
+            torch.testing.assert_close(g.float(), w.float(), rtol=1e-2, atol=1e-2)
+        else:
+            assert_exact(g, w, f"{op} grad of input {i} ({backend})")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_cuda_bad_indices_raise_when_checking(backend, monkeypatch):
+    monkeypatch.setenv("VPENGINE_CHECK_INDICES", "1")
+    N, D = 8, 16
+    x = torch.randn(2, N, D, device="cuda")
+    kept = torch.randn(2, 3, D, device="cuda")
+    mt, pos = torch.randn(D, device="cuda"), torch.randn(N, D, device="cuda")
+    keep_bad = torch.tensor([[0, 3, N], [1, 2, 7]], device="cuda")
+    keep_rep = torch.tensor([[0, 3, 3], [1, 2, 7]], device="cuda")
+    perm = torch.stack([torch.arange(N), torch.arange(N).flip(0)]).cuda()
+    perm_bad = perm.clone()
+    perm_bad[0, 0] = 1
+    skip_unless_runs(backend, "decoder_input", kept, keep_rep, mt, perm, pos)
+    with use_backend(backend):
+        for fn in (
+            lambda: token_gather(x, keep_bad),
+            lambda: token_scatter(kept, keep_bad, N, mt),
+            lambda: token_scatter(kept, keep_rep, N, mt),
+            lambda: token_shuffle(x, perm_bad, pos),
+            lambda: token_unshuffle(x, perm_bad),
+            lambda: decoder_input(kept, keep_rep, mt, perm, pos),
+        ):
+            with pytest.raises(ValueError):
+                fn()
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_cuda_bad_indices_never_crash_without_checks(backend, monkeypatch):
+    monkeypatch.delenv("VPENGINE_CHECK_INDICES", raising=False)
+    N, D = 8, 16
+    kept = torch.randn(2, 3, D, device="cuda")
+    mt, pos = torch.randn(D, device="cuda"), torch.randn(N, D, device="cuda")
+    keep_bad = torch.tensor([[0, 3, 1 << 40], [-5, 2, 7]], device="cuda")
+    perm_bad = torch.full((2, N), 1 << 40, device="cuda")
+    skip_unless_runs(backend, "decoder_input", kept, keep_bad, mt, perm_bad, pos)
+    with use_backend(backend, ops=("token_scatter", "token_shuffle", "decoder_input")):
+        token_scatter(kept, keep_bad, N, mt)
+        decoder_input(kept, keep_bad, mt, perm_bad, pos)
+        token_shuffle(torch.randn(2, N, D, device="cuda"), perm_bad, pos)
+    torch.cuda.synchronize()  # an illegal address would surface here
+    assert os.environ.get("VPENGINE_CHECK_INDICES") is None
