@@ -39,6 +39,7 @@ MAX_HEAD_DIM = 128  # triton and cuda: E padded to a power of two <= 128 (88 -> 
 CUDA_MAX_T = 32  # the cuda kernel keeps a sequence in one warp: one frame per lane
 AUTOTUNE_FILE = pathlib.Path(__file__).with_name("attention_autotune.json")
 
+
 def _check(qkv: torch.Tensor, axis: str, num_heads: int, frame_paddings: torch.Tensor | None) -> None:
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 4:
         shape = tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__
@@ -108,6 +109,9 @@ def _has_native(name: str) -> bool:
 
 def _cuda_reasons(qkv, axis, num_heads, softcap, frame_paddings, *rest) -> list[str]:
     why = _kernel_reasons("cuda", qkv, axis, num_heads)
+    E = qkv.shape[-1] // (3 * num_heads)
+    if E % 8:
+        why.append(f"cuda: head dim {E} is not a multiple of 8 (rows move as 16-byte vectors)")
     if axis != "time":
         why.append("cuda: kernel covers the time axis only (space runs on triton)")
     elif qkv.shape[1] > CUDA_MAX_T:
@@ -121,12 +125,22 @@ def _cuda_reasons(qkv, axis, num_heads, softcap, frame_paddings, *rest) -> list[
 
 @_REG.register("ref")
 def _fwd_ref(qkv, axis, num_heads, softcap, frame_paddings):
-    return spacetime_attention_ref(qkv, axis, num_heads, softcap, frame_paddings, return_lse=True)
+    out, lse = spacetime_attention_ref(qkv, axis, num_heads, softcap, frame_paddings, return_lse=True)
+    return out.contiguous(), lse  # the fake impl (and every kernel) returns contiguous
+
+
+def _like_fake(grad: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+    """grad with the strides of the fake impl's empty_like(qkv)."""
+    like = torch.empty_like(qkv)
+    if like.stride() == grad.stride():
+        return grad
+    return like.copy_(grad)
 
 
 @_BWD.register("ref")
 def _bwd_ref(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
-    return spacetime_attention_backward_ref(grad_out, qkv, axis, num_heads, softcap, frame_paddings)
+    grad = spacetime_attention_backward_ref(grad_out, qkv, axis, num_heads, softcap, frame_paddings)
+    return _like_fake(grad, qkv)
 
 
 @_REG.register("triton", reasons=_triton_reasons)
