@@ -110,7 +110,7 @@ def _extensions():
     exts = [cpu_ext]
     cu_sources = _sources("csrc/cuda/*.cu")
     if build_cuda == "1" and cu_sources:
-        arch_tokens = ",".join(f.split("code=")[1] for f in _gencode_flags(archs))
+        arch_tokens = ",".join(f.rsplit("code=", 1)[1] for f in _gencode_flags(archs))
         cuda_common = common + [f"-DVPENGINE_CUDA_ARCHS={arch_tokens}", "-DVPENGINE_WITH_CUDA"]
         exts.append(
             cpp_extension.CUDAExtension(
@@ -138,6 +138,8 @@ ext_modules, cmdclass = _extensions()
 setup(
     packages=find_packages(include=["vpengine", "vpengine.*"]) + ["vpengine.kernels"],
     package_dir={"vpengine.kernels": "kernels"},
+    # The measured backend table of vpengine.ops ships with the wheel.
+    package_data={"vpengine.ops": ["*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import _kernels_path  # noqa: F401,E402  (vpengine.kernels from a source checkout)
+
 _LAZY = {
     "build": ("vpengine.model.api", "build"),
     "load_official": ("vpengine.model.api", "load_official"),

@@ -71,6 +71,8 @@ def _load(name: str) -> str | None:
     if os.environ.get("VPENGINE_DISABLE_EXT", "") == "1":
         return "disabled by VPENGINE_DISABLE_EXT=1"
     if name == "_C_cuda":
+        if not torch.version.cuda:  # it links libc10_cuda/libtorch_cuda, absent from a CPU torch
+            return f"torch {torch.__version__} is a CPU build: vpengine._C_cuda cannot load"
         err = _load("_C")  # the schemas the CUDA kernels implement live in _C
         if err:
             return f"vpengine._C_cuda needs vpengine._C: {err}"

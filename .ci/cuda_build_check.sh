@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Build vpengine's extensions WITH CUDA on a machine without a GPU, to prove
+# that csrc/cuda links against a CUDA torch (the nvcc compile check alone
+# cannot: a CPU torch has no libc10_cuda/libtorch_cuda to link).
+#
+#   1. a second venv (path $1, default a temp dir) with the CUDA torch wheel
+#      torch==2.14.1 + ninja numpy setuptools wheel (reused when it has them);
+#   2. a copy of the source tree (so no .so lands in the repository, where the
+#      CPU venv would find it), built with VPENGINE_BUILD_CUDA=1 and CUDA_HOME
+#      = the real toolkit root behind `nvcc` (which may be a wrapper script);
+#   3. in that venv: vpengine._C and vpengine._C_cuda load through
+#      vpengine._ext, the CUDA kernel is registered, the CPU kernel works.
+#
+# Usage: .ci/cuda_build_check.sh [venv_dir]
+# Env:   CUDA_HOME (default: found from nvcc), VPENGINE_CUDA_ARCHS, MAX_JOBS (default 2),
+#        CUDA_TORCH (default torch==2.14.1)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv=${1:-$(mktemp -d)/venv-cuda}
+CUDA_TORCH=${CUDA_TORCH:-torch==2.14.1}
+export MAX_JOBS=${MAX_JOBS:-2} PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# --- toolkit root: nvcc -dryrun prints TOP=<root>/bin/.. even through a wrapper
+if [ -z "${CUDA_HOME:-}" ]; then
+  command -v nvcc >/dev/null || { echo "cuda_build_check: nvcc not found and CUDA_HOME unset" >&2; exit 1; }
+  top=$(nvcc -dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n1)
+  if [ -n "$top" ] && [ -x "$top/bin/nvcc" ]; then
+    CUDA_HOME=$(cd "$top" && pwd -P)
+  else
+    CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+  fi
+fi
+[ -x "$CUDA_HOME/bin/nvcc" ] || { echo "cuda_build_check: no bin/nvcc under CUDA_HOME=$CUDA_HOME" >&2; exit 1; }
+export CUDA_HOME
+echo "cuda_build_check: CUDA_HOME=$CUDA_HOME ($("$CUDA_HOME/bin/nvcc" --version | tail -n1))"
+
+# --- the CUDA torch venv
+t0=$(date +%s)
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+want=${CUDA_TORCH#torch==}
+have=$("$venv/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null || true)
+if [ "${have%%+*}" != "$want" ] || ! "$venv/bin/python" -c "import ninja, numpy, setuptools, wheel" 2>/dev/null; then
+  "$venv/bin/pip" install -q "$CUDA_TORCH" ninja numpy setuptools wheel
+fi
+"$venv/bin/python" -c "import torch; assert torch.version.cuda, 'not a CUDA torch: ' + torch.__version__; print('cuda_build_check: torch', torch.__version__, 'CUDA', torch.version.cuda)"
+t1=$(date +%s)
+
+# --- build in a copy of the tree
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+tar -C "$repo" -cf - --exclude=.git --exclude='.venv*' --exclude=build --exclude=_cmake_build \
+  --exclude='*.so' --exclude='*.o' --exclude=__pycache__ --exclude='*.egg-info' --exclude=benchmarks/results . |
+  tar -C "$work" -xf -
+(cd "$work" && VPENGINE_BUILD_EXT=1 VPENGINE_BUILD_CUDA=1 "$venv/bin/python" setup.py -q build_ext --inplace)
+t2=$(date +%s)
+
+# --- load and check (no GPU here: only registration and the CPU path can run)
+(cd "$work" && "$venv/bin/python" - <<'EOF'
+import torch
+from vpengine import _ext
+
+assert _ext.cpu_ext_reasons() == [], _ext.cpu_ext_reasons()
+err = _ext._load("_C_cuda")
+assert err is None, err
+assert _ext.has_cuda_kernels()
+for key in ("CPU", "CUDA", "Meta"):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("vpengine::token_gather_native", key), key
+info = _ext.build_info()
+assert info["cuda_built"] and info["cuda_torch_built_against"] == torch.__version__, info
+assert info["cuda_archs"].startswith("sm_") and info["cuda_runtime"], info
+x = torch.randn(2, 6, 8)
+idx = torch.tensor([[5, 0], [2, 2]])
+assert torch.equal(torch.ops.vpengine.token_gather_native(x, idx), x.gather(1, idx[..., None].expand(-1, -1, 8)))
+print("cuda_build_check: _C and _C_cuda load; CUDA kernel registered;", info)
+EOF
+)
+echo "cuda_build_check: ok (venv $(( t1 - t0 )) s, build $(( t2 - t1 )) s)"
