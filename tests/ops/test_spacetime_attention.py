@@ -141,6 +141,19 @@ def test_opcheck(backend):
         out, lse = st._spacetime_attention_op(qkv.detach(), "time", 1, 50.0, pad)
         bwd_args = (torch.randn_like(out), qkv.detach(), out, lse, "time", 1, 50.0, pad)
         torch.library.opcheck(st._spacetime_attention_bwd_op, bwd_args)
+        torch.library.opcheck(st._spacetime_attention_infer_op, (qkv.detach(), "space", 1, 50.0, pad))
+        assert torch.equal(st._spacetime_attention_infer_op(qkv.detach(), "time", 1, 50.0, pad), out)
+
+
+def test_inference_path_equals_training_path():
+    """No-grad calls take the forward-only op; it must give the same values."""
+    qkv = make_qkv(2, 3, 5, 2, 16, torch.float32)
+    pad = make_paddings(2, 3, "some")
+    for axis in ("space", "time"):
+        with torch.no_grad():
+            fast = ops.spacetime_attention(qkv, axis, 2, frame_paddings=pad)
+        full = ops.spacetime_attention(qkv.clone().requires_grad_(True), axis, 2, frame_paddings=pad)
+        assert torch.equal(fast, full.detach())
 
 
 def test_compile_fullgraph():

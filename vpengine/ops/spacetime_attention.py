@@ -254,6 +254,24 @@ def _spacetime_attention_bwd_fake(grad_out, qkv, out, lse, axis, num_heads, soft
     return torch.empty_like(qkv)
 
 
+@torch.library.custom_op("vpengine::spacetime_attention_inference", mutates_args=())
+def _spacetime_attention_infer_op(
+    qkv: torch.Tensor, axis: str, num_heads: int, softcap: float, frame_paddings: torch.Tensor | None
+) -> torch.Tensor:
+    """Forward only (no gradient wanted): the ref backend skips the row
+    log-sum-exp that only backward needs (about 40% of its time on CPU)."""
+    impl = _REG.select(qkv.device.type, qkv, axis, num_heads, softcap, frame_paddings)
+    if impl.name == "ref":
+        return spacetime_attention_ref(qkv, axis, num_heads, softcap, frame_paddings).contiguous()
+    return impl.fn(qkv, axis, num_heads, softcap, frame_paddings)[0]
+
+
+@_spacetime_attention_infer_op.register_fake
+def _spacetime_attention_infer_fake(qkv, axis, num_heads, softcap, frame_paddings):
+    B, T, S, C = qkv.shape
+    return qkv.new_empty((B, T, S, C // 3))
+
+
 def _setup_context(ctx, inputs, output):
     qkv, axis, num_heads, softcap, frame_paddings = inputs
     out, lse = output
@@ -292,5 +310,7 @@ def spacetime_attention(
     _check(qkv, axis, num_heads, frame_paddings)
     if frame_paddings is not None:
         frame_paddings = frame_paddings.to(torch.float32)
+    if not (torch.is_grad_enabled() and qkv.requires_grad):
+        return _spacetime_attention_infer_op(qkv, axis, num_heads, float(softcap), frame_paddings)
     out, _ = _spacetime_attention_op(qkv, axis, num_heads, float(softcap), frame_paddings)
     return out

@@ -58,10 +58,14 @@ def spacetime_attention_ref(
     # reference can also serve as the exact (fp64) yardstick for kernels.
     acc = torch.float64 if qkv.dtype == torch.float64 else torch.float32
     logits = torch.matmul(q * (E ** -0.5), k.transpose(-1, -2)).to(acc)
+    # Same math either way; in place (no extra [.., L, L] buffers) when autograd
+    # does not need the intermediates.
+    inplace = not (torch.is_grad_enabled() and logits.requires_grad)
     if softcap > 0:
-        logits = softcap * torch.tanh(logits / softcap)
+        logits = logits.div_(softcap).tanh_().mul_(softcap) if inplace else softcap * torch.tanh(logits / softcap)
     if frame_paddings is not None:
-        logits = logits.masked_fill(key_padding_mask(frame_paddings, axis), NEG)
+        mask = key_padding_mask(frame_paddings, axis)
+        logits = logits.masked_fill_(mask, NEG) if inplace else logits.masked_fill(mask, NEG)
     probs = torch.softmax(logits, dim=-1)
     ctx = torch.matmul(probs.to(v.dtype), v)
     out = ctx.permute(_INV[axis]).reshape(B, T, S, H * E)
