@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# One-run GPU check (issue 5, item 4), for a GPU machine with no network:
+#   1. facts about the machine (GPU, driver, torch, NVDEC library)
+#   2. build the extension in place against the machine's own torch
+#   3. the `gpu`-marked tests
+#   4. the GPU benchmark suites -> JSON lines (appended as each case finishes)
+#   5. the roofline plot, the full table, and one summary table printed last
+# Every step is time-boxed so one failure cannot eat the run; the whole thing
+# is sized for under 8 minutes (VPENGINE_CHECK_TOTAL_S, default 460 s).
+#
+# Output: $OUT if set, else benchmarks/results/, files named
+#   <UTC date-time>_<card>_<commit>.{jsonl,png,table.txt,log}
+# A tree copied without .git can pass its commit: VPENGINE_COMMIT=abc123.
+#
+# Usage: bash benchmarks/device_check.sh [--quick]   (--quick: B shapes only)
+# VPENGINE_CHECK_SKIP_BUILD=1 uses the extension already built (a dry run on a CPU machine).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+T0=$(date +%s)
+TOTAL_S=${VPENGINE_CHECK_TOTAL_S:-460}
+RESERVE_S=25   # kept back for the plot and the summary
+QUICK=""
+[ "${1:-}" = "--quick" ] && QUICK="--quick"
+PY=${PYTHON:-python}
+
+OUTDIR=${OUT:-benchmarks/results}
+mkdir -p "$OUTDIR"
+CARD=$($PY -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no-cuda')" 2>/dev/null \
+  | tr -cs 'A-Za-z0-9.' '-' | sed 's/-*$//')
+COMMIT=${VPENGINE_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
+export VPENGINE_COMMIT=$COMMIT
+NAME="$(date -u +%Y%m%d-%H%M)_${CARD:-unknown}_${COMMIT}"
+JSONL="$OUTDIR/$NAME.jsonl"
+PNG="$OUTDIR/$NAME.png"
+TABLE="$OUTDIR/$NAME.table.txt"
+LOG="$OUTDIR/$NAME.log"
+: > "$LOG"
+
+STEPS=()
+left() { echo $(( T0 + TOTAL_S - $(date +%s) - RESERVE_S )); }
+
+# step NAME CAP_S CMD...: run CMD with a limit of min(CAP_S, time left); log it.
+step() {
+  local name=$1 cap=$2
+  shift 2
+  local lim; lim=$(left)
+  (( cap < lim )) && lim=$cap
+  if (( lim < 10 )); then
+    STEPS+=("$name|not run: no time left|0")
+    return
+  fi
+  echo "=== $name (limit ${lim}s) ===" | tee -a "$LOG"
+  local s; s=$(date +%s)
+  # timeout signals its whole process group, so a hung python child dies too.
+  timeout --kill-after=10 "$lim" bash -c '"$@"' _ "$@" >> "$LOG" 2>&1
+  local rc=$?
+  local d=$(( $(date +%s) - s ))
+  local status="ok"
+  if (( rc == 124 || rc == 137 )); then status="TIMEOUT after ${lim}s"; elif (( rc != 0 )); then status="FAILED (exit $rc)"; fi
+  echo "    -> $status in ${d}s" | tee -a "$LOG"
+  STEPS+=("$name|$status|$d")
+}
+
+machine_facts() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+  $PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, \
+'capability', torch.cuda.get_device_capability() if torch.cuda.is_available() else None)"
+  $PY -c "import triton; print('triton', triton.__version__)" || true
+  $PY -c "import torch.utils.cpp_extension as c; print('CUDA_HOME', c.CUDA_HOME)"
+  echo "NVDEC (libnvcuvid) for DALI's GPU decoder:"; ldconfig -p | grep -i nvcuvid || echo "  libnvcuvid not found"
+}
+
+build_ext() {
+  # Only the card's own architecture: a full arch list would double the build time.
+  local arch
+  arch=$($PY -c "import torch; m, n = torch.cuda.get_device_capability(); print(f'{m}.{n}' + ('a' if m == 9 else ''))")
+  VPENGINE_BUILD_CUDA=${VPENGINE_BUILD_CUDA:-auto} VPENGINE_CUDA_ARCHS=${VPENGINE_CUDA_ARCHS:-$arch} \
+    MAX_JOBS=${MAX_JOBS:-$(nproc)} $PY setup.py build_ext --inplace && $PY -m vpengine info
+}
+
+gpu_tests() {
+  # Test modules that import packages this machine lacks (PyAV, DALI) must not
+  # stop the GPU tests of the others.
+  $PY -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors -o addopts="-ra" tests
+}
+
+bench_suite() {  # bench_suite SUITE BUDGET_S: stop starting cases after BUDGET_S
+  $PY -m vpengine bench $QUICK --suite "$1" --json "$JSONL" --budget-s "$2"
+}
+
+# budget SHARE_PERCENT CAP: a suite's share of the time left, at most CAP seconds
+budget() { local b=$(( $(left) * $1 / 100 )); (( b > $2 )) && b=$2; echo $b; }
+
+export PY QUICK JSONL
+export -f machine_facts build_ext gpu_tests bench_suite
+
+echo "vpengine device check -> $OUTDIR/$NAME.* (total limit ${TOTAL_S}s)" | tee -a "$LOG"
+step "machine facts" 30 machine_facts
+if [ "${VPENGINE_CHECK_SKIP_BUILD:-0}" = "1" ]; then
+  STEPS+=("build extension|skipped (VPENGINE_CHECK_SKIP_BUILD=1)|0")
+else
+  step "build extension" 240 build_ext
+fi
+step "pytest -m gpu" 120 gpu_tests
+# Suites in order of what the kernel issues need most; each gets a share of the
+# time left (the grace after the budget covers the case running when it ends).
+b=$(budget 40 150); step "bench spacetime_attention" $(( b + 60 )) bench_suite spacetime_attention "$b"
+b=$(budget 35 60);  step "bench tokens" $(( b + 20 )) bench_suite tokens "$b"
+b=$(budget 70 120); step "bench encoder" $(( b + 60 )) bench_suite encoder "$b"
+b=$(budget 60 30);  step "bench patchify" $(( b + 15 )) bench_suite patchify "$b"
+b=$(budget 90 20);  step "bench decode" $(( b + 10 )) bench_suite decode "$b"
+
+RESERVE_S=0
+if [ -s "$JSONL" ]; then
+  step "plot" 30 $PY -c "from vpengine.bench.record import read_jsonl; from vpengine.bench.plot import plot_roofline; \
+plot_roofline(read_jsonl('$JSONL'), '$PNG')"
+  $PY -m vpengine.bench.report "$JSONL" > "$TABLE" 2>&1
+  echo; echo "=== full table: $TABLE ==="; head -c 4000 "$TABLE"; echo; echo "[...]"
+fi
+
+echo
+echo "=== SUMMARY: $NAME ($(( $(date +%s) - T0 ))s) ==="
+if [ -s "$JSONL" ]; then
+  $PY -m vpengine.bench.report --compact "$JSONL" 2>&1
+else
+  echo "no benchmark lines were written"
+fi
+printf '%-28s %-28s %s\n' "step" "status" "seconds"
+for s in "${STEPS[@]}"; do IFS='|' read -r n st d <<< "$s"; printf '%-28s %-28s %s\n' "$n" "$st" "$d"; done
+echo "files: $JSONL $PNG $TABLE $LOG"

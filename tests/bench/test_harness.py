@@ -1,0 +1,126 @@
+"""Unit tests of the benchmark harness: FLOP/byte formulas, the schema
+validator, timing statistics, and how the runner sorts skips from errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vpengine.backends import BackendUnavailable
+from vpengine.bench import flops as F
+from vpengine.bench.record import Record, validate
+from vpengine.bench.report import format_table
+from vpengine.bench.roofline import Ceilings
+from vpengine.bench.runner import _speedups, records_for, run_case, run_group_interleaved, speedup_record
+from vpengine.bench.suites import Case, SkipCase, SuiteContext
+from vpengine.bench.timing import Budget, measure, measure_interleaved, quantiles
+from vpengine.model.config import PRESETS
+
+CTX = SuiteContext(device=torch.device("cpu"), quick=True)
+FAST = Budget(warmup=1, min_reps=3, max_reps=5, min_time_s=0.0)
+
+
+def test_encoder_flops_match_the_published_counts():
+    base = F.encoder_flops(PRESETS["videoprism_public_v1_base"], 16, 288, 288)
+    large = F.encoder_flops(PRESETS["videoprism_public_v1_large"], 8, 288, 288)
+    assert 0.95e12 < base < 0.99e12  # "about 0.97 TFLOP per clip"
+    assert 1.40e12 < large < 1.55e12  # "about 1.5 TFLOP"
+    with pytest.raises(ValueError, match="patch_size"):
+        F.encoder_flops(PRESETS["videoprism_public_v1_base"], 16, 280, 288)
+
+
+def test_attention_counts():
+    fwd = F.attention_flops(8192, 16, 12, 64, "fwd")
+    assert fwd == 4 * 8192 * 12 * 16 * 16 * 64
+    assert F.attention_flops(8192, 16, 12, 64, "fwd+bwd") == 3.5 * fwd
+    # bf16 forward: qkv read + out written + fp32 lse.
+    tok = 8192 * 16 * 12
+    assert F.attention_bytes(8192, 16, 12, 64, 2, "fwd") == tok * 64 * 2 * 4 + tok * 4
+    assert F.token_gather_bytes(8, 4096, 819, 768, 2) == 2 * 8 * 819 * 768 * 2 + 8 * 819 * 8
+
+
+def _line(**kw):
+    rec = Record(op="x", backend="auto", mode="fwd", shape="s", dtype="float32", metric="time", unit="ms",
+                 median=2.0, p20=1.0, p80=3.0, device="cpu", versions={"torch": "2", "triton": None, "cuda": None},
+                 commit="abc", suite="tokens", note="")
+    d = rec.__dict__.copy()
+    d.update(kw)
+    return d
+
+
+def test_validate_catches_schema_breaks():
+    assert validate(_line()) == []
+    assert validate(_line(metric="skipped", median=None, p20=None, p80=None)) == []
+    assert validate(_line(p20=5.0))  # p20 above the median
+    assert validate(_line(metric="skipped"))  # numbers on a skip line
+    broken = _line()
+    del broken["commit"]
+    assert validate(broken)
+    assert validate(_line(versions={"torch": "2"}))
+
+
+def test_quantiles_and_measure():
+    assert quantiles([5.0, 1.0, 3.0, 2.0, 4.0]) == pytest.approx((3.0, 1.8, 4.2))
+    t = measure(lambda: torch.ones(64).sum(), "cpu", FAST)
+    assert 3 <= t.reps <= 5 and 0 < t.p20 <= t.median <= t.p80
+
+
+def _case(setup, backend="auto", baseline=False, **kw):
+    return Case(suite="tokens", op="op", backend=backend, mode="fwd", shape="s", dtype="float32",
+                setup=setup, baseline=baseline, budget=FAST, **kw)
+
+
+def test_runner_sorts_skips_from_errors():
+    def skip():
+        raise SkipCase("not written yet")
+
+    def unavailable():
+        raise BackendUnavailable("op: forced backend 'cuda' cannot run these inputs: no CUDA device")
+
+    def broken():
+        raise RuntimeError("boom")
+
+    assert run_case(_case(skip), CTX).status == "skipped"
+    assert run_case(_case(unavailable), CTX).reason.endswith("no CUDA device")
+    err = run_case(_case(broken), CTX)
+    assert err.status == "error" and "RuntimeError: boom" in err.reason
+    ok = run_case(_case(lambda: (lambda: None)), CTX)
+    assert ok.status == "ok" and ok.timing.median > 0
+
+
+def test_speedup_is_against_the_fastest_baseline_and_rates_are_ordered():
+    x = torch.zeros(1 << 16)
+    fast = run_case(_case(lambda: (lambda: None), nbytes=1e6, flops=1e6), CTX)
+    slow = run_case(_case(lambda: (lambda: x.clone()), backend="torch", baseline=True), CTX)
+    _speedups([fast, slow])
+    assert fast.speedup_vs == "torch" and fast.speedup > 1
+    ceil = Ceilings("cpu", copy_bytes_per_s=1e10, bf16_flops_per_s=1e12, fp32_flops_per_s=1e11)
+    recs = [r.__dict__ for r in [*records_for(fast, ceil, "cpu"), speedup_record(fast, "cpu")]]
+    assert speedup_record(slow, "cpu") is None
+    assert {r["metric"] for r in recs} == {"time", "tflops", "gbps", "pct_roofline", "speedup"}
+    assert all(validate(r) == [] for r in recs)
+    assert format_table(recs).splitlines()[-1].rstrip().endswith("x vs torch")
+
+
+def test_interleaved_timing_alternates_and_drops_failures():
+    calls = []
+
+    def make(name, fail_at=None):
+        def fn():
+            calls.append(name)
+            if fail_at is not None and calls.count(name) == fail_at:
+                raise RuntimeError(f"{name} broke")
+        return fn
+
+    budget = Budget(warmup=1, min_reps=3, max_reps=3, min_time_s=0.0)
+    a, b, c = measure_interleaved([make("a"), make("b"), make("c", fail_at=3)], "cpu", [budget] * 3)
+    assert calls[:3] == ["a", "b", "c"]  # warm-ups
+    assert calls[3:9] == ["a", "b", "c", "a", "b", "c"]  # round-robin, c fails on its 3rd call
+    assert a.reps == b.reps == 3 and isinstance(c, RuntimeError)
+
+
+def test_group_runner_records_each_case():
+    def skip():
+        raise SkipCase("not here")
+
+    res = run_group_interleaved([_case(lambda: (lambda: None)), _case(skip, backend="cpu")], CTX)
+    assert [r.status for r in res] == ["ok", "skipped"] and res[0].timing.reps >= 3

@@ -1,0 +1,152 @@
+"""The readable table, built from JSON-lines records so that a results file
+can be printed again later: ``python -m vpengine.bench.report FILE.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import OrderedDict
+
+from .record import STATUS_METRICS, read_jsonl
+
+COLUMNS = ("op", "mode", "shape", "dtype", "backend", "median ms", "p20-p80 ms",
+           "TFLOP/s", "GB/s", "clips/s", "%roof", "MFU%", "speedup")
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    if v is None:
+        return ""
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.{digits}g}"
+
+
+def ceiling_values(records: list[dict]) -> dict[str, tuple[float, str]]:
+    """ceiling op -> (median over the runs in ``records``, unit). A results file
+    of several ``vpengine bench`` calls holds one measurement per call."""
+    by: dict[str, list] = {}
+    for r in records:
+        if r["suite"] == "ceilings" and r["metric"] not in STATUS_METRICS:
+            by.setdefault(r["op"], []).append(r)
+    out = {}
+    for op, rs in by.items():
+        vals = sorted(r["median"] for r in rs)
+        out[op] = (vals[len(vals) // 2], rs[0]["unit"])
+    return out
+
+
+def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
+    """One row per measured case (ceilings first) and notes for skipped/failed ones."""
+    cases: OrderedDict[tuple, dict] = OrderedDict()
+    notes = []
+    for r in records:
+        if r["metric"] in STATUS_METRICS:
+            where = " ".join(x for x in (r["op"], r["mode"], r["shape"], r["dtype"], r["backend"]) if x != "-")
+            notes.append(f"{r['metric']}: [{r['suite']}] {where}: {r['note']}")
+            continue
+        key = (r["suite"], r["op"], r["mode"], r["shape"], r["dtype"], r["backend"])
+        cases.setdefault(key, {})[r["metric"]] = r
+    rows = []
+    for (suite, op, mode, shape, dtype, backend), m in cases.items():
+        if suite == "ceilings":
+            rate = m.get("tflops") or m.get("gbps")
+            rows.append([op, mode, shape, dtype, backend, "", "",
+                         _fmt(m["tflops"]["median"]) if "tflops" in m else "",
+                         _fmt(m["gbps"]["median"]) if "gbps" in m else "", "", "", "",
+                         f"p20-p80 {_fmt(rate['p20'])}-{_fmt(rate['p80'])}"])
+            continue
+        t = m.get("time")
+        if t is None:
+            continue
+        sp = m.get("speedup")
+        rows.append([
+            op, mode, shape, dtype, backend, _fmt(t["median"]), f"{_fmt(t['p20'])}-{_fmt(t['p80'])}",
+            _fmt(m["tflops"]["median"]) if "tflops" in m else "",
+            _fmt(m["gbps"]["median"]) if "gbps" in m else "",
+            _fmt(m["clips_per_s"]["median"]) if "clips_per_s" in m else "",
+            _fmt(m["pct_roofline"]["median"]) if "pct_roofline" in m else "",
+            _fmt(m["mfu"]["median"]) if "mfu" in m else "",
+            f"{sp['median']:.2f}x {sp['note']}" if sp else "",
+        ])
+    return rows, notes
+
+
+def format_table(records: list[dict], title: str | None = None) -> str:
+    rows, notes = rows_from_records(records)
+    widths = [len(c) for c in COLUMNS]
+    for row in rows:
+        widths = [max(w, len(x)) for w, x in zip(widths, row)]
+    lines = []
+    if title:
+        lines.append(title)
+    if records:
+        r0 = records[0]
+        v = r0["versions"]
+        lines.append(f"device: {r0['device']} | torch {v.get('torch')} triton {v.get('triton')} "
+                     f"CUDA {v.get('cuda')} | commit {r0['commit']}")
+    lines.append("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
+    if notes:
+        lines.append("")
+        lines += notes
+    return "\n".join(lines)
+
+
+def compact_table(records: list[dict]) -> str:
+    """One line per (op, mode, shape, dtype): the fastest vpengine path, its
+    rate and share of the roofline, and its speedup over the best baseline.
+    Short enough to be the last thing a time-boxed GPU run prints."""
+    rows, _ = rows_from_records([r for r in records if r["suite"] != "ceilings"])
+    best: OrderedDict[tuple, list[str]] = OrderedDict()
+    for row in rows:
+        if not row[12]:  # no speedup: a baseline, or a vpengine path with no baseline measured
+            continue
+        key = tuple(row[:4])
+        if key not in best or float(row[5]) < float(best[key][5]):
+            best[key] = row
+    cols = ("op", "mode", "shape", "dtype", "best", "ms", "TFLOP/s", "GB/s", "%roof/MFU", "speedup")
+    out = [[*r[:4], r[4], r[5], r[7], r[8], r[10] or r[11], r[12]] for r in best.values()]
+    widths = [max([len(c), *(len(x[i]) for x in out)]) for i, c in enumerate(cols)]
+    lines = ["measured ceilings: " + " | ".join(
+        f"{op.removeprefix('ceiling/')} {_fmt(v)} {unit}" for op, (v, unit) in ceiling_values(records).items())]
+    lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in out]
+    return "\n".join(lines)
+
+
+def suite_summary(records: list[dict]) -> dict[str, str]:
+    """suite -> "N measured, M skipped, K errors"."""
+    out: dict[str, list[int]] = {}
+    seen = set()
+    for r in records:
+        if r["suite"] == "ceilings":
+            continue
+        key = (r["suite"], r["op"], r["mode"], r["shape"], r["dtype"], r["backend"])
+        if key in seen:
+            continue
+        seen.add(key)
+        c = out.setdefault(r["suite"], [0, 0, 0])
+        c[{"skipped": 1, "error": 2}.get(r["metric"], 0)] += 1
+    return {s: f"{a} measured, {b} skipped, {e} errors" for s, (a, b, e) in out.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vpengine.bench.report", description="Print a results file as a table.")
+    p.add_argument("jsonl", help="JSON-lines file written by `vpengine bench --json`")
+    p.add_argument("--commit", help="only lines of this commit")
+    p.add_argument("--compact", action="store_true", help="one line per case group: the best vpengine path")
+    args = p.parse_args(argv)
+    recs = read_jsonl(args.jsonl)
+    if args.commit:
+        recs = [r for r in recs if r["commit"] == args.commit]
+    print(compact_table(recs) if args.compact else format_table(recs))
+    for s, v in suite_summary(recs).items():
+        print(f"suite {s}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Roofline ceilings measured at the start of a run, never taken from a datasheet.
+
+Copy bandwidth: ``dst.copy_(src)`` of a buffer far larger than the caches
+(bytes moved = read + write). Matrix rate: a square-ish product in bf16 and in
+fp32 (TF32 stays off, PyTorch's default for matmul), on CPU at the encoder's
+MLP shape ``[M, 768] x [768, 3072]`` because that is the product the CPU spends
+its time in. Each product is timed both as ``torch.mm`` and as ``F.linear``
+(on CPU these reach different libraries, MKL and oneDNN, at rates up to 2x
+apart) and the faster one is the ceiling: the best this machine did.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .timing import Budget, measure
+
+_MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """Measured rates: bytes/s of copy, FLOP/s of bf16 and fp32 matmul."""
+
+    device: str
+    copy_bytes_per_s: float
+    bf16_flops_per_s: float
+    fp32_flops_per_s: float
+
+    def peak_flops(self, dtype: str) -> float:
+        return self.fp32_flops_per_s if dtype in ("float32", "fp32") else self.bf16_flops_per_s
+
+    def roof_time(self, flops: float, nbytes: float, dtype: str) -> float:
+        """The fastest time a kernel doing ``flops`` and moving ``nbytes`` can take."""
+        t_flops = flops / self.peak_flops(dtype) if flops else 0.0
+        t_bytes = nbytes / self.copy_bytes_per_s if nbytes else 0.0
+        return max(t_flops, t_bytes)
+
+
+def _copy_case(device: torch.device, quick: bool):
+    if device.type == "cuda":
+        nbytes = (256 if quick else 1024) * _MIB
+    else:
+        nbytes = (16 if quick else 128) * _MIB
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    return (lambda: dst.copy_(src)), 2.0 * nbytes
+
+
+def _matmul_cases(device: torch.device, dtype: torch.dtype, quick: bool):
+    if device.type == "cuda":
+        n = 4096 if quick or dtype == torch.float32 else 8192
+        m, k, n_ = n, n, n
+    else:
+        m, k, n_ = (512 if quick else 4096), 768, 3072
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n_, device=device).to(dtype)
+    w = b.t().contiguous()  # F.linear's [out, in] weight layout
+    fns = (lambda: torch.mm(a, b), lambda: torch.nn.functional.linear(a, w))
+    return fns, 2.0 * m * k * n_
+
+
+def measure_ceilings(device: torch.device | str, quick: bool = False) -> tuple[Ceilings, dict[str, tuple]]:
+    """Measure the three ceilings; returns them and, per ceiling, (name, shape,
+    dtype, rate unit, Timing, work) for the records."""
+    device = torch.device(device)
+    budget = Budget(warmup=2, min_reps=5, max_reps=50, min_time_s=0.2 if quick else 0.5)
+    raw = {}
+    fn, work = _copy_case(device, quick)
+    raw["copy"] = ("float32", f"{int(work / 2 / _MIB)} MiB", "GB/s", measure(fn, device, budget), work)
+    for name, dt in (("matmul_bf16", torch.bfloat16), ("matmul_fp32", torch.float32)):
+        if device.type == "cuda":
+            prev, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+        try:
+            fns, work = _matmul_cases(device, dt, quick)
+            with torch.no_grad():
+                t = min((measure(fn, device, budget) for fn in fns), key=lambda x: x.median)
+        finally:
+            if device.type == "cuda":
+                torch.backends.cuda.matmul.allow_tf32 = prev
+        shape = _matmul_shape(device, dt, quick)
+        raw[name] = (str(dt).removeprefix("torch."), shape, "TFLOP/s", t, work)
+        del fns
+    from .record import device_name
+
+    ceilings = Ceilings(
+        device=device_name(device),
+        copy_bytes_per_s=raw["copy"][4] / raw["copy"][3].median,
+        bf16_flops_per_s=raw["matmul_bf16"][4] / raw["matmul_bf16"][3].median,
+        fp32_flops_per_s=raw["matmul_fp32"][4] / raw["matmul_fp32"][3].median,
+    )
+    return ceilings, raw
+
+
+def _matmul_shape(device: torch.device, dtype: torch.dtype, quick: bool) -> str:
+    if device.type == "cuda":
+        n = 4096 if quick or dtype == torch.float32 else 8192
+        return f"{n}x{n}x{n}"
+    return f"{512 if quick else 4096}x768x3072"

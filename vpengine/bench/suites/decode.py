@@ -1,0 +1,137 @@
+"""Video input: decode + sample + resize to 16x288x288, clips/s and frames/s.
+
+Sources are H.264 clips at 360p and 720p (and VP9 for DALI's CPU decoder,
+which refuses H.264), encoded once with PyAV and cached in a temp folder
+(``VPENGINE_BENCH_VIDEO_DIR`` overrides it: a machine without PyAV, like the
+GPU box, can be handed fixtures made elsewhere). vpengine's ``read_clip`` on
+each backend, with the official Lanczos resize and with bilinear, against the
+way peers do it: decode every frame with PyAV, pick the frames, resize with
+``F.interpolate`` (bilinear, antialiased). frames/s counts output frames.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import torch
+import torch.nn.functional as Fn
+
+from . import Case, SkipCase, SuiteContext
+
+SUITE = "decode"
+OP = "read_clip"
+NUM_FRAMES, SIZE = 16, 288
+# name -> (width, height, codec, container, source frames)
+SOURCES = {
+    "360p_h264": (640, 360, "libx264", "mp4", 64),
+    "720p_h264": (1280, 720, "libx264", "mp4", 64),
+    "360p_vp9": (640, 360, "libvpx-vp9", "webm", 64),
+}
+
+
+def video_dir() -> pathlib.Path:
+    d = os.environ.get("VPENGINE_BENCH_VIDEO_DIR")
+    return pathlib.Path(d) if d else pathlib.Path(tempfile.gettempdir()) / "vpengine-bench-videos"
+
+
+def fixture(name: str, num_frames: int | None = None) -> pathlib.Path:
+    """The cached source clip ``name`` (encoded on first use)."""
+    W, H, codec, ext, n = SOURCES[name]
+    n = num_frames or n
+    path = video_dir() / f"{name}_{n}f.{ext}"
+    if path.exists():
+        return path
+    try:
+        import av
+        import numpy as np
+    except ImportError as e:
+        raise SkipCase(f"PyAV is not installed, cannot encode the {name} fixture ({e}); "
+                       "or set VPENGINE_BENCH_VIDEO_DIR to a folder holding it") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.{ext}")
+    # Moving gradients plus noise: content a codec cannot reduce to nothing, so
+    # decode cost resembles real footage more than a flat test pattern would.
+    yy, xx = np.mgrid[0:H, 0:W]
+    rng = np.random.default_rng(0)
+    with av.open(str(tmp), "w") as c:
+        s = c.add_stream(codec, rate=30)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        if codec == "libx264":
+            s.options = {"preset": "veryfast", "crf": "23"}
+        else:
+            s.options = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}
+        for i in range(n):
+            img = np.stack([(xx + 4 * i) % 256, (yy + 2 * i) % 256, ((xx + yy) // 2 + 3 * i) % 256], -1)
+            img = (img + rng.integers(0, 24, img.shape)).clip(0, 255).astype(np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    tmp.replace(path)
+    return path
+
+
+def naive_read(path: str, num_frames: int = NUM_FRAMES, size: int = SIZE) -> torch.Tensor:
+    """The peer baseline: decode everything, take uniform indices, resize."""
+    import av
+    import numpy as np
+
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(s)]
+    n = len(frames)
+    idx = np.floor(np.linspace(0, n, num_frames, endpoint=False)).astype(int)
+    x = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2).float()
+    x = Fn.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def _make_setup(ctx, source, num_src, backend, resize):
+    def setup():
+        path = str(fixture(source, num_src))
+        if backend == "pyav+interpolate":
+            try:
+                import av  # noqa: F401
+            except ImportError as e:
+                raise SkipCase(f"PyAV is not installed ({e})") from None
+            return lambda: naive_read(path)
+        try:
+            from ...data import ClipSpec, read_clip
+            from ...data.errors import BackendUnsupported
+        except ImportError as e:
+            raise SkipCase(f"vpengine.data is not available yet ({e})") from None
+        spec = ClipSpec(NUM_FRAMES, size=(SIZE, SIZE), resize=resize)
+        device = ctx.device if backend == "dali-gpu" else None
+
+        def run():
+            try:
+                return read_clip(path, spec, backend=backend, device=device)[0]
+            except BackendUnsupported as e:  # e.g. DALI missing or refusing the codec here
+                raise SkipCase(str(e)) from None
+
+        return run
+
+    return setup
+
+
+def cases(ctx: SuiteContext) -> list[Case]:
+    num_src = 32 if ctx.quick else None
+    plan = []  # (source, backend, resize filter)
+    sources = ["360p_h264"] if ctx.quick else ["360p_h264", "720p_h264"]
+    for src in sources:
+        plan += [(src, "pyav", "lanczos"), (src, "pyav", "bilinear"), (src, "pyav+interpolate", "bilinear")]
+        if ctx.cuda:
+            plan += [(src, "dali-gpu", "bilinear")]
+    plan += [("360p_vp9", "dali-cpu", "bilinear"), ("360p_vp9", "pyav", "bilinear")]
+    out = []
+    for src, backend, resize in plan:
+        n = SOURCES[src][4]
+        out.append(Case(
+            suite=SUITE, op=OP, backend=backend, mode=f"decode+{resize}",
+            shape=f"{src} {num_src or n}f -> {NUM_FRAMES}x{SIZE}x{SIZE}", dtype="uint8",
+            setup=_make_setup(ctx, src, num_src, backend, resize), clips=1, frames_per_clip=NUM_FRAMES,
+            baseline=backend == "pyav+interpolate",
+        ))
+    return out
