@@ -102,7 +102,7 @@ if [ "${VPENGINE_CHECK_SKIP_BUILD:-0}" = "1" ]; then
 else
   step "build extension" 240 build_ext
 fi
-step "pytest -m gpu" 120 gpu_tests
+step "pytest -m gpu" 150 gpu_tests
 # Suites in order of what the kernel issues need most; each gets a share of the
 # time left (the grace after the budget covers the case running when it ends).
 b=$(budget 40 150); step "bench spacetime_attention" $(( b + 60 )) bench_suite spacetime_attention "$b"
