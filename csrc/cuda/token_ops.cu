@@ -1,6 +1,6 @@
 // CUDA kernels of vpengine::token_scatter_native, token_shuffle_native,
-// token_unshuffle_native and decoder_input_native (schemas and the CPU
-// kernels: csrc/cpu/token_ops.cpp).
+// token_unshuffle_native and decoder_input_native (schemas: csrc/cpu/token_ops.cpp;
+// CPU kernels: csrc/cpu/token_rows.cpp).
 //
 // Legend: B batch, N tokens, K kept tokens, D width, I output rows per sample.
 //

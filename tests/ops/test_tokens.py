@@ -216,12 +216,17 @@ def test_forced_backend_says_why():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_cpu_large_outputs_match_ref(dtype):
     """Outputs of 8 MiB and more take the cpu backend's streaming-store and
-    huge-page path (small shapes above do not reach it)."""
+    huge-page path (small shapes above do not reach it); rows that are not a
+    whole number of 16-byte vectors (D 777) fall back to plain copies."""
     B, N, K, D = 2, 4096, 1000, 776
     x, keep, perm, x_kept, mask_token, pos = make_inputs(B, N, K, D, dtype)
     skip_unless_runs("cpu", "decoder_input", x_kept, keep, mask_token, perm, pos)
+    x_odd = make_inputs(B, 2800, 0, 777, dtype, noncontig=True)[0]
+    perm_odd = torch.rand(B, 2800, generator=torch.Generator().manual_seed(1)).argsort(dim=1)
     with use_backend("cpu"):
         got = {
+            "gather all": token_gather(x, perm),
+            "gather odd rows": token_gather(x_odd, perm_odd),
             "shuffle+pos": token_shuffle(x, perm, pos),
             "unshuffle": token_unshuffle(x, perm),
             "scatter fill": token_scatter(x_kept, keep, N, mask_token),
@@ -229,6 +234,8 @@ def test_cpu_large_outputs_match_ref(dtype):
             "decoder_input": decoder_input(x_kept, keep, mask_token, perm, pos),
         }
     want = {
+        "gather all": ref.token_gather_ref(x, perm),
+        "gather odd rows": ref.token_gather_ref(x_odd, perm_odd),
         "shuffle+pos": ref.token_shuffle_ref(x, perm, pos),
         "unshuffle": ref.token_unshuffle_ref(x, perm),
         "scatter fill": ref.token_scatter_ref(x_kept, keep, N, mask_token),

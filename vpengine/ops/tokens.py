@@ -3,13 +3,11 @@
 Legend: B batch, N tokens, K kept (visible) tokens, D width.
 
 Each op is a torch.library custom op ``vpengine::<name>`` with a fake impl and
-autograd whose backward is a custom op too, so torch.compile(fullgraph=True)
-sees opaque nodes whichever backend runs. Semantics: :mod:`vpengine.ref.tokens`.
-Backends (``backends.registry(name)``): ``ref``, ``triton`` (one row-gather
-kernel, kernels/tokens.py), ``cpu`` and ``cuda`` (``vpengine::<name>_native``
-from csrc/). Backward ops reuse the forward ops' backends: each gradient is
-itself a gather, scatter or unshuffle, plus fp32 reductions shared by all
-backends (:func:`vpengine.ref.tokens.masked_row_sum`) so gradients match exactly.
+autograd whose backward is a custom op too (:mod:`vpengine.ops._token_backward`),
+so torch.compile(fullgraph=True) sees opaque nodes whichever backend runs.
+Semantics: :mod:`vpengine.ref.tokens`. Backends (``backends.registry(name)``:
+``ref``, ``triton``, ``cpu``, ``cuda``) and index validation:
+:mod:`vpengine.ops._token_backends`.
 
 Index validation: out-of-range indices, repeated keep_idx entries in
 scatter / decoder_input, and a perm that is not a permutation raise
@@ -18,158 +16,12 @@ on GPU when VPENGINE_CHECK_INDICES=1 (the check syncs with the host).
 """
 from __future__ import annotations
 
-import importlib
-import os
-
 import torch
 
-from .. import _ext, backends
-from ..ref import tokens as ref
+from ._token_backends import run
+from ._token_backward import _decoder_input_bwd_op, _gather_bwd_op, _scatter_bwd_op, _shuffle_bwd_op
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def has_duplicates(idx_BM: torch.Tensor, num_tokens: int) -> bool:
-    """Whether some sample names a token twice (indices already in range)."""
-    if idx_BM.numel() == 0:
-        return False
-    count_BN = torch.zeros((idx_BM.shape[0], num_tokens), dtype=torch.int32, device=idx_BM.device)
-    count_BN.scatter_add_(1, idx_BM, torch.ones_like(idx_BM, dtype=torch.int32))
-    return bool((count_BN > 1).any())
-
-
-def _inverse_index(idx_BM: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """``inv [B, N + 1]`` with ``inv[b, idx[b, j]] = j`` and -1 on rows no j names.
-
-    Out-of-range entries (possible on GPU with index checks off) land in the
-    spare last column, which stays -1: torch's scatter would assert on them.
-    """
-    B, M = idx_BM.shape
-    ok_BM = (idx_BM >= 0) & (idx_BM < num_tokens)
-    col_BM = torch.where(ok_BM, idx_BM, num_tokens)
-    val_BM = torch.where(ok_BM, torch.arange(M, device=idx_BM.device), -1)
-    inv_BN = torch.full((B, num_tokens + 1), -1, dtype=torch.int64, device=idx_BM.device)
-    return inv_BN.scatter_(1, col_BM, val_BM)
-
-
-def _inverse_keep(keep_idx_BK: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """``inv[b, keep_idx[b, k]] = k``, -1 on rows that are not kept: ``[B, N]``."""
-    return _inverse_index(keep_idx_BK, num_tokens)[:, :num_tokens]
-
-
-# ---- backends ----------------------------------------------------------------------------
-
-
-def _reasons(kind: str, op: str):
-    """Input-specific reasons why backend ``kind`` cannot run ``op``."""
-
-    def reasons(*args) -> list[str]:
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        dev, dtype = tensors[0].device, tensors[0].dtype
-        why = [f"device mismatch: {t.device} vs {dev}" for t in tensors if t.device != dev][:1]
-        if kind != "ref" and dtype not in _KERNEL_DTYPES:
-            why.append(f"dtype {dtype} unsupported (float32, float16, bfloat16)")
-        if kind in ("cpu", "cuda"):
-            if dev.type != kind:
-                why.append(f"the {kind} backend needs {kind} tensors; got {dev}")
-            elif not _has_native(op, kind.upper()):
-                why.append(f"extension has no {kind} kernel vpengine::{op}_native (rebuild it)")
-        if kind == "triton":
-            if dev.type != "cuda" and not (dev.type == "cpu" and _ext.triton_interpreting()):
-                why.append(f"triton needs CUDA tensors (or CPU ones under TRITON_INTERPRET=1); got {dev}")
-            elif _triton_kernels() is None:
-                why.append("vpengine.kernels is not importable (install the package)")
-        return why
-
-    return reasons
-
-
-def _has_native(op: str, dispatch_key: str) -> bool:
-    try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(f"vpengine::{op}_native", dispatch_key)
-    except RuntimeError:  # schema not registered: built before this op existed
-        return False
-
-
-def _triton_kernels():
-    try:
-        return importlib.import_module("vpengine.kernels.tokens")
-    except ImportError:
-        return None
-
-
-def _native(op: str):
-    return getattr(torch.ops.vpengine, op + "_native")
-
-
-def _triton_gather(x, keep_idx):
-    return _triton_kernels().token_rows(x, keep_idx)
-
-
-def _triton_scatter(x_kept, keep_idx, num_tokens, fill):
-    return _triton_kernels().token_rows(x_kept, _inverse_keep(keep_idx, num_tokens), fill)
-
-
-def _triton_shuffle(x, perm, pos_emb):
-    return _triton_kernels().token_rows(x, perm, None, pos_emb)
-
-
-def _triton_unshuffle(y, perm):
-    return _triton_kernels().token_rows(y, _inverse_keep(perm, perm.shape[1]))
-
-
-def _triton_decoder_input(enc_kept, keep_idx, mask_token, perm, pos_emb):
-    N = perm.shape[1]
-    # Bad perm entries read the spare -1 column (mask token), never out of bounds.
-    perm_safe_BN = torch.where((perm >= 0) & (perm < N), perm, N)
-    src_BN = torch.gather(_inverse_index(keep_idx, N), 1, perm_safe_BN)
-    return _triton_kernels().token_rows(enc_kept, src_BN, mask_token, pos_emb)
-
-
-_IMPLS = {
-    "token_gather": (ref.token_gather_ref, _triton_gather),
-    "token_scatter": (ref.token_scatter_ref, _triton_scatter),
-    "token_shuffle": (ref.token_shuffle_ref, _triton_shuffle),
-    "token_unshuffle": (ref.token_unshuffle_ref, _triton_unshuffle),
-    "decoder_input": (ref.decoder_input_ref, _triton_decoder_input),
-}
-for _op, (_ref_fn, _triton_fn) in _IMPLS.items():
-    _reg = backends.registry(_op)
-    _reg.register("ref", reasons=_reasons("ref", _op))(_ref_fn)
-    _reg.register("triton", reasons=_reasons("triton", _op))(_triton_fn)
-    for _kind in ("cpu", "cuda"):
-        # Looked up at call time: the extension loads lazily.
-        _reg.register(_kind, reasons=_reasons(_kind, _op))(lambda *a, _o=_op: _native(_o)(*a))
-
-
-def _checking(device: torch.device) -> bool:
-    return device.type == "cpu" or os.environ.get("VPENGINE_CHECK_INDICES", "") == "1"
-
-
-def _validate_idx(idx_BM: torch.Tensor, num_tokens: int, name: str, unique: bool) -> None:
-    if idx_BM.numel() == 0:
-        return
-    lo, hi = torch.aminmax(idx_BM)
-    if int(lo) < 0 or int(hi) >= num_tokens:
-        bad = int(lo) if int(lo) < 0 else int(hi)
-        raise ValueError(f"{name} holds index {bad}, outside [0, {num_tokens})")
-    if unique and has_duplicates(idx_BM, num_tokens):
-        raise ValueError(f"{name} repeats a token index within a sample; it must hold distinct indices")
-
-
-def _run(op: str, device: torch.device, args: tuple, checks: tuple = ()) -> object:
-    """Pick the backend of ``op``, validate indices unless it validates natively, run it."""
-    impl = backends.registry(op).select(device.type, *args)
-    if impl.name != "cpu" and _checking(device):
-        for idx, num_tokens, name, unique in checks:
-            _validate_idx(idx, num_tokens, name, unique)
-    return impl.fn(*args)
-
-
-def _bwd(op: str, *args):
-    """A backward building block: the chosen backend of forward op ``op``, no validation."""
-    return backends.registry(op).select(args[0].device.type, *args).fn(*args)
 
 
 # ---- forward custom ops -------------------------------------------------------------------
@@ -177,24 +29,24 @@ def _bwd(op: str, *args):
 
 @torch.library.custom_op("vpengine::token_gather", mutates_args=())
 def _gather_op(x: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
-    return _run("token_gather", x.device, (x, keep_idx), ((keep_idx, x.shape[1], "keep_idx", False),))
+    return run("token_gather", x.device, (x, keep_idx), ((keep_idx, x.shape[1], "keep_idx", False),))
 
 
 @torch.library.custom_op("vpengine::token_scatter", mutates_args=())
 def _scatter_op(x_kept: torch.Tensor, keep_idx: torch.Tensor, num_tokens: int, fill: torch.Tensor | None) -> torch.Tensor:
-    return _run(
+    return run(
         "token_scatter", x_kept.device, (x_kept, keep_idx, num_tokens, fill), ((keep_idx, num_tokens, "keep_idx", True),)
     )
 
 
 @torch.library.custom_op("vpengine::token_shuffle", mutates_args=())
 def _shuffle_op(x: torch.Tensor, perm: torch.Tensor, pos_emb: torch.Tensor | None) -> torch.Tensor:
-    return _run("token_shuffle", x.device, (x, perm, pos_emb), ((perm, x.shape[1], "perm", True),))
+    return run("token_shuffle", x.device, (x, perm, pos_emb), ((perm, x.shape[1], "perm", True),))
 
 
 @torch.library.custom_op("vpengine::token_unshuffle", mutates_args=())
 def _unshuffle_op(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    return _run("token_unshuffle", y.device, (y, perm), ((perm, y.shape[1], "perm", True),))
+    return run("token_unshuffle", y.device, (y, perm), ((perm, y.shape[1], "perm", True),))
 
 
 @torch.library.custom_op("vpengine::decoder_input", mutates_args=())
@@ -203,7 +55,7 @@ def _decoder_input_op(
 ) -> torch.Tensor:
     N = perm.shape[1]
     checks = ((keep_idx, N, "keep_idx", True), (perm, N, "perm", True))
-    return _run("decoder_input", enc_kept.device, (enc_kept, keep_idx, mask_token, perm, pos_emb), checks)
+    return run("decoder_input", enc_kept.device, (enc_kept, keep_idx, mask_token, perm, pos_emb), checks)
 
 
 @_gather_op.register_fake
@@ -229,65 +81,6 @@ def _unshuffle_fake(y, perm):
 @_decoder_input_op.register_fake
 def _decoder_input_fake(enc_kept, keep_idx, mask_token, perm, pos_emb):
     return enc_kept.new_empty((enc_kept.shape[0], perm.shape[1], enc_kept.shape[2]))
-
-
-# ---- backward custom ops ------------------------------------------------------------------
-
-
-@torch.library.custom_op("vpengine::token_gather_backward", mutates_args=())
-def _gather_bwd_op(grad: torch.Tensor, keep_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    # Distinct indices (every mask) make the backward a plain scatter into
-    # zeros; repeated ones need summation, done by the reference in fp32.
-    if backends.forced_backend("token_scatter") == "ref" or has_duplicates(keep_idx, num_tokens):
-        return ref.token_gather_backward_ref(grad, keep_idx, num_tokens)
-    return _bwd("token_scatter", grad, keep_idx, num_tokens, None)
-
-
-@torch.library.custom_op("vpengine::token_scatter_backward", mutates_args=())
-def _scatter_bwd_op(grad: torch.Tensor, keep_idx: torch.Tensor, has_fill: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    grad_x = _bwd("token_gather", grad, keep_idx)
-    if not has_fill:
-        return grad_x, grad.new_empty((0,))
-    return grad_x, ref.masked_row_sum(grad, ~ref.kept_mask(keep_idx, grad.shape[1]))
-
-
-@torch.library.custom_op("vpengine::token_shuffle_backward", mutates_args=())
-def _shuffle_bwd_op(grad: torch.Tensor, perm: torch.Tensor, has_pos: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    grad_x = _bwd("token_unshuffle", grad, perm)
-    return grad_x, (ref.batch_sum(grad) if has_pos else grad.new_empty((0,)))
-
-
-@torch.library.custom_op("vpengine::decoder_input_backward", mutates_args=())
-def _decoder_input_bwd_op(
-    grad: torch.Tensor, keep_idx: torch.Tensor, perm: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    # grad_enc[b, k] = grad[b, inv_perm[b, keep_idx[b, k]]]: one gather.
-    src_BK = torch.gather(ref.inverse_perm(perm), 1, keep_idx)
-    grad_enc = _bwd("token_gather", grad, src_BK)
-    grad_mask = ref.masked_row_sum(grad, ref.decoder_masked_rows(keep_idx, perm))
-    return grad_enc, grad_mask, ref.batch_sum(grad)
-
-
-@_gather_bwd_op.register_fake
-def _gather_bwd_fake(grad, keep_idx, num_tokens):
-    return grad.new_empty((grad.shape[0], num_tokens, grad.shape[2]))
-
-
-@_scatter_bwd_op.register_fake
-def _scatter_bwd_fake(grad, keep_idx, has_fill):
-    B, N, D = grad.shape
-    return grad.new_empty((B, keep_idx.shape[1], D)), grad.new_empty((D,) if has_fill else (0,))
-
-
-@_shuffle_bwd_op.register_fake
-def _shuffle_bwd_fake(grad, perm, has_pos):
-    return grad.new_empty(grad.shape), grad.new_empty(grad.shape[1:] if has_pos else (0,))
-
-
-@_decoder_input_bwd_op.register_fake
-def _decoder_input_bwd_fake(grad, keep_idx, perm):
-    B, N, D = grad.shape
-    return grad.new_empty((B, keep_idx.shape[1], D)), grad.new_empty((D,)), grad.new_empty((N, D))
 
 
 # ---- autograd -----------------------------------------------------------------------------

@@ -1,0 +1,161 @@
+"""Backends of the token ops: registrations, reasons, index validation.
+
+Legend: B batch, N tokens, K kept (visible) tokens, M indices per sample, D width.
+
+Each op of :mod:`vpengine.ops.tokens` has four backends in
+``backends.registry(op)``: ``ref`` (:mod:`vpengine.ref.tokens`), ``triton``
+(one row-gather kernel, kernels/tokens.py, fed the per-row source map built
+here), ``cpu`` and ``cuda`` (``vpengine::<op>_native`` from csrc/, looked up at
+call time because the extension loads lazily). :func:`run` picks one and
+validates indices first unless the backend validates them itself (``cpu``).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+from .. import _ext, backends
+from ..ref import tokens as ref
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def has_duplicates(idx_BM: torch.Tensor, num_tokens: int) -> bool:
+    """Whether some sample names a token twice (indices already in range)."""
+    if idx_BM.numel() == 0:
+        return False
+    count_BN = torch.zeros((idx_BM.shape[0], num_tokens), dtype=torch.int32, device=idx_BM.device)
+    count_BN.scatter_add_(1, idx_BM, torch.ones_like(idx_BM, dtype=torch.int32))
+    return bool((count_BN > 1).any())
+
+
+def _inverse_index(idx_BM: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``inv [B, N + 1]`` with ``inv[b, idx[b, j]] = j`` and -1 on rows no j names.
+
+    Out-of-range entries (possible on GPU with index checks off) land in the
+    spare last column, which stays -1: torch's scatter would assert on them.
+    """
+    B, M = idx_BM.shape
+    ok_BM = (idx_BM >= 0) & (idx_BM < num_tokens)
+    col_BM = torch.where(ok_BM, idx_BM, num_tokens)
+    val_BM = torch.where(ok_BM, torch.arange(M, device=idx_BM.device), -1)
+    inv_BN = torch.full((B, num_tokens + 1), -1, dtype=torch.int64, device=idx_BM.device)
+    return inv_BN.scatter_(1, col_BM, val_BM)
+
+
+def _inverse_keep(keep_idx_BK: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``inv[b, keep_idx[b, k]] = k``, -1 on rows that are not kept: ``[B, N]``."""
+    return _inverse_index(keep_idx_BK, num_tokens)[:, :num_tokens]
+
+
+def _reasons(kind: str, op: str):
+    """Input-specific reasons why backend ``kind`` cannot run ``op``."""
+
+    def reasons(*args) -> list[str]:
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        dev, dtype = tensors[0].device, tensors[0].dtype
+        why = [f"device mismatch: {t.device} vs {dev}" for t in tensors if t.device != dev][:1]
+        if kind != "ref" and dtype not in _KERNEL_DTYPES:
+            why.append(f"dtype {dtype} unsupported (float32, float16, bfloat16)")
+        if kind in ("cpu", "cuda"):
+            if dev.type != kind:
+                why.append(f"the {kind} backend needs {kind} tensors; got {dev}")
+            elif not _has_native(op, kind.upper()):
+                why.append(f"extension has no {kind} kernel vpengine::{op}_native (rebuild it)")
+        if kind == "triton":
+            if dev.type != "cuda" and not (dev.type == "cpu" and _ext.triton_interpreting()):
+                why.append(f"triton needs CUDA tensors (or CPU ones under TRITON_INTERPRET=1); got {dev}")
+            elif _triton_kernels() is None:
+                why.append("vpengine.kernels is not importable (install the package)")
+        return why
+
+    return reasons
+
+
+def _has_native(op: str, dispatch_key: str) -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"vpengine::{op}_native", dispatch_key)
+    except RuntimeError:  # schema not registered: built before this op existed
+        return False
+
+
+def _triton_kernels():
+    try:
+        return importlib.import_module("vpengine.kernels.tokens")
+    except ImportError:
+        return None
+
+
+def _native(op: str):
+    return getattr(torch.ops.vpengine, op + "_native")
+
+
+def _triton_gather(x, keep_idx):
+    return _triton_kernels().token_rows(x, keep_idx)
+
+
+def _triton_scatter(x_kept, keep_idx, num_tokens, fill):
+    return _triton_kernels().token_rows(x_kept, _inverse_keep(keep_idx, num_tokens), fill)
+
+
+def _triton_shuffle(x, perm, pos_emb):
+    return _triton_kernels().token_rows(x, perm, None, pos_emb)
+
+
+def _triton_unshuffle(y, perm):
+    return _triton_kernels().token_rows(y, _inverse_keep(perm, perm.shape[1]))
+
+
+def _triton_decoder_input(enc_kept, keep_idx, mask_token, perm, pos_emb):
+    N = perm.shape[1]
+    # Bad perm entries read the spare -1 column (mask token), never out of bounds.
+    perm_safe_BN = torch.where((perm >= 0) & (perm < N), perm, N)
+    src_BN = torch.gather(_inverse_index(keep_idx, N), 1, perm_safe_BN)
+    return _triton_kernels().token_rows(enc_kept, src_BN, mask_token, pos_emb)
+
+
+_IMPLS = {
+    "token_gather": (ref.token_gather_ref, _triton_gather),
+    "token_scatter": (ref.token_scatter_ref, _triton_scatter),
+    "token_shuffle": (ref.token_shuffle_ref, _triton_shuffle),
+    "token_unshuffle": (ref.token_unshuffle_ref, _triton_unshuffle),
+    "decoder_input": (ref.decoder_input_ref, _triton_decoder_input),
+}
+for _op, (_ref_fn, _triton_fn) in _IMPLS.items():
+    _reg = backends.registry(_op)
+    _reg.register("ref", reasons=_reasons("ref", _op))(_ref_fn)
+    _reg.register("triton", reasons=_reasons("triton", _op))(_triton_fn)
+    for _kind in ("cpu", "cuda"):
+        # Looked up at call time: the extension loads lazily.
+        _reg.register(_kind, reasons=_reasons(_kind, _op))(lambda *a, _o=_op: _native(_o)(*a))
+
+
+def _checking(device: torch.device) -> bool:
+    return device.type == "cpu" or os.environ.get("VPENGINE_CHECK_INDICES", "") == "1"
+
+
+def _validate_idx(idx_BM: torch.Tensor, num_tokens: int, name: str, unique: bool) -> None:
+    if idx_BM.numel() == 0:
+        return
+    lo, hi = torch.aminmax(idx_BM)
+    if int(lo) < 0 or int(hi) >= num_tokens:
+        bad = int(lo) if int(lo) < 0 else int(hi)
+        raise ValueError(f"{name} holds index {bad}, outside [0, {num_tokens})")
+    if unique and has_duplicates(idx_BM, num_tokens):
+        raise ValueError(f"{name} repeats a token index within a sample; it must hold distinct indices")
+
+
+def run(op: str, device: torch.device, args: tuple, checks: tuple = ()) -> object:
+    """Pick the backend of ``op``, validate indices unless it validates natively, run it."""
+    impl = backends.registry(op).select(device.type, *args)
+    if impl.name != "cpu" and _checking(device):
+        for idx, num_tokens, name, unique in checks:
+            _validate_idx(idx, num_tokens, name, unique)
+    return impl.fn(*args)
+
+
+def run_backward(op: str, *args):
+    """A backward building block: the chosen backend of forward op ``op``, no validation."""
+    return backends.registry(op).select(args[0].device.type, *args).fn(*args)
