@@ -159,3 +159,15 @@ def triton_reasons() -> list[str]:
     if not torch.cuda.is_available() and not triton_interpreting():
         return ["no CUDA device (set TRITON_INTERPRET=1 before import to run Triton on the CPU interpreter)"]
     return []
+
+
+def has_native(name: str, dispatch_key: str) -> bool:
+    """Whether ``vpengine::<name>`` has a kernel for ``dispatch_key`` ("CPU",
+    "CUDA"); False when the schema is absent (an extension built before the op
+    existed, or not built at all)."""
+    for lib in ("_C", "_C_cuda") if dispatch_key == "CUDA" else ("_C",):
+        _load(lib)  # registers the kernels if the library is there
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"vpengine::{name}", dispatch_key)
+    except RuntimeError:
+        return False

@@ -63,9 +63,9 @@ class FeedForward(nn.Module):
         return u
 
 
-class SpaceTimeAttention(nn.Module):
-    """Self-attention along the space or time axis of ``[B, T, S, D]`` tokens:
-    one fused QKV linear, the space-time op, the output projection."""
+class FusedQKVAttention(nn.Module):
+    """Parameters of a self-attention layer: one fused QKV linear (rows ordered
+    3, H, E) and the output projection."""
 
     def __init__(self, dim: int, num_heads: int, softcap: float):
         super().__init__()
@@ -73,6 +73,11 @@ class SpaceTimeAttention(nn.Module):
         self.softcap = softcap
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
+
+
+class SpaceTimeAttention(FusedQKVAttention):
+    """Self-attention along the space or time axis of ``[B, T, S, D]`` tokens:
+    one fused QKV linear, the space-time op, the output projection."""
 
     def forward(self, x_BTSD: torch.Tensor, axis: str, frame_paddings: torch.Tensor | None) -> torch.Tensor:
         qkv = self.qkv(x_BTSD)
@@ -110,15 +115,8 @@ class SpaceTimeStack(nn.Module):
         return x_BTSD
 
 
-class MaskedSelfAttention(nn.Module):
+class MaskedSelfAttention(FusedQKVAttention):
     """Self-attention with an explicit boolean mask (text tower)."""
-
-    def __init__(self, dim: int, num_heads: int, softcap: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.softcap = softcap
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
 
     def forward(self, x_BLD: torch.Tensor, mask_B1LL: torch.Tensor | None) -> torch.Tensor:
         B, L, D = x_BLD.shape

@@ -62,7 +62,7 @@ def _reasons(kind: str, op: str):
         if kind in ("cpu", "cuda"):
             if dev.type != kind:
                 why.append(f"the {kind} backend needs {kind} tensors; got {dev}")
-            elif not _has_native(op, kind.upper()):
+            elif not _ext.has_native(f"{op}_native", kind.upper()):
                 why.append(f"extension has no {kind} kernel vpengine::{op}_native (rebuild it)")
         if kind == "triton":
             if dev.type != "cuda" and not (dev.type == "cpu" and _ext.triton_interpreting()):
@@ -74,11 +74,6 @@ def _reasons(kind: str, op: str):
     return reasons
 
 
-def _has_native(op: str, dispatch_key: str) -> bool:
-    try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(f"vpengine::{op}_native", dispatch_key)
-    except RuntimeError:  # schema not registered: built before this op existed
-        return False
 
 
 def _triton_kernels():

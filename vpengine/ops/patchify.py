@@ -37,11 +37,6 @@ def _triton_kernels():
         return None
 
 
-def _has_native(dispatch_key: str) -> bool:
-    try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key("vpengine::patchify_native", dispatch_key)
-    except RuntimeError:  # schema not registered: the extension predates this op
-        return False
 
 
 def _reasons(kind: str):
@@ -51,7 +46,7 @@ def _reasons(kind: str):
         if kind == "cpu":
             if dev.type != "cpu":
                 why.append(f"the cpu backend needs CPU tensors; got {dev}")
-            elif not _has_native("CPU"):
+            elif not _ext.has_native("patchify_native", "CPU"):
                 why.append("extension has no CPU kernel vpengine::patchify_native (rebuild it)")
         if kind == "triton":
             if dtype not in _KERNEL_DTYPES:

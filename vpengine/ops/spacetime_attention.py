@@ -100,11 +100,6 @@ def _triton_reasons(qkv, axis, num_heads, softcap, frame_paddings, *rest) -> lis
     return why
 
 
-def _has_native(name: str) -> bool:
-    try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(f"vpengine::{name}", "CUDA")
-    except RuntimeError:  # schema absent: extension built before this op existed
-        return False
 
 
 def _cuda_reasons(qkv, axis, num_heads, softcap, frame_paddings, *rest) -> list[str]:
@@ -118,7 +113,7 @@ def _cuda_reasons(qkv, axis, num_heads, softcap, frame_paddings, *rest) -> list[
         why.append(f"cuda: T = {qkv.shape[1]} frames > {CUDA_MAX_T} (one warp per sequence)")
     if qkv.device.type != "cuda":
         why.append(f"cuda: needs a CUDA tensor; qkv is on {qkv.device}")
-    elif not _has_native(OP + "_native"):
+    elif not _ext.has_native(OP + "_native", "CUDA"):
         why.append("cuda: vpengine._C_cuda has no vpengine::spacetime_attention_native (rebuild it)")
     return why
 
@@ -168,7 +163,7 @@ def _fwd_cuda(qkv, axis, num_heads, softcap, frame_paddings):
 
 def _bwd_cuda_reasons(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
     why = _cuda_reasons(qkv, axis, num_heads, softcap, frame_paddings)
-    if qkv.device.type == "cuda" and not _has_native(OP + "_backward_native"):
+    if qkv.device.type == "cuda" and not _ext.has_native(OP + "_backward_native", "CUDA"):
         why.append("cuda: vpengine._C_cuda has no vpengine::spacetime_attention_backward_native")
     return why
 
