@@ -74,8 +74,6 @@ def _reasons(kind: str, op: str):
     return reasons
 
 
-
-
 def _triton_kernels():
     try:
         return importlib.import_module("vpengine.kernels.tokens")

@@ -37,8 +37,6 @@ def _triton_kernels():
         return None
 
 
-
-
 def _reasons(kind: str):
     def reasons(frames, patch, dtype) -> list[str]:
         why = []

@@ -100,8 +100,6 @@ def _triton_reasons(qkv, axis, num_heads, softcap, frame_paddings, *rest) -> lis
     return why
 
 
-
-
 def _cuda_reasons(qkv, axis, num_heads, softcap, frame_paddings, *rest) -> list[str]:
     why = _kernel_reasons("cuda", qkv, axis, num_heads)
     E = qkv.shape[-1] // (3 * num_heads)
