@@ -171,3 +171,13 @@ def has_native(name: str, dispatch_key: str) -> bool:
         return torch._C._dispatch_has_kernel_for_dispatch_key(f"vpengine::{name}", dispatch_key)
     except RuntimeError:
         return False
+
+
+def kernel_module(name: str):
+    """``vpengine.kernels.<name>`` (the Triton launchers), or None when it cannot
+    be imported. Installed packages map kernels/ there; a source checkout gets
+    the same mapping from :mod:`vpengine._kernels_path`."""
+    try:
+        return importlib.import_module(f"vpengine.kernels.{name}")
+    except ImportError:
+        return None

@@ -11,7 +11,6 @@ validates indices first unless the backend validates them itself (``cpu``).
 """
 from __future__ import annotations
 
-import importlib
 import os
 
 import torch
@@ -67,18 +66,11 @@ def _reasons(kind: str, op: str):
         if kind == "triton":
             if dev.type != "cuda" and not (dev.type == "cpu" and _ext.triton_interpreting()):
                 why.append(f"triton needs CUDA tensors (or CPU ones under TRITON_INTERPRET=1); got {dev}")
-            elif _triton_kernels() is None:
+            elif _ext.kernel_module("tokens") is None:
                 why.append("vpengine.kernels is not importable (install the package)")
         return why
 
     return reasons
-
-
-def _triton_kernels():
-    try:
-        return importlib.import_module("vpengine.kernels.tokens")
-    except ImportError:
-        return None
 
 
 def _native(op: str):
@@ -86,19 +78,19 @@ def _native(op: str):
 
 
 def _triton_gather(x, keep_idx):
-    return _triton_kernels().token_rows(x, keep_idx)
+    return _ext.kernel_module("tokens").token_rows(x, keep_idx)
 
 
 def _triton_scatter(x_kept, keep_idx, num_tokens, fill):
-    return _triton_kernels().token_rows(x_kept, _inverse_keep(keep_idx, num_tokens), fill)
+    return _ext.kernel_module("tokens").token_rows(x_kept, _inverse_keep(keep_idx, num_tokens), fill)
 
 
 def _triton_shuffle(x, perm, pos_emb):
-    return _triton_kernels().token_rows(x, perm, None, pos_emb)
+    return _ext.kernel_module("tokens").token_rows(x, perm, None, pos_emb)
 
 
 def _triton_unshuffle(y, perm):
-    return _triton_kernels().token_rows(y, _inverse_keep(perm, perm.shape[1]))
+    return _ext.kernel_module("tokens").token_rows(y, _inverse_keep(perm, perm.shape[1]))
 
 
 def _triton_decoder_input(enc_kept, keep_idx, mask_token, perm, pos_emb):
@@ -106,7 +98,7 @@ def _triton_decoder_input(enc_kept, keep_idx, mask_token, perm, pos_emb):
     # Bad perm entries read the spare -1 column (mask token), never out of bounds.
     perm_safe_BN = torch.where((perm >= 0) & (perm < N), perm, N)
     src_BN = torch.gather(_inverse_index(keep_idx, N), 1, perm_safe_BN)
-    return _triton_kernels().token_rows(enc_kept, src_BN, mask_token, pos_emb)
+    return _ext.kernel_module("tokens").token_rows(enc_kept, src_BN, mask_token, pos_emb)
 
 
 _IMPLS = {

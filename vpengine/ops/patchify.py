@@ -17,7 +17,6 @@ the custom op, so gradients flow to it with plain PyTorch autograd.
 """
 from __future__ import annotations
 
-import importlib
 
 import torch
 
@@ -28,13 +27,6 @@ OP = "patchify"
 _REG = backends.registry(OP)
 _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _triton_kernels():
-    try:
-        return importlib.import_module("vpengine.kernels.patchify")
-    except ImportError:
-        return None
 
 
 def _reasons(kind: str):
@@ -51,7 +43,7 @@ def _reasons(kind: str):
                 why.append(f"dtype {dtype} unsupported (float32, float16, bfloat16)")
             if dev.type != "cuda" and not (dev.type == "cpu" and _ext.triton_interpreting()):
                 why.append(f"triton needs CUDA tensors (or CPU ones under TRITON_INTERPRET=1); got {dev}")
-            elif _triton_kernels() is None:
+            elif _ext.kernel_module("patchify") is None:
                 why.append("vpengine.kernels is not importable (install the package)")
         return why
 
@@ -59,7 +51,7 @@ def _reasons(kind: str):
 
 
 _REG.register("ref", reasons=_reasons("ref"))(patchify_ref)
-_REG.register("triton", reasons=_reasons("triton"))(lambda f, p, d: _triton_kernels().patchify(f, p, d))
+_REG.register("triton", reasons=_reasons("triton"))(lambda f, p, d: _ext.kernel_module("patchify").patchify(f, p, d))
 _REG.register("cpu", reasons=_reasons("cpu"))(lambda f, p, d: torch.ops.vpengine.patchify_native(f, p, d))
 
 

@@ -18,11 +18,8 @@ default priority (cuda, triton, ref on CUDA; ref on CPU).
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import json
 import pathlib
-import sys
 
 import torch
 
@@ -63,23 +60,6 @@ def _check(qkv: torch.Tensor, axis: str, num_heads: int, frame_paddings: torch.T
             raise ValueError(f"frame_paddings must have shape [B, T] = {(B, T)}; got {got}")
         if frame_paddings.device != qkv.device:
             raise ValueError(f"frame_paddings is on {frame_paddings.device}, qkv on {qkv.device}")
-
-
-def _kernels(name: str):
-    """``vpengine.kernels.<name>``; in a source checkout that was not installed,
-    kernels/ (beside vpengine/) is mapped to ``vpengine.kernels`` as setup.py does."""
-    if "vpengine.kernels" not in sys.modules:
-        try:
-            importlib.import_module("vpengine.kernels")
-        except ModuleNotFoundError:
-            root = pathlib.Path(__file__).resolve().parents[2] / "kernels"
-            spec = importlib.util.spec_from_file_location(
-                "vpengine.kernels", root / "__init__.py", submodule_search_locations=[str(root)]
-            )
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules["vpengine.kernels"] = mod
-            spec.loader.exec_module(mod)
-    return importlib.import_module(f"vpengine.kernels.{name}")
 
 
 def _kernel_reasons(kind: str, qkv: torch.Tensor, axis: str, num_heads: int) -> list[str]:
@@ -138,7 +118,7 @@ def _bwd_ref(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
 
 @_REG.register("triton", reasons=_triton_reasons)
 def _fwd_triton(qkv, axis, num_heads, softcap, frame_paddings):
-    return _kernels("spacetime_attention").spacetime_attention_fwd_triton(
+    return _ext.kernel_module("spacetime_attention").spacetime_attention_fwd_triton(
         qkv, axis, num_heads, softcap, frame_paddings
     )
 
@@ -149,7 +129,7 @@ def _bwd_triton_reasons(grad_out, qkv, out, lse, axis, num_heads, softcap, frame
 
 @_BWD.register("triton", reasons=_bwd_triton_reasons)
 def _bwd_triton(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
-    return _kernels("spacetime_attention_bwd").spacetime_attention_bwd_triton(
+    return _ext.kernel_module("spacetime_attention_bwd").spacetime_attention_bwd_triton(
         grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings
     )
 
