@@ -14,6 +14,8 @@
 #
 # Usage: bash benchmarks/device_check.sh [--quick]   (--quick: B shapes only)
 # VPENGINE_CHECK_SKIP_BUILD=1 uses the extension already built (a dry run on a CPU machine).
+# A narrower rerun: VPENGINE_CHECK_TESTS (pytest targets, default "tests"; "none"
+# skips the tests) and VPENGINE_CHECK_SUITES (default: every suite, in the order below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,7 +84,12 @@ build_ext() {
 gpu_tests() {
   # Test modules that import packages this machine lacks (PyAV, DALI) must not
   # stop the GPU tests of the others.
-  $PY -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors -o addopts="-ra" tests
+  # Triton compiles are CPU-bound and single-threaded: spread the tests over
+  # workers (pytest-xdist) where the machine has it.
+  local par=""
+  $PY -c "import xdist" 2>/dev/null && par="-n ${VPENGINE_CHECK_WORKERS:-8}"
+  # shellcheck disable=SC2086  # word splitting of the targets is intended
+  $PY -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors -o addopts="-ra" $par $TESTS
 }
 
 bench_suite() {  # bench_suite SUITE BUDGET_S: stop starting cases after BUDGET_S
@@ -92,7 +99,10 @@ bench_suite() {  # bench_suite SUITE BUDGET_S: stop starting cases after BUDGET_
 # budget SHARE_PERCENT CAP: a suite's share of the time left, at most CAP seconds
 budget() { local b=$(( $(left) * $1 / 100 )); (( b > $2 )) && b=$2; echo $b; }
 
-export PY QUICK JSONL
+TESTS=${VPENGINE_CHECK_TESTS:-tests}
+SUITES=" ${VPENGINE_CHECK_SUITES:-spacetime_attention tokens encoder patchify decode} "
+wants() { [[ "$SUITES" == *" $1 "* ]]; }
+export PY QUICK JSONL TESTS
 export -f machine_facts build_ext gpu_tests bench_suite
 
 echo "vpengine device check -> $OUTDIR/$NAME.* (total limit ${TOTAL_S}s)" | tee -a "$LOG"
@@ -102,14 +112,14 @@ if [ "${VPENGINE_CHECK_SKIP_BUILD:-0}" = "1" ]; then
 else
   step "build extension" 240 build_ext
 fi
-step "pytest -m gpu" 150 gpu_tests
+[ "$TESTS" != "none" ] && step "pytest -m gpu" 150 gpu_tests
 # Suites in order of what the kernel issues need most; each gets a share of the
 # time left (the grace after the budget covers the case running when it ends).
-b=$(budget 40 150); step "bench spacetime_attention" $(( b + 60 )) bench_suite spacetime_attention "$b"
-b=$(budget 35 60);  step "bench tokens" $(( b + 20 )) bench_suite tokens "$b"
-b=$(budget 70 120); step "bench encoder" $(( b + 60 )) bench_suite encoder "$b"
-b=$(budget 60 30);  step "bench patchify" $(( b + 15 )) bench_suite patchify "$b"
-b=$(budget 90 20);  step "bench decode" $(( b + 10 )) bench_suite decode "$b"
+wants spacetime_attention && { b=$(budget 40 150); step "bench spacetime_attention" $(( b + 60 )) bench_suite spacetime_attention "$b"; }
+wants tokens && { b=$(budget 35 60); step "bench tokens" $(( b + 20 )) bench_suite tokens "$b"; }
+wants encoder && { b=$(budget 70 120); step "bench encoder" $(( b + 60 )) bench_suite encoder "$b"; }
+wants patchify && { b=$(budget 60 30); step "bench patchify" $(( b + 15 )) bench_suite patchify "$b"; }
+wants decode && { b=$(budget 90 20); step "bench decode" $(( b + 10 )) bench_suite decode "$b"; }
 
 RESERVE_S=0
 if [ -s "$JSONL" ]; then
