@@ -70,6 +70,22 @@ def _tanh(x):
 
 
 @triton.jit
+def _tanh_fast(x):
+    # One MUFU.TANH (relative error ~2^-11) in place of an exp2, an IEEE
+    # division and the polynomial: used for bf16 inputs only, whose logits
+    # already carry bf16 rounding (2^-9) in plain PyTorch. GPU only (PTX).
+    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _softcap_tanh(x, FAST_TANH: tl.constexpr):
+    if FAST_TANH:
+        return _tanh_fast(x)
+    return _tanh(x)
+
+
+@triton.jit
 def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
     # The interpreter multiplies bf16 bit patterns in tl.dot: upcast there.
     if UPCAST:
@@ -89,7 +105,7 @@ def _fwd_kernel(
     qk_scale, inv_cap, cap_log2e,
     HAS_PAD: tl.constexpr, HAS_CAP: tl.constexpr,
     G: tl.constexpr, LPQ: tl.constexpr, LPK: tl.constexpr, EP: tl.constexpr,
-    PREC: tl.constexpr, UPCAST: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_TANH: tl.constexpr,
 ):
     BM: tl.constexpr = G * LPQ
     BN: tl.constexpr = G * LPK
@@ -127,7 +143,7 @@ def _fwd_kernel(
                      mask=e_ok[:, None] & k_ok[None, :], other=0.0)
         s = _dot(q, kT, PREC, UPCAST) * qk_scale
         if HAS_CAP:
-            z = cap_log2e * _tanh(s * inv_cap)
+            z = cap_log2e * _softcap_tanh(s * inv_cap, FAST_TANH)
         else:
             z = s * 1.4426950408889634
         if HAS_PAD:
@@ -213,8 +229,14 @@ def tile_config(L: int, EP: int, dtype: torch.dtype, kind: str = "fwd") -> dict:
 
 
 def dot_modes(dtype: torch.dtype) -> tuple:
+    """(PREC, UPCAST, FAST_TANH) constexprs of the kernels for inputs of ``dtype``."""
     prec = "ieee" if dtype == torch.float32 else None
-    return prec, (interpreting() and dtype == torch.bfloat16)
+    bf16 = dtype == torch.bfloat16
+    return prec, interpreting() and bf16, bf16 and not interpreting() and FAST_TANH_BF16
+
+
+# The hardware tanh for bf16 inputs; VPENGINE_EXACT_TANH=1 turns it off.
+FAST_TANH_BF16 = os.environ.get("VPENGINE_EXACT_TANH", "") != "1"
 
 
 def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int, softcap: float,
@@ -237,7 +259,7 @@ def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int,
     pad = frame_paddings if frame_paddings is not None else lse  # dummy pointer when absent
     s_pb, s_pt = (pad.stride(0), pad.stride(1)) if frame_paddings is not None else (0, 0)
     s_pj, s_pi = (s_pt, 0) if axis == "space" else (0, s_pt)
-    prec, upcast = dot_modes(qkv.dtype)
+    prec, upcast, fast_tanh = dot_modes(qkv.dtype)
     cap = float(softcap)
     grid = (B * num_jb * num_lb, H)
     _fwd_kernel[grid](
@@ -249,7 +271,7 @@ def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int,
         J, L, num_jb, num_lb, H, E,
         E ** -0.5, 1.0 / cap if cap > 0 else 0.0, cap * LOG2E,
         HAS_PAD=frame_paddings is not None, HAS_CAP=cap > 0,
-        G=G, LPQ=LPQ, LPK=cfg["LPK"], EP=EP, PREC=prec, UPCAST=upcast,
+        G=G, LPQ=LPQ, LPK=cfg["LPK"], EP=EP, PREC=prec, UPCAST=upcast, FAST_TANH=fast_tanh,
         num_warps=cfg["num_warps"], num_stages=2,
     )
     return out, lse

@@ -28,16 +28,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .spacetime_attention import _dot, _tanh, axis_view, dot_modes, head_pad, tile_config
+from .spacetime_attention import _dot, _softcap_tanh, axis_view, dot_modes, head_pad, tile_config
 
 
 @triton.jit
 def _probs(q, kT, padk, valid, lse, qk_scale, inv_cap, cap_log2e,
-           HAS_PAD: tl.constexpr, HAS_CAP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+           HAS_PAD: tl.constexpr, HAS_CAP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+           FAST_TANH: tl.constexpr):
     """p [BM, BN] from the saved lse (+inf for rows out of range: p = 0), and tanh."""
     s = _dot(q, kT, PREC, UPCAST) * qk_scale
     if HAS_CAP:
-        th = _tanh(s * inv_cap)
+        th = _softcap_tanh(s * inv_cap, FAST_TANH)
         z = cap_log2e * th
     else:
         th = s
@@ -70,7 +71,7 @@ def _bwd_dq_kernel(
     J, L, num_jb, num_lb, H, E, qk_scale, inv_cap, cap_log2e,
     HAS_PAD: tl.constexpr, HAS_CAP: tl.constexpr,
     G: tl.constexpr, LPQ: tl.constexpr, LPK: tl.constexpr, EP: tl.constexpr,
-    PREC: tl.constexpr, UPCAST: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_TANH: tl.constexpr,
 ):
     BM: tl.constexpr = G * LPQ
     BN: tl.constexpr = G * LPK
@@ -116,7 +117,7 @@ def _bwd_dq_kernel(
         if G > 1:
             valid = valid & (gq[:, None] == gk[None, :])
         p, th = _probs(q, tl.trans(k), padk, valid, lse, qk_scale, inv_cap, cap_log2e,
-                       HAS_PAD, HAS_CAP, PREC, UPCAST)
+                       HAS_PAD, HAS_CAP, PREC, UPCAST, FAST_TANH)
         dp = _dot(do, tl.trans(v), PREC, UPCAST)
         ds = _ds(p, dp, delta, th, masked_row, HAS_PAD, HAS_CAP)
         dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
@@ -132,7 +133,7 @@ def _bwd_dkdv_kernel(
     J, L, num_jb, num_kb, H, E, qk_scale, inv_cap, cap_log2e, inv_L,
     HAS_PAD: tl.constexpr, HAS_CAP: tl.constexpr,
     G: tl.constexpr, LPQ: tl.constexpr, LPK: tl.constexpr, EP: tl.constexpr,
-    PREC: tl.constexpr, UPCAST: tl.constexpr, FUSED: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_TANH: tl.constexpr, FUSED: tl.constexpr,
 ):
     BM: tl.constexpr = G * LPQ
     BN: tl.constexpr = G * LPK
@@ -184,7 +185,8 @@ def _bwd_dkdv_kernel(
             delta = tl.load(DELTA + l_off, mask=row_ok, other=0.0)
         lse = tl.load(LSE + l_off, mask=row_ok, other=float("inf"))
         masked_row = lse < -1.0e38
-        p, th = _probs(q, kT, padk, valid, lse, qk_scale, inv_cap, cap_log2e, HAS_PAD, HAS_CAP, PREC, UPCAST)
+        p, th = _probs(q, kT, padk, valid, lse, qk_scale, inv_cap, cap_log2e,
+                       HAS_PAD, HAS_CAP, PREC, UPCAST, FAST_TANH)
         pv = p
         if HAS_PAD:
             pv = p * tl.where(masked_row, inv_L, 1.0)[:, None]
@@ -222,7 +224,7 @@ def spacetime_attention_bwd_triton(grad_out, qkv, out, lse, axis, num_heads, sof
     pad = frame_paddings if frame_paddings is not None else lse
     s_pb, s_pt = (pad.stride(0), pad.stride(1)) if frame_paddings is not None else (0, 0)
     s_pj, s_pi = (s_pt, 0) if axis == "space" else (0, s_pt)
-    prec, upcast = dot_modes(qkv.dtype)
+    prec, upcast, fast_tanh = dot_modes(qkv.dtype)
     cap = float(softcap)
     delta = lse if fused else torch.empty_like(lse)  # DELTA is unused when fused
     common = (
@@ -233,7 +235,8 @@ def spacetime_attention_bwd_triton(grad_out, qkv, out, lse, axis, num_heads, sof
 
     def flags(cfg):
         return dict(HAS_PAD=frame_paddings is not None, HAS_CAP=cap > 0, G=cfg["G"], LPQ=cfg["LPQ"],
-                    LPK=cfg["LPK"], EP=EP, PREC=prec, UPCAST=upcast, num_warps=cfg["num_warps"], num_stages=2)
+                    LPK=cfg["LPK"], EP=EP, PREC=prec, UPCAST=upcast, FAST_TANH=fast_tanh,
+                    num_warps=cfg["num_warps"], num_stages=2)
 
     if not fused:
         # dq first: it also stores delta = rowsum(dO * O) for the dk/dv pass.

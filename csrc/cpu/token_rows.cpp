@@ -21,9 +21,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+#include <c10/util/bit_cast.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstdint>
 #include <type_traits>
 
@@ -134,12 +134,12 @@ void add_row<float>(float* o, const float* a, const float* p, int64_t D, bool st
 // compiler from vectorizing): widen by a shift, round to nearest even by
 // adding 0x7FFF plus the lowest kept bit, NaN to c10's 0x7FC0.
 inline float bf16_bits_to_float(uint16_t h) {
-  return std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
+  return c10::bit_cast<float>(static_cast<uint32_t>(h) << 16);
 }
 
 inline uint16_t bf16_add_bits(uint16_t a, uint16_t p) {
   const float s = bf16_bits_to_float(a) + bf16_bits_to_float(p);
-  const uint32_t u = std::bit_cast<uint32_t>(s);
+  const uint32_t u = c10::bit_cast<uint32_t>(s);
   return s != s ? uint16_t{0x7FC0} : static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 

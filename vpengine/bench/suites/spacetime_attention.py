@@ -9,7 +9,8 @@ changes it needs to read the packed ``[B, T, S, 3*H*E]`` qkv and to write
 ``[B, T, S, H*E]``:
 
   ref                  vpengine's pure-PyTorch reference (eager)
-  flex                 FlexAttention with a tanh soft-cap score_mod (compiled on GPU)
+  flex                 FlexAttention with a tanh soft-cap score_mod (compiled on GPU;
+                       in chunks of at most 65535 (sequence, head) pairs, its launch limit)
   sdpa_flash+permute   SDPA without the cap (a lower bound: it skips the cap)
 """
 from __future__ import annotations
@@ -102,9 +103,18 @@ def _make_setup(ctx, backend, axis, dims, dtype, mode):
             attend = _flex_fn(ctx) if backend == "flex" else _sdpa_call(ctx)
             kwargs = {"score_mod": _softcap_mod} if backend == "flex" else {}
 
+            # Flex launches one CUDA block row per (sequence, head): past 65535
+            # of them the launch fails, so long batches go in chunks.
+            chunk = max(1, 65535 // H) if backend == "flex" and ctx.cuda else None
+
             def forward(x):
                 q, k, v = _split(x, axis, H)
-                return _merge(attend(q, k, v, **kwargs), axis, B, T, S)
+                if chunk is None or q.shape[0] <= chunk:
+                    out = attend(q, k, v, **kwargs)
+                else:
+                    out = torch.cat([attend(q[i:i + chunk], k[i:i + chunk], v[i:i + chunk], **kwargs)
+                                     for i in range(0, q.shape[0], chunk)])
+                return _merge(out, axis, B, T, S)
         else:
             op = require_op(OP)
 
