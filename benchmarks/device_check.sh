@@ -81,6 +81,28 @@ build_ext() {
     MAX_JOBS=${MAX_JOBS:-$(nproc)} $PY setup.py build_ext --inplace && $PY -m vpengine info
 }
 
+cpp_throw_check() {
+  # On the 2026-11-26 H100 image a C++ exception thrown from vpengine._C_cuda
+  # (token_gather_native's index check) killed the process with SIGSEGV. Which
+  # compilers built the extension, which runtime libraries it loads, and
+  # whether a throw from each extension reaches Python as ValueError:
+  for c in "${CXX:-}" c++ g++ /usr/bin/g++ /opt/gcc/bin/g++; do
+    [ -n "$c" ] && command -v "$c" >/dev/null && echo "$c: $("$c" --version | head -1)"
+  done
+  for so in vpengine/_C*.so; do echo "$so:"; ldd "$so" | grep -E "stdc\+\+|gcc_s" || true; done
+  $PY - <<'PYEOF'
+import subprocess, sys
+cases = {
+    "_C (CPU op, bad shape)": "torch.ops.vpengine.token_gather_native(torch.zeros(2, 3, 4), torch.zeros(3, 1, dtype=torch.long))",
+    "_C_cuda (CUDA op, bad index)": "torch.ops.vpengine.token_gather_native(torch.zeros(2, 3, 4, device='cuda'), torch.full((2, 1), 9, device='cuda'))",
+}
+for name, call in cases.items():
+    code = f"import os, torch; from vpengine import _ext; _ext.cpu_ext_reasons(); _ext.cuda_ext_reasons(); os.environ['VPENGINE_CHECK_INDICES'] = '1'\ntry:\n    {call}\nexcept ValueError:\n    print('ValueError')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    print(f"{name}: " + (r.stdout.strip() or f"exit {r.returncode}: {r.stderr.strip()[-300:]}"))
+PYEOF
+}
+
 gpu_tests() {
   # Test modules that import packages this machine lacks (PyAV, DALI) must not
   # stop the GPU tests of the others.
@@ -103,7 +125,7 @@ TESTS=${VPENGINE_CHECK_TESTS:-tests}
 SUITES=" ${VPENGINE_CHECK_SUITES:-spacetime_attention tokens encoder patchify decode} "
 wants() { [[ "$SUITES" == *" $1 "* ]]; }
 export PY QUICK JSONL TESTS
-export -f machine_facts build_ext gpu_tests bench_suite
+export -f machine_facts build_ext cpp_throw_check gpu_tests bench_suite
 
 echo "vpengine device check -> $OUTDIR/$NAME.* (total limit ${TOTAL_S}s)" | tee -a "$LOG"
 step "machine facts" 30 machine_facts
@@ -112,6 +134,7 @@ if [ "${VPENGINE_CHECK_SKIP_BUILD:-0}" = "1" ]; then
 else
   step "build extension" 240 build_ext
 fi
+step "C++ exceptions" 40 cpp_throw_check
 [ "$TESTS" != "none" ] && step "pytest -m gpu" 150 gpu_tests
 # Suites in order of what the kernel issues need most; each gets a share of the
 # time left (the grace after the budget covers the case running when it ends).

@@ -215,6 +215,15 @@ def test_auto_follows_measured_rules(monkeypatch):
     assert isinstance(st.autotune_rules(), tuple)  # the shipped file parses
 
 
+def test_shipped_rules_follow_the_h100_measurements():
+    """The recorded H100 runs put triton ahead of cuda on the time axis (bf16,
+    T = 8 and 16); shapes no rule covers get the same default order on CUDA."""
+    assert all(rule.get("source") for rule in st.autotune_rules())
+    videoprism_b_time = make_qkv(1, 16, 2, 1, 64, torch.bfloat16)
+    assert st.choose("cuda", videoprism_b_time, "time", 1) == ("triton", "cuda", "ref")
+    assert st._REG.priority["cuda"] == st._BWD.priority["cuda"] == ("triton", "cuda", "ref")
+
+
 def test_native_schema_and_meta_kernel():
     """vpengine._C declares the CUDA kernel's schema; its Meta kernel gives shapes
     (for torch.compile) and rejects what the kernel cannot run."""
