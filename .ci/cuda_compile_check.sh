@@ -4,8 +4,10 @@
 #
 # A CPU torch wheel ships the ATen/c10 CUDA headers but not
 # c10/cuda/impl/cuda_cmake_macros.h, hence -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE.
-# The flags mirror what setup.py's CUDAExtension passes (torch adds the
-# __CUDA_NO_HALF* defines itself there).
+# Compiled at C++17, the standard torch 2.11 builds extensions with (2.13
+# uses C++20; the runtime pins accept both). The other flags mirror what
+# setup.py's CUDAExtension passes (torch adds the __CUDA_NO_HALF* defines
+# itself there).
 #
 # Usage: .ci/cuda_compile_check.sh [file.cu ...]   (default: every csrc/cuda/*.cu)
 # Env:   PYTHON (default python), NVCC (default nvcc), JOBS (parallel nvcc, default 2),
@@ -53,7 +55,7 @@ print(' '.join(ns['_gencode_flags'](os.environ.get('VPENGINE_CUDA_ARCHS', ns['DE
 ") || { echo "cuda_compile_check: cannot read the arch list from setup.py" >&2; exit 1; }
 torch_version=$("$PYTHON" -c "import torch; print(torch.__version__)")
 
-flags=(-std=c++20 -O3 --expt-relaxed-constexpr -Xcompiler -fPIC
+flags=(-std=c++17 -O3 --expt-relaxed-constexpr -Xcompiler -fPIC
   -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
   -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__
   -DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_C_cuda
