@@ -11,6 +11,9 @@ Backends measured side by side in one run (issue 5, item 3):
                 HuggingFace transformers' VideoPrismVisionModel with that
                 attention implementation (where transformers has VideoPrism;
                 HF does not support SDPA for VideoPrism, its attention is capped)
+  jax           the same model in JAX/XLA (vpengine.bench.jax_proxy: the
+                official math with the official lax.scan over layers, the
+                same weights), where jax is installed; bf16 runs in bf16
 
 Weights are random (the numbers do not depend on them). Input: float
 ``[B, T, H, W, 3]`` in [0, 1] for vpengine, the same data as ``[B, T, 3, H, W]``
@@ -41,10 +44,10 @@ def _configs(ctx: SuiteContext):
     if ctx.quick and not ctx.cuda:
         tiny = dataclasses.replace(base, width=64, num_spatial_layers=2, num_temporal_layers=1, num_heads=2,
                                    mlp_dim=128, pos_emb_shape=(4, 2, 2))
-        return [("tiny", tiny, 4, 36, (1,), (torch.float32, torch.bfloat16), ("auto", "ref", "hf_eager"))]
+        return [("tiny", tiny, 4, 36, (1,), (torch.float32, torch.bfloat16), ("auto", "ref", "hf_eager", "jax"))]
     if not ctx.cuda:
         return [("videoprism_public_v1_base", base, 16, 288, (1,), (torch.float32, torch.bfloat16),
-                 ("auto", "ref", "compile(ref)", "hf_eager"))]
+                 ("auto", "ref", "compile(ref)", "hf_eager", "jax"))]
     if ctx.quick:
         return [("videoprism_public_v1_base", base, 16, 288, (1, 32), (torch.bfloat16,), ("auto", "ref"))]
     # In the order of issue 5's goals, since a time-boxed run may stop early:
@@ -56,6 +59,7 @@ def _configs(ctx: SuiteContext):
         ("videoprism_public_v1_base", base, 16, 288, (32,), bf16, every),
         ("videoprism_public_v1_large", large, 8, 288, (32,), bf16, ("auto", "compile(auto)", "ref")),
         ("videoprism_v1_giant", giant, 8, 288, (32,), bf16, ("auto", "compile(auto)", "ref")),
+        ("videoprism_public_v1_base", base, 16, 288, (32,), bf16, ("jax",)),
         ("videoprism_public_v1_base", base, 16, 288, (1,), bf16, ("auto", "compile(ref)", "hf_eager", "ref")),
         ("videoprism_public_v1_base", base, 16, 288, (32, 1), fp32, ("auto", "hf_eager", "ref")),
     ]
@@ -113,10 +117,28 @@ def _hf_model(label, cfg, num_frames, size, device, attn):
     return model
 
 
+def _jax_run(ctx, label, cfg, T, size, dtype, video):
+    try:
+        from ..jax_proxy import build_forward, to_jax
+    except ImportError as e:
+        raise SkipCase(f"jax is not installed ({e})") from None
+    model = _vp_model(label, cfg, ctx.device)
+    name = "bfloat16" if dtype == torch.bfloat16 else "float32"
+    forward = _cached("jax", f"{label}@{ctx.device}@{name}@{T}", lambda: build_forward(model, T, size, size, name))
+    x = to_jax(video)
+
+    def run():
+        return forward(x).block_until_ready()
+
+    return run
+
+
 def _make_setup(ctx, label, cfg, T, size, batch, dtype, backend):
     def setup():
         gen = torch.Generator(device=ctx.device).manual_seed(0)
         video = torch.rand(batch, T, size, size, 3, generator=gen, device=ctx.device)
+        if backend == "jax":
+            return _jax_run(ctx, label, cfg, T, size, dtype, video)
         if backend.startswith("hf_"):
             attn = {"hf_eager": "eager", "hf_flex": "flex_attention"}[backend]
             model = _hf_model(label, cfg, T, size, ctx.device, attn)
