@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # One-run GPU check (issue 5, item 4), for a GPU machine with no network:
 #   1. facts about the machine (GPU, driver, torch, NVDEC library)
-#   2. build the extension in place against the machine's own torch
+#   2. build the extension in place against the machine's own torch, and
+#      check that a C++ exception from each extension reaches Python
 #   3. the `gpu`-marked tests
-#   4. the GPU benchmark suites -> JSON lines (appended as each case finishes)
+#   4. the GPU benchmark suites -> JSON lines (appended as each case finishes),
+#      and alternative attention tiles (benchmarks/tune_attention.py)
 #   5. the roofline plot, the full table, and one summary table printed last
 # Every step is time-boxed so one failure cannot eat the run; the whole thing
 # is sized for under 8 minutes (VPENGINE_CHECK_TOTAL_S, default 460 s).
 #
 # Output: $OUT if set, else benchmarks/results/, files named
-#   <UTC date-time>_<card>_<commit>.{jsonl,png,table.txt,log}
+#   <UTC date-time>_<card>_<commit>.{jsonl,png,table.txt,log,tune.jsonl}
 # A tree copied without .git can pass its commit: VPENGINE_COMMIT=abc123.
 #
 # Usage: bash benchmarks/device_check.sh [--quick]   (--quick: B shapes only)
 # VPENGINE_CHECK_SKIP_BUILD=1 uses the extension already built (a dry run on a CPU machine).
 # A narrower rerun: VPENGINE_CHECK_TESTS (pytest targets, default "tests"; "none"
-# skips the tests) and VPENGINE_CHECK_SUITES (default: every suite, in the order below).
+# skips the tests) and VPENGINE_CHECK_SUITES (default: every suite, in the order below;
+# "tune" is benchmarks/tune_attention.py, alternative attention tiles).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -114,6 +117,10 @@ gpu_tests() {
   $PY -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors -o addopts="-ra" $par $TESTS
 }
 
+tune_tiles() {  # tune_tiles BUDGET_S: alternative attention tiles, timed beside the shipped ones
+  $PY benchmarks/tune_attention.py --budget-s "$1" --json "$TUNE"
+}
+
 bench_suite() {  # bench_suite SUITE BUDGET_S: stop starting cases after BUDGET_S
   $PY -m vpengine bench $QUICK --suite "$1" --json "$JSONL" --budget-s "$2"
 }
@@ -122,10 +129,11 @@ bench_suite() {  # bench_suite SUITE BUDGET_S: stop starting cases after BUDGET_
 budget() { local b=$(( $(left) * $1 / 100 )); (( b > $2 )) && b=$2; echo $b; }
 
 TESTS=${VPENGINE_CHECK_TESTS:-tests}
-SUITES=" ${VPENGINE_CHECK_SUITES:-spacetime_attention tokens encoder patchify decode} "
+SUITES=" ${VPENGINE_CHECK_SUITES:-spacetime_attention tune tokens encoder patchify decode} "
 wants() { [[ "$SUITES" == *" $1 "* ]]; }
-export PY QUICK JSONL TESTS
-export -f machine_facts build_ext cpp_throw_check gpu_tests bench_suite
+TUNE="$OUTDIR/$NAME.tune.jsonl"
+export PY QUICK JSONL TESTS TUNE
+export -f machine_facts build_ext cpp_throw_check gpu_tests tune_tiles bench_suite
 
 echo "vpengine device check -> $OUTDIR/$NAME.* (total limit ${TOTAL_S}s)" | tee -a "$LOG"
 step "machine facts" 30 machine_facts
@@ -139,6 +147,7 @@ step "C++ exceptions" 40 cpp_throw_check
 # Suites in order of what the kernel issues need most; each gets a share of the
 # time left (the grace after the budget covers the case running when it ends).
 wants spacetime_attention && { b=$(budget 40 150); step "bench spacetime_attention" $(( b + 60 )) bench_suite spacetime_attention "$b"; }
+wants tune && { b=$(budget 25 90); step "tune attention tiles" $(( b + 30 )) tune_tiles "$b"; }
 wants tokens && { b=$(budget 35 60); step "bench tokens" $(( b + 20 )) bench_suite tokens "$b"; }
 wants encoder && { b=$(budget 70 120); step "bench encoder" $(( b + 60 )) bench_suite encoder "$b"; }
 wants patchify && { b=$(budget 60 30); step "bench patchify" $(( b + 15 )) bench_suite patchify "$b"; }
@@ -161,4 +170,4 @@ else
 fi
 printf '%-28s %-28s %s\n' "step" "status" "seconds"
 for s in "${STEPS[@]}"; do IFS='|' read -r n st d <<< "$s"; printf '%-28s %-28s %s\n' "$n" "$st" "$d"; done
-echo "files: $JSONL $PNG $TABLE $LOG"
+echo "files: $JSONL $PNG $TABLE $LOG $TUNE"

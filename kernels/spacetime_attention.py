@@ -194,6 +194,8 @@ def axis_view(x: torch.Tensor, axis: str):
 #   pack: rows of whole sequences packed per tile (time axis), warps
 #   fwd / dq: flash tiles of the forward and the dq pass (program = query tile)
 #   dkdv: (query rows per step, key tile, warps) of the dk/dv pass
+#   stages: software-pipelining depth of the flash loops (default 2)
+# benchmarks/tune_attention.py times alternatives on a GPU by editing this table.
 _GPU_TILES = {
     # (kind, wide): wide = head dim padded past 64; fp32 gets its own row
     ("fwd", False): dict(pack=(64, 4), flash=(128, 64, 8)),
@@ -217,15 +219,21 @@ def tile_config(L: int, EP: int, dtype: torch.dtype, kind: str = "fwd") -> dict:
     so every tile is 64 x 64 there.
     """
     LP = triton.next_power_of_2(max(L, 1))
+    stages = 2
     if interpreting():
         (pack, pack_warps), (rows, keys, warps) = (64, 4), (64, 64, 4)
     else:
-        wide = "fp32" if dtype == torch.float32 else EP > 64
-        t = _GPU_TILES[(kind, wide)]
+        t = _GPU_TILES[tile_key(EP, dtype, kind)]
         (pack, pack_warps), (rows, keys, warps) = t["pack"], t["flash"]
+        stages = t.get("stages", 2)
     if LP <= pack:
-        return dict(G=pack // LP, LPQ=LP, LPK=LP, num_warps=pack_warps)
-    return dict(G=1, LPQ=rows, LPK=keys, num_warps=warps)
+        return dict(G=pack // LP, LPQ=LP, LPK=LP, num_warps=pack_warps, num_stages=stages)
+    return dict(G=1, LPQ=rows, LPK=keys, num_warps=warps, num_stages=stages)
+
+
+def tile_key(EP: int, dtype: torch.dtype, kind: str = "fwd") -> tuple:
+    """The _GPU_TILES row of a pass: (kind, "fp32" | head dim padded past 64)."""
+    return kind, "fp32" if dtype == torch.float32 else EP > 64
 
 
 def dot_modes(dtype: torch.dtype) -> tuple:
@@ -272,6 +280,6 @@ def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int,
         E ** -0.5, 1.0 / cap if cap > 0 else 0.0, cap * LOG2E,
         HAS_PAD=frame_paddings is not None, HAS_CAP=cap > 0,
         G=G, LPQ=LPQ, LPK=cfg["LPK"], EP=EP, PREC=prec, UPCAST=upcast, FAST_TANH=fast_tanh,
-        num_warps=cfg["num_warps"], num_stages=2,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out, lse

@@ -236,7 +236,7 @@ def spacetime_attention_bwd_triton(grad_out, qkv, out, lse, axis, num_heads, sof
     def flags(cfg):
         return dict(HAS_PAD=frame_paddings is not None, HAS_CAP=cap > 0, G=cfg["G"], LPQ=cfg["LPQ"],
                     LPK=cfg["LPK"], EP=EP, PREC=prec, UPCAST=upcast, FAST_TANH=fast_tanh,
-                    num_warps=cfg["num_warps"], num_stages=2)
+                    num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
     if not fused:
         # dq first: it also stores delta = rowsum(dO * O) for the dk/dv pass.

@@ -7,6 +7,12 @@ PyTorch ways of doing the same thing, side by side (issue 4): ``torch.gather``,
 ``index_select`` on the flattened rows, advanced indexing, and for
 ``decoder_input`` the unfused composition scatter -> shuffle -> add. GB/s
 counts the minimum traffic (see :mod:`vpengine.bench.flops`).
+
+Each group also gets a ``copy_same_bytes/<op>`` line: one device copy that
+reads and writes as many bytes as the op must. These calls last 10-100 us
+on a GPU, where launch and tail cost a large share, so that copy is the
+practical ceiling at the op's size. The run's ``ceiling/copy`` (1 GiB) is the
+asymptotic one.
 """
 from __future__ import annotations
 
@@ -129,6 +135,16 @@ def _nbytes(op, B, N, K, D, elt):
     return F.decoder_input_bytes(B, N, K, D, elt)
 
 
+def _copy_setup(ctx: SuiteContext, nbytes: float):
+    def setup():
+        n = max(1, int(nbytes) // 2)  # half read, half written
+        src = torch.randint(0, 256, (n,), dtype=torch.uint8, device=ctx.device)
+        dst = torch.empty_like(src)
+        return lambda: dst.copy_(src)
+
+    return setup
+
+
 def cases(ctx: SuiteContext) -> list[Case]:
     import vpengine.ops as ops
 
@@ -144,12 +160,18 @@ def cases(ctx: SuiteContext) -> list[Case]:
                 for op in OPS:
                     base_names = BASELINES[op]
                     vp_names = op_backends(op) if op not in missing else ["auto"]
+                    nbytes = _nbytes(op, B, N, K, D, elt)
+                    out.append(Case(
+                        suite=SUITE, op=f"copy_same_bytes/{op}", backend="torch", mode="fwd",
+                        shape=f"B={B} N={N} K={K} D={D}", dtype=dtype_name(dtype),
+                        setup=_copy_setup(ctx, nbytes), nbytes=nbytes, baseline=True,
+                    ))
                     for backend in [*vp_names, *base_names]:
                         out.append(Case(
                             suite=SUITE, op=op, backend=backend, mode="fwd",
                             shape=f"B={B} N={N} K={K} D={D}", dtype=dtype_name(dtype),
                             setup=_make_setup(ctx, op, backend, B, N, K, D, dtype),
-                            nbytes=_nbytes(op, B, N, K, D, elt), baseline=backend in base_names,
+                            nbytes=nbytes, baseline=backend in base_names,
                         ))
     return out
 
