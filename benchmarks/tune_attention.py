@@ -56,6 +56,14 @@ def _run(qkv, H, axis, mode, grad):
         return qkv.grad
 
 
+def _wall_ms(fn, reps: int = 3) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps * 1e3
+
+
 def _rel_err(got, want):
     return ((got.float() - want.float()).norm() / want.float().norm()).item()
 
@@ -65,22 +73,33 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=120.0, help="stop starting candidates after this")
     ap.add_argument("--per-pass", type=int, default=8, help="candidates per (shape, pass), shipped tile excluded")
     ap.add_argument("--json", help="append one JSON line per candidate here")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny shapes on the CPU under TRITON_INTERPRET=1 (tests the script, not tiles)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("tune_attention: needs a CUDA device")
+    shapes, device = SHAPES, "cuda"
+    if args.smoke:
+        shapes, device = [("tiny:space", 1, 2, 80, 2, 16, "space"), ("tiny:time", 1, 4, 3, 2, 16, "time")], "cpu"
+        bench = _wall_ms
+    elif not torch.cuda.is_available():
+        print("tune_attention: needs a CUDA device (or --smoke)")
         return 1
-    from triton.testing import do_bench
+    else:
+        from triton.testing import do_bench
+
+        def bench(fn):
+            return do_bench(fn, warmup=5, rep=30, return_mode="median")
 
     mod = _ext.kernel_module("spacetime_attention")
     t0 = time.time()
     rows = []
-    for label, B, T, S, H, E, axis in SHAPES:
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        qkv = torch.randn(B, T, S, 3 * H * E, device="cuda", generator=gen, dtype=torch.bfloat16)
-        grad = torch.randn(B, T, S, H * E, device="cuda", generator=gen, dtype=torch.bfloat16)
+    dtype = torch.float16 if args.smoke else torch.bfloat16  # the interpreter's bf16 dot is wrong
+    for label, B, T, S, H, E, axis in shapes:
+        gen = torch.Generator(device=device).manual_seed(0)
+        qkv = torch.randn(B, T, S, 3 * H * E, device=device, generator=gen).to(dtype)
+        grad = torch.randn(B, T, S, H * E, device=device, generator=gen).to(dtype)
         L = S if axis == "space" else T
         EP = mod.head_pad(E)
-        packed = mod.tile_config(L, EP, torch.bfloat16)["G"] > 1
+        packed = mod.tile_config(L, EP, dtype)["G"] > 1
         with torch.no_grad(), ops.use_backend("ref"):
             want_fwd = ops.spacetime_attention(qkv.float(), axis, H, softcap=SOFTCAP)
         x = qkv.float().requires_grad_(True)
@@ -91,7 +110,7 @@ def main(argv=None) -> int:
             if kind == "dq" and packed:
                 continue  # the packed backward is one fused dk/dv/dq kernel
             mode = "fwd" if kind == "fwd" else "fwd+bwd"
-            key = mod.tile_key(EP, torch.bfloat16, kind)
+            key = mod.tile_key(EP, dtype, kind)
             shipped = dict(mod._GPU_TILES[key])
             want = want_fwd if mode == "fwd" else want_bwd
             base_ms = None
@@ -103,7 +122,7 @@ def main(argv=None) -> int:
                 tile = mod._GPU_TILES[key]
                 try:
                     err = _rel_err(_run(q, H, axis, mode, grad), want)
-                    ms = do_bench(lambda: _run(q, H, axis, mode, grad), warmup=5, rep=30, return_mode="median")
+                    ms = bench(lambda: _run(q, H, axis, mode, grad))
                 except Exception as e:  # a tile that does not compile (shared memory) is a result too
                     err, ms, note = float("nan"), float("nan"), f"{type(e).__name__}: {str(e)[:80]}"
                 else:
@@ -111,7 +130,7 @@ def main(argv=None) -> int:
                 base_ms = ms if base_ms is None else base_ms
                 row = dict(shape=label, kind=kind, mode=mode, tile=tile, shipped=not cand, ms=ms,
                            speedup=base_ms / ms if ms == ms else float("nan"), rel_err=err, note=note,
-                           device=torch.cuda.get_device_name(), commit=os.environ.get("VPENGINE_COMMIT", "unknown"))
+                           device=torch.cuda.get_device_name() if device == "cuda" else "cpu", commit=os.environ.get("VPENGINE_COMMIT", "unknown"))
                 rows.append(row)
                 if args.json:
                     with open(args.json, "a") as f:

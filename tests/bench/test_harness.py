@@ -124,3 +124,25 @@ def test_group_runner_records_each_case():
 
     res = run_group_interleaved([_case(lambda: (lambda: None)), _case(skip, backend="cpu")], CTX)
     assert [r.status for r in res] == ["ok", "skipped"] and res[0].timing.reps >= 3
+
+
+def test_tune_attention_script_runs(tmp_path):
+    """benchmarks/tune_attention.py (the GPU tile sweep of device_check.sh) on
+    tiny shapes under the interpreter: every pass, a JSON line per candidate."""
+    import importlib.util
+    import json
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "tune_attention.py"
+    spec = importlib.util.spec_from_file_location("tune_attention", path)
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    out = tmp_path / "tune.jsonl"
+    assert tune.main(["--smoke", "--per-pass", "1", "--json", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # S = 80 runs the flash loop (forward, dq, dk/dv); T = 4 is packed (forward, fused backward)
+    assert {(r["shape"], r["kind"]) for r in rows} == {("tiny:space", "fwd"), ("tiny:space", "dq"),
+                                                       ("tiny:space", "dkdv"), ("tiny:time", "fwd"),
+                                                       ("tiny:time", "dkdv")}
+    assert all(r["rel_err"] < 2e-2 and r["ms"] > 0 for r in rows)
+    assert sum(r["shipped"] for r in rows) == len({(r["shape"], r["kind"]) for r in rows})
