@@ -129,7 +129,7 @@ bench_suite() {  # bench_suite SUITE BUDGET_S: stop starting cases after BUDGET_
 budget() { local b=$(( $(left) * $1 / 100 )); (( b > $2 )) && b=$2; echo $b; }
 
 TESTS=${VPENGINE_CHECK_TESTS:-tests}
-SUITES=" ${VPENGINE_CHECK_SUITES:-spacetime_attention tune tokens encoder patchify decode} "
+SUITES=" ${VPENGINE_CHECK_SUITES:-spacetime_attention tune tokens encoder patchify train decode} "
 wants() { [[ "$SUITES" == *" $1 "* ]]; }
 TUNE="$OUTDIR/$NAME.tune.jsonl"
 export PY QUICK JSONL TESTS TUNE
@@ -151,6 +151,7 @@ wants tune && { b=$(budget 25 90); step "tune attention tiles" $(( b + 30 )) tun
 wants tokens && { b=$(budget 35 60); step "bench tokens" $(( b + 20 )) bench_suite tokens "$b"; }
 wants encoder && { b=$(budget 70 120); step "bench encoder" $(( b + 60 )) bench_suite encoder "$b"; }
 wants patchify && { b=$(budget 60 30); step "bench patchify" $(( b + 15 )) bench_suite patchify "$b"; }
+wants train && { b=$(budget 80 90); step "bench train" $(( b + 60 )) bench_suite train "$b"; }
 wants decode && { b=$(budget 90 20); step "bench decode" $(( b + 10 )) bench_suite decode "$b"; }
 
 RESERVE_S=0

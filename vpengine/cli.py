@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--decoder", default="auto", help="auto, pyav, dali-cpu or dali-gpu")
     p.add_argument("--device", default=None)
     p.add_argument("--strict", action="store_true", help="stop at the first bad file instead of skipping it")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model: fastest on a GPU; the first batch pays the compile")
     bench = sub.add_parser("bench", help="benchmark suite (see benchmarks/)")
     try:
         from .bench.cli import add_arguments
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
             embed_manifest(model, args.manifest, args.out,
                            spec=ClipSpec(args.frames, size=(args.size, args.size)), batch_size=args.batch,
                            device=device, dtype=getattr(torch, args.dtype), pool=args.pool,
-                           backend=args.decoder, strict=args.strict)
+                           backend=args.decoder, strict=args.strict, compile=args.compile)
         except (ValueError, CheckpointError, FileNotFoundError, BadVideoError) as e:
             print(f"vpengine embed: {e}", file=sys.stderr)
             return 2

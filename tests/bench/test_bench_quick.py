@@ -70,7 +70,7 @@ def test_every_suite_produced_numbers(quick_run, suite):
     assert all(r["median"] > 0 and r["note"].startswith("vs ") for r in speedups)
     rates = {r["metric"] for r in mine}
     want = {"encoder": "mfu", "spacetime_attention": "tflops", "tokens": "gbps", "patchify": "gbps",
-            "decode": "frames_per_s"}[suite]
+            "decode": "frames_per_s", "train": "mfu"}[suite]
     assert want in rates, f"{suite}: no {want} line (got {sorted(rates)})"
 
 

@@ -71,3 +71,20 @@ def test_embed_manifest_skips_bad_files(tmp_path, config, pool):
     rc = main(["embed", str(manifest), "--model", str(model_path), "--out", str(out2), "--frames", "4",
                "--size", "16", "--decoder", "pyav", "--strict"])
     assert rc == 2 and not out2.exists() and not list(tmp_path.glob("*.tmp.npz"))
+
+
+def test_embed_compiled_matches_eager(tmp_path):
+    from vpengine.data import encode_video, pattern_frames
+
+    videos = [encode_video(tmp_path / f"v{i}.mp4", pattern_frames(6, 40, 56, seed=i)) for i in range(3)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps({"path": v}) for v in videos))
+    model_path = tmp_path / "m.safetensors"
+    vpengine.save(vpengine.build(ENC, seed=0), model_path)
+    args = ["embed", str(manifest), "--model", str(model_path), "--frames", "4", "--size", "16",
+            "--batch", "2", "--decoder", "pyav"]
+    assert main([*args, "--out", str(tmp_path / "eager.npz")]) == 0
+    assert main([*args, "--out", str(tmp_path / "compiled.npz"), "--compile"]) == 0
+    eager, compiled = np.load(tmp_path / "eager.npz"), np.load(tmp_path / "compiled.npz")
+    assert compiled["rows"].tolist() == [0, 1, 2]  # a full batch, then a smaller last one
+    np.testing.assert_allclose(compiled["embeddings"], eager["embeddings"], rtol=0, atol=1e-5)

@@ -79,8 +79,8 @@ def test_triton_uneven_tiles(monkeypatch, axis, T, S):
     def small_tiles(L, EP, dtype, kind="fwd"):
         LP = 1 << max(L - 1, 0).bit_length()
         if LP <= 16:
-            return dict(G=16 // LP, LPQ=LP, LPK=LP, num_warps=4)
-        return dict(G=1, LPQ=tiles[kind][0], LPK=tiles[kind][1], num_warps=4)
+            return dict(G=16 // LP, LPQ=LP, LPK=LP, num_warps=4, num_stages=2)
+        return dict(G=1, LPQ=tiles[kind][0], LPK=tiles[kind][1], num_warps=4, num_stages=2)
 
     monkeypatch.setattr(fwd_mod, "tile_config", small_tiles)
     monkeypatch.setattr(bwd_mod, "tile_config", small_tiles)

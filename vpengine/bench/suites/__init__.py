@@ -22,7 +22,7 @@ import torch
 
 from ..timing import Budget
 
-SUITES = ("encoder", "spacetime_attention", "tokens", "patchify", "decode")
+SUITES = ("encoder", "spacetime_attention", "tokens", "patchify", "decode", "train")
 
 
 class SkipCase(Exception):
