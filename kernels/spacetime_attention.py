@@ -94,6 +94,9 @@ def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
     return tl.dot(a, b, input_precision=PREC)
 
 
+# E (the head dim) is a constexpr in every kernel: passed at run time, 88
+# (VideoPrism-g) is no multiple of 16, Triton cannot prove the rows 16-byte
+# aligned and emits 2-byte loads (tests/ops/test_attention_codegen.py).
 @triton.jit
 def _fwd_kernel(
     QKV, OUT, LSE, PAD,
@@ -101,7 +104,7 @@ def _fwd_kernel(
     s_ob, s_oj, s_oi,
     s_lb, s_lj, s_li,
     s_pb, s_pj, s_pi,
-    J, L, num_jb, num_lb, H, E,
+    J, L, num_jb, num_lb, H, E: tl.constexpr,
     qk_scale, inv_cap, cap_log2e,
     HAS_PAD: tl.constexpr, HAS_CAP: tl.constexpr,
     G: tl.constexpr, LPQ: tl.constexpr, LPK: tl.constexpr, EP: tl.constexpr,

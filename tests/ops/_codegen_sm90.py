@@ -1,0 +1,114 @@
+"""Compile the Triton attention kernels ahead of time for an H100 (sm_90),
+without a GPU, and report each pass's shared memory and global memory ops as
+JSON (run by tests/ops/test_attention_codegen.py in a process without
+TRITON_INTERPRET, which would turn the kernels into interpreted functions).
+
+Triton's launcher tells the compiler which integer arguments are multiples of
+16 (and turns those equal to 1 into constants); the signatures below say the
+same for a contiguous qkv.
+"""
+from __future__ import annotations
+
+import collections
+import importlib
+import json
+import re
+import sys
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+import vpengine  # noqa: F401  (maps kernels/ to vpengine.kernels in a source checkout)
+
+fwd_mod = importlib.import_module("vpengine.kernels.spacetime_attention")
+bwd_mod = importlib.import_module("vpengine.kernels.spacetime_attention_bwd")
+
+SM90 = GPUTarget("cuda", 90, 32)
+POINTERS = {"QKV", "OUT", "DO", "DQKV", "LSE", "DELTA", "PAD"}
+FP32_POINTERS = {"LSE", "DELTA", "PAD"}
+FLOATS = {"qk_scale", "inv_cap", "cap_log2e", "inv_L"}
+UNIT_STRIDES = {"s_qc", "s_gc"}  # channel strides of a contiguous qkv / gradient
+# Strides of paddings and of the lse along a sequence, and the lengths, are
+# not multiples of 16 in general: no divisibility claimed for them.
+PLAIN_INTS = {"s_pb", "s_pj", "s_pi", "s_lj", "s_li", "J", "L", "num_jb", "num_lb", "num_kb", "H"}
+
+
+def compile_sm90(kernel, dtype: str, values: dict, num_warps: int, num_stages: int):
+    """Compile ``kernel`` as its launcher would: ``values`` holds the
+    compile-time values the launcher passes; the ones the kernel declares
+    ``tl.constexpr`` become constants, the others stay i32 arguments (marked
+    multiples of 16 when they are, as Triton's launcher does)."""
+    names = kernel.arg_names
+    declared = {p.name for p in kernel.params if p.is_constexpr}
+    consts = {n: 1 for n in UNIT_STRIDES if n in names}
+    consts.update({n: v for n, v in values.items() if n in declared})
+    runtime_ints = {n: v for n, v in values.items() if n not in declared}
+    sig, aligned = {}, []
+    for n in names:
+        if n in runtime_ints:
+            sig[n] = "i32"
+            if runtime_ints[n] % 16 == 0:
+                aligned.append(n)
+        elif n in consts:
+            sig[n] = "constexpr"
+        elif n in POINTERS:
+            sig[n] = "*fp32" if n in FP32_POINTERS else f"*{dtype}"
+            aligned.append(n)
+        elif n in FLOATS:
+            sig[n] = "fp32"
+        else:
+            sig[n] = "i32"
+            if n not in PLAIN_INTS:
+                aligned.append(n)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=SM90, options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def memory_ops(ptx: str) -> collections.Counter:
+    return collections.Counter(re.findall(r"(?:ld|st)\.global[.\w]*", ptx))
+
+
+def _passes(dtype: torch.dtype, E: int, L: int):
+    """(kernel, constexprs, warps, stages) of every pass the launchers run for
+    sequences of length L: the GPU table's tile, as tile_config picks it."""
+    EP = fwd_mod.head_pad(E)
+    prec, _, fast_tanh = "ieee" if dtype == torch.float32 else None, False, dtype == torch.bfloat16
+    flags = dict(HAS_PAD=True, HAS_CAP=True, EP=EP, E=E, PREC=prec, UPCAST=False, FAST_TANH=fast_tanh)
+    out = []
+    for kind, kernel in (("fwd", fwd_mod._fwd_kernel), ("dq", bwd_mod._bwd_dq_kernel),
+                         ("dkdv", bwd_mod._bwd_dkdv_kernel)):
+        cfg = _gpu_tile(L, EP, dtype, kind)
+        if kind == "dq" and cfg["G"] > 1:
+            continue  # whole sequences per tile: the fused dk/dv kernel computes dq
+        extra = {"FUSED": cfg["G"] > 1} if kind == "dkdv" else {}
+        out.append((kind, kernel, dict(flags, G=cfg["G"], LPQ=cfg["LPQ"], LPK=cfg["LPK"], **extra),
+                    cfg["num_warps"], cfg["num_stages"]))
+    return out
+
+
+def _gpu_tile(L, EP, dtype, kind):
+    saved = fwd_mod.interpreting
+    fwd_mod.interpreting = lambda: False  # the GPU table, not the interpreter's tiles
+    try:
+        return fwd_mod.tile_config(L, EP, dtype, kind)
+    finally:
+        fwd_mod.interpreting = saved
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def main(argv) -> None:
+    """argv: DTYPE E L -> one JSON object per pass on stdout."""
+    dtype, E, L = DTYPES[argv[0]], int(argv[1]), int(argv[2])
+    for kind, kernel, consts, warps, stages in _passes(dtype, E, L):
+        compiled = compile_sm90(kernel, argv[0], consts, warps, stages)
+        print(json.dumps(dict(kind=kind, tile=[consts["G"], consts["LPQ"], consts["LPK"], warps, stages],
+                              shared=compiled.metadata.shared, ops=memory_ops(compiled.asm["ptx"]))))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,46 @@
+"""The Triton attention kernels compiled ahead of time for an H100 (sm_90),
+without a GPU (tests/ops/_codegen_sm90.py): every tile of the GPU table fits
+the shared memory of one SM, and the loads and stores are 16-byte vectors at
+every VideoPrism head dim.
+
+A runtime head dim of 88 (VideoPrism-g) is not a multiple of 16, so Triton
+could not prove the rows aligned and fell back to 2-byte scalar loads; the
+head dim is a constexpr of the kernels for that reason, and this test fails
+if it stops being one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton.backends.compiler")
+HELPER = pathlib.Path(__file__).with_name("_codegen_sm90.py")
+SMEM_LIMIT = 227 * 1024  # per block on sm_90
+
+
+def compile_passes(dtype: str, E: int, L: int) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(HELPER), dtype, str(E), str(L)], capture_output=True, text=True,
+                          env=env, cwd=HELPER.parents[2], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("E,L", [(64, 256), (88, 256), (64, 16), (88, 8)],
+                         ids=["B-space", "g-space", "B-time", "g-time"])
+def test_gpu_tiles_compile_with_vector_memory_ops(dtype, E, L):
+    passes = compile_passes(dtype, E, L)
+    assert {p["kind"] for p in passes} >= {"fwd", "dkdv"}
+    for p in passes:
+        tag = f"{p['kind']} E={E} L={L} {dtype} tile {p['tile']}"
+        assert p["shared"] <= SMEM_LIMIT, f"{tag}: {p['shared']} bytes of shared memory"
+        ops = p["ops"]
+        scalar_16bit = sum(n for op, n in ops.items() if op.endswith((".b16", ".u16")))
+        assert ops and scalar_16bit == 0, f"{tag}: 2-byte loads or stores in the PTX: {ops}"
+        assert any(".v4." in op or ".v2." in op for op in ops), f"{tag}: no vector memory ops: {ops}"
