@@ -147,7 +147,7 @@ step "C++ exceptions" 40 cpp_throw_check
 # Suites in order of what the kernel issues need most; each gets a share of the
 # time left (the grace after the budget covers the case running when it ends).
 wants spacetime_attention && { b=$(budget 40 150); step "bench spacetime_attention" $(( b + 60 )) bench_suite spacetime_attention "$b"; }
-wants tune && { b=$(budget 25 90); step "tune attention tiles" $(( b + 30 )) tune_tiles "$b"; }
+wants tune && { b=$(budget 25 100); step "tune attention tiles" $(( b + 30 )) tune_tiles "$b"; }
 wants tokens && { b=$(budget 35 60); step "bench tokens" $(( b + 20 )) bench_suite tokens "$b"; }
 wants encoder && { b=$(budget 70 120); step "bench encoder" $(( b + 60 )) bench_suite encoder "$b"; }
 wants patchify && { b=$(budget 60 30); step "bench patchify" $(( b + 15 )) bench_suite patchify "$b"; }

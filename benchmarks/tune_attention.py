@@ -71,7 +71,7 @@ def _rel_err(got, want):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget-s", type=float, default=120.0, help="stop starting candidates after this")
-    ap.add_argument("--per-pass", type=int, default=8, help="candidates per (shape, pass), shipped tile excluded")
+    ap.add_argument("--per-pass", type=int, default=6, help="candidates per (shape, pass), shipped tile excluded")
     ap.add_argument("--json", help="append one JSON line per candidate here")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny shapes on the CPU under TRITON_INTERPRET=1 (tests the script, not tiles)")
