@@ -129,7 +129,7 @@ bench_suite() {  # bench_suite SUITE BUDGET_S: stop starting cases after BUDGET_
 budget() { local b=$(( $(left) * $1 / 100 )); (( b > $2 )) && b=$2; echo $b; }
 
 TESTS=${VPENGINE_CHECK_TESTS:-tests}
-SUITES=" ${VPENGINE_CHECK_SUITES:-spacetime_attention tune tokens encoder patchify train decode} "
+SUITES=" ${VPENGINE_CHECK_SUITES:-spacetime_attention encoder tune tokens train patchify decode} "
 wants() { [[ "$SUITES" == *" $1 "* ]]; }
 TUNE="$OUTDIR/$NAME.tune.jsonl"
 export PY QUICK JSONL TESTS TUNE
@@ -144,14 +144,15 @@ else
 fi
 step "C++ exceptions" 40 cpp_throw_check
 [ "$TESTS" != "none" ] && step "pytest -m gpu" 150 gpu_tests
-# Suites in order of what the kernel issues need most; each gets a share of the
-# time left (the grace after the budget covers the case running when it ends).
-wants spacetime_attention && { b=$(budget 40 150); step "bench spacetime_attention" $(( b + 60 )) bench_suite spacetime_attention "$b"; }
-wants tune && { b=$(budget 25 100); step "tune attention tiles" $(( b + 30 )) tune_tiles "$b"; }
+# Suites in order of what the open goals need most (attention, the encoder's
+# MFU, tiles, tokens, training step); each gets a share of the time left (the
+# grace after the budget covers the case running when it ends).
+wants spacetime_attention && { b=$(budget 35 150); step "bench spacetime_attention" $(( b + 60 )) bench_suite spacetime_attention "$b"; }
+wants encoder && { b=$(budget 45 120); step "bench encoder" $(( b + 60 )) bench_suite encoder "$b"; }
+wants tune && { b=$(budget 35 100); step "tune attention tiles" $(( b + 30 )) tune_tiles "$b"; }
 wants tokens && { b=$(budget 35 60); step "bench tokens" $(( b + 20 )) bench_suite tokens "$b"; }
-wants encoder && { b=$(budget 70 120); step "bench encoder" $(( b + 60 )) bench_suite encoder "$b"; }
+wants train && { b=$(budget 60 90); step "bench train" $(( b + 60 )) bench_suite train "$b"; }
 wants patchify && { b=$(budget 60 30); step "bench patchify" $(( b + 15 )) bench_suite patchify "$b"; }
-wants train && { b=$(budget 80 90); step "bench train" $(( b + 60 )) bench_suite train "$b"; }
 wants decode && { b=$(budget 90 20); step "bench decode" $(( b + 10 )) bench_suite decode "$b"; }
 
 RESERVE_S=0
