@@ -22,6 +22,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# The official parity set (tests/model/test_parity_gpu.py) does not travel with
+# the tree: copy ../shared/parity into the git-ignored .devdata/ and carry it.
+if [ -z "${VPENGINE_SHARED:-}" ] && [ -d .devdata/parity ]; then
+  export VPENGINE_SHARED=$PWD/.devdata
+fi
+
 T0=$(date +%s)
 TOTAL_S=${VPENGINE_CHECK_TOTAL_S:-460}
 RESERVE_S=25   # kept back for the plot and the summary

@@ -146,3 +146,33 @@ def test_tune_attention_script_runs(tmp_path):
                                                        ("tiny:time", "dkdv")}
     assert all(r["rel_err"] < 2e-2 and r["ms"] > 0 for r in rows)
     assert sum(r["shipped"] for r in rows) == len({(r["shape"], r["kind"]) for r in rows})
+
+
+def test_device_check_dry_run(tmp_path):
+    """benchmarks/device_check.sh end to end without a GPU (no build, no GPU
+    tests, two small suites): every step is reported, a failing step (the tile
+    sweep needs CUDA) does not stop the run, and the files land in $OUT."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, VPENGINE_CHECK_SKIP_BUILD="1",
+               VPENGINE_CHECK_TESTS="none", VPENGINE_CHECK_SUITES="patchify tune", VPENGINE_CHECK_TOTAL_S="240",
+               VPENGINE_COMMIT="dryrun")
+    proc = subprocess.run(["bash", "benchmarks/device_check.sh", "--quick"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    assert "=== SUMMARY:" in out and "measured ceilings" in out
+    steps = out[out.index("step    "):]
+    for name in ("machine facts", "build extension", "C++ exceptions", "bench patchify", "tune attention tiles"):
+        assert name in steps, f"{name} missing from the step table:\n{steps}"
+    assert "skipped (VPENGINE_CHECK_SKIP_BUILD=1)" in steps and "FAILED (exit 1)" in steps  # tune: no CUDA
+    names = {p.suffix for p in tmp_path.iterdir()}
+    assert {".jsonl", ".log", ".txt", ".png"} <= names, names
+    from vpengine import _ext
+
+    if not _ext.cpu_ext_reasons():  # with vpengine._C built, a C++ throw reaches Python
+        assert "_C (CPU op, bad shape): ValueError" in next(tmp_path.glob("*.log")).read_text()
