@@ -95,8 +95,9 @@ cpp_throw_check() {
   # (token_gather_native's index check) killed the process with SIGSEGV. Which
   # compilers built the extension, which runtime libraries it loads, and
   # whether a throw from each extension reaches Python as ValueError:
-  for c in "${CXX:-}" c++ g++ /usr/bin/g++ /opt/gcc/bin/g++; do
-    [ -n "$c" ] && command -v "$c" >/dev/null && echo "$c: $("$c" --version | head -1)"
+  # Every C++ compiler on PATH (the build takes the first c++ unless CXX says otherwise).
+  for c in ${CXX:-} $(type -ap c++ g++ | sort -u); do
+    echo "$c: $("$c" --version | head -1)"
   done
   for so in vpengine/_C*.so; do echo "$so:"; ldd "$so" | grep -E "stdc\+\+|gcc_s" || true; done
   $PY - <<'PYEOF'
@@ -179,3 +180,8 @@ fi
 printf '%-28s %-28s %s\n' "step" "status" "seconds"
 for s in "${STEPS[@]}"; do IFS='|' read -r n st d <<< "$s"; printf '%-28s %-28s %s\n' "$n" "$st" "$d"; done
 echo "files: $JSONL $PNG $TABLE $LOG $TUNE"
+# Results get committed: name the checkout and the output folder, not where
+# they were on this machine (build logs print absolute paths).
+for f in "$LOG" "$TABLE"; do
+  [ -f "$f" ] && sed -i -e "s#$PWD#<repo>#g" -e "s#$(cd "$OUTDIR" && pwd)#<out>#g" "$f"
+done

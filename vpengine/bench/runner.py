@@ -7,6 +7,7 @@ exit non-zero) but never stops the other cases.
 from __future__ import annotations
 
 import gc
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -62,8 +63,18 @@ def _failed(case: Case, e: BaseException) -> Result:
     if why is not None:
         return Result(case, status="skipped", reason=why)
     tb = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
-    where = f" (at {tb.filename}:{tb.lineno})" if tb else ""
+    where = f" (at {_short_path(tb.filename)}:{tb.lineno})" if tb else ""
     return Result(case, status="error", reason=f"{type(e).__name__}: {e}{where}")
+
+
+def _short_path(filename: str) -> str:
+    """A source file as a package path ("torch/_inductor/...py"): results are
+    committed and compared across machines, whose install paths differ."""
+    parts = filename.replace("\\", "/").split("/site-packages/")
+    if len(parts) > 1:
+        return parts[-1]
+    rel = os.path.relpath(filename)
+    return rel if not rel.startswith("..") else os.path.basename(filename)
 
 
 def _release(ctx: SuiteContext) -> None:
