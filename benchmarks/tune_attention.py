@@ -6,7 +6,7 @@ For each pass (forward, dq, dk/dv) at the VideoPrism shapes where the kernels
 miss their goals (space axis B and g, time axis B), every candidate tile of
 kernels/spacetime_attention.py's ``_GPU_TILES`` is:
 - checked once against ``ref`` (bf16: relative error under 2e-2);
-- timed with ``triton.testing.do_bench`` (median of CUDA-event timings).
+- timed with the benchmark harness (median of CUDA-event timings).
 
 The shipped tile is timed first in the same run, so each line carries its
 speedup over it. The best candidates go into ``_GPU_TILES`` by hand, with the
@@ -24,6 +24,7 @@ import time
 import torch
 
 from vpengine import _ext, ops
+from vpengine.bench.timing import Budget, measure
 
 SOFTCAP = 50.0
 # (label, B, T, S, H, E, axis)
@@ -56,14 +57,6 @@ def _run(qkv, H, axis, mode, grad):
         return qkv.grad
 
 
-def _wall_ms(fn, reps: int = 3) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - start) / reps * 1e3
-
-
 def _rel_err(got, want):
     return ((got.float() - want.float()).norm() / want.float().norm()).item()
 
@@ -79,15 +72,13 @@ def main(argv=None) -> int:
     shapes, device = SHAPES, "cuda"
     if args.smoke:
         shapes, device = [("tiny:space", 1, 2, 80, 2, 16, "space"), ("tiny:time", 1, 4, 3, 2, 16, "time")], "cpu"
-        bench = _wall_ms
     elif not torch.cuda.is_available():
         print("tune_attention: needs a CUDA device (or --smoke)")
         return 1
-    else:
-        from triton.testing import do_bench
+    budget = Budget(warmup=2, min_reps=3, max_reps=30, min_time_s=0.0 if args.smoke else 0.2)
 
-        def bench(fn):
-            return do_bench(fn, warmup=5, rep=30, return_mode="median")
+    def bench(fn):  # median ms, CUDA events on a GPU (vpengine.bench.timing)
+        return measure(fn, device, budget).median * 1e3
 
     mod = _ext.kernel_module("spacetime_attention")
     t0 = time.time()

@@ -73,29 +73,26 @@ def memory_ops(ptx: str) -> collections.Counter:
 
 def _passes(dtype: torch.dtype, E: int, L: int):
     """(kernel, constexprs, warps, stages) of every pass the launchers run for
-    sequences of length L: the GPU table's tile, as tile_config picks it."""
+    sequences of length L, with the launchers' own tile and mode choices."""
     EP = fwd_mod.head_pad(E)
-    prec, _, fast_tanh = "ieee" if dtype == torch.float32 else None, False, dtype == torch.bfloat16
-    flags = dict(HAS_PAD=True, HAS_CAP=True, EP=EP, E=E, PREC=prec, UPCAST=False, FAST_TANH=fast_tanh)
+    saved = fwd_mod.interpreting
+    fwd_mod.interpreting = lambda: False  # the GPU choices, not the interpreter's
+    try:
+        prec, upcast, fast_tanh = fwd_mod.dot_modes(dtype)
+        cfgs = {kind: fwd_mod.tile_config(L, EP, dtype, kind) for kind in ("fwd", "dq", "dkdv")}
+    finally:
+        fwd_mod.interpreting = saved
+    flags = dict(HAS_PAD=True, HAS_CAP=True, EP=EP, E=E, PREC=prec, UPCAST=upcast, FAST_TANH=fast_tanh)
     out = []
     for kind, kernel in (("fwd", fwd_mod._fwd_kernel), ("dq", bwd_mod._bwd_dq_kernel),
                          ("dkdv", bwd_mod._bwd_dkdv_kernel)):
-        cfg = _gpu_tile(L, EP, dtype, kind)
+        cfg = cfgs[kind]
         if kind == "dq" and cfg["G"] > 1:
             continue  # whole sequences per tile: the fused dk/dv kernel computes dq
         extra = {"FUSED": cfg["G"] > 1} if kind == "dkdv" else {}
         out.append((kind, kernel, dict(flags, G=cfg["G"], LPQ=cfg["LPQ"], LPK=cfg["LPK"], **extra),
                     cfg["num_warps"], cfg["num_stages"]))
     return out
-
-
-def _gpu_tile(L, EP, dtype, kind):
-    saved = fwd_mod.interpreting
-    fwd_mod.interpreting = lambda: False  # the GPU table, not the interpreter's tiles
-    try:
-        return fwd_mod.tile_config(L, EP, dtype, kind)
-    finally:
-        fwd_mod.interpreting = saved
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -42,8 +42,7 @@ def _configs(ctx: SuiteContext):
         raise SkipCase(f"vpengine.model is not available yet ({e})") from None
     base = PRESETS["videoprism_public_v1_base"]
     if ctx.quick and not ctx.cuda:
-        tiny = dataclasses.replace(base, width=64, num_spatial_layers=2, num_temporal_layers=1, num_heads=2,
-                                   mlp_dim=128, pos_emb_shape=(4, 2, 2))
+        tiny = tiny_config(base)
         return [("tiny", tiny, 4, 36, (1,), (torch.float32, torch.bfloat16), ("auto", "ref", "hf_eager", "jax"))]
     if not ctx.cuda:
         return [("videoprism_public_v1_base", base, 16, 288, (1,), (torch.float32, torch.bfloat16),
@@ -63,6 +62,12 @@ def _configs(ctx: SuiteContext):
         ("videoprism_public_v1_base", base, 16, 288, (1,), bf16, ("auto", "compile(ref)", "hf_eager", "ref")),
         ("videoprism_public_v1_base", base, 16, 288, (32, 1), fp32, ("auto", "hf_eager", "ref")),
     ]
+
+
+def tiny_config(base):
+    """A two-layer, 64-wide VideoPrism for CPU quick runs (encoder and train suites)."""
+    return dataclasses.replace(base, width=64, num_spatial_layers=2, num_temporal_layers=1, num_heads=2,
+                               mlp_dim=128, pos_emb_shape=(4, 2, 2))
 
 
 def _cached(kind: str, key: str, build):

@@ -16,13 +16,12 @@ against the matmul rate measured in the same run.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from .. import flops as F
 from ..timing import Budget
 from . import Case, SkipCase, SuiteContext, dtype_name, with_backend
+from .encoder import tiny_config
 
 SUITE = "train"
 
@@ -34,8 +33,7 @@ def _configs(ctx: SuiteContext):
     except ImportError as e:
         raise SkipCase(f"vpengine.model is not available yet ({e})") from None
     base = PRESETS["videoprism_public_v1_base"]
-    tiny = dataclasses.replace(base, width=64, num_spatial_layers=2, num_temporal_layers=1, num_heads=2,
-                               mlp_dim=128, pos_emb_shape=(4, 2, 2))
+    tiny = tiny_config(base)
     if not ctx.cuda:
         # A full VideoPrism-B step takes most of a minute on a 2-core CPU.
         return [("tiny", tiny, 4, 36, 1, (torch.float32,), ("auto", "ref"))]
