@@ -39,6 +39,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "output_pool.h"
+
 namespace vpengine {
 namespace {
 
@@ -102,7 +104,8 @@ at::Tensor patchify_cpu(const at::Tensor& frames_in, int64_t patch, at::ScalarTy
   const at::Tensor frames = frames_in.contiguous();
   const int64_t B = frames.size(0), T = frames.size(1), H = frames.size(2), W = frames.size(3);
   const int64_t gh = H / patch, gw = W / patch;
-  at::Tensor out = at::empty({B, T, gh * gw, patch * patch * 3}, frames.options().dtype(dtype));
+  // Every element is written below; pooled blocks skip first-touch faults.
+  at::Tensor out = pool::empty_large({B, T, gh * gw, patch * patch * 3}, frames.options().dtype(dtype));
   if (out.numel() == 0) {
     return out;
   }

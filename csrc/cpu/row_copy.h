@@ -6,8 +6,8 @@
 // in order. On a 2-core VM (B=8, N=4096, D=768) a plain memcpy per row lost
 // its time to three costs, each handled here:
 //
-//  * first-touch page faults of a fresh output: 4 KiB pages give 25K faults
-//    per 100 MB; empty_output asks for 2 MiB pages before the first write;
+//  * first-touch page faults of a fresh output (25K per 100 MB of 4 KiB
+//    pages, each zeroing its page): empty_output reuses pooled blocks;
 //  * the read-for-ownership of every destination line: an output far larger
 //    than the cache is written once and read back by the next op from DRAM
 //    anyway, so put_row writes it with streaming (non-temporal) stores;
@@ -20,7 +20,6 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -28,13 +27,12 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
+
+#include "output_pool.h"
 
 namespace vpengine::rows {
 
-// Outputs of this size skip the cache (streaming stores) and ask for huge pages.
+// Outputs of this size skip the cache (streaming stores).
 constexpr int64_t kLargeBytes = int64_t{8} << 20;
 
 // About 64 KiB per parallel_for task: below that, waking a thread costs more
@@ -43,25 +41,12 @@ inline int64_t row_grain(int64_t row_bytes) {
   return row_bytes > 0 ? std::max<int64_t>(1, (int64_t{1} << 16) / row_bytes) : 1;
 }
 
-// at::empty, plus MADV_HUGEPAGE on the 2 MiB-aligned interior of a large
-// buffer before its first touch: a fresh 100 MB output otherwise takes 25K
-// page faults, which measured ~60% of a row copy's time on a 2-core VM (THP
-// in "madvise" mode). Best effort: an error only leaves small pages.
+// Outputs come from the large-output pool (output_pool.h): a reused block has
+// its pages already mapped (huge pages where the kernel gave them), where a
+// fresh 100 MB buffer takes 25K first-touch faults, each zeroing a page the
+// kernel then overwrites anyway.
 inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor out = at::empty(sizes, options);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const int64_t bytes = static_cast<int64_t>(out.nbytes());
-  if (bytes >= kLargeBytes) {
-    constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-    const uintptr_t p = reinterpret_cast<uintptr_t>(out.mutable_data_ptr());
-    const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1);
-    const uintptr_t end = (p + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
-    if (end > begin) {
-      madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-    }
-  }
-#endif
-  return out;
+  return pool::empty_large(sizes, options);
 }
 
 // Whether put_row may stream into out: a large output, rows a whole number of

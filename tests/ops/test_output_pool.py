@@ -1,0 +1,130 @@
+"""The cpu backend's cache of large output blocks (csrc/cpu/output_pool.cpp).
+
+Legend: B batch, N tokens, K kept tokens, D width.
+
+Outputs of 1 MiB and more come from the pool; a block freed by one output is
+handed to the next of a similar size with its old bytes still there, so every
+kernel must overwrite all of it. These tests poison a block, free it, and check
+that the next output is exact.
+"""
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vpengine import _ext
+from vpengine.ops import decoder_input, token_gather, token_scatter, token_shuffle, token_unshuffle, use_backend
+from vpengine.ref import tokens as ref
+
+pytestmark = pytest.mark.skipif(
+    bool(_ext.cpu_ext_reasons()) or not sys.platform.startswith("linux"),
+    reason="needs the vpengine._C extension on Linux",
+)
+
+# Every output here is over 8 MiB, in bf16 too: pooled and written with
+# streaming stores, the path where stale bytes could hide.
+B, N, K, D = 2, 2048, 1100, 1536
+
+
+def stats() -> dict[str, int]:
+    names = ("cached_bytes", "cached_blocks", "limit_bytes", "reuses", "maps")
+    return dict(zip(names, torch.ops.vpengine.cpu_pool_stats()))
+
+
+def inputs(dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, N, D, generator=g).to(dtype)
+    keep = torch.rand(B, N, generator=g).argsort(dim=1)[:, :K].sort(dim=1).values
+    perm = torch.rand(B, N, generator=g).argsort(dim=1)
+    kept = torch.randn(B, K, D, generator=g).to(dtype)
+    fill = torch.randn(D, generator=g).to(dtype)
+    pos = torch.randn(N, D, generator=g).to(dtype)
+    return x, keep, perm, kept, fill, pos
+
+
+def cases(x, keep, perm, kept, fill, pos):
+    """name -> (vpengine call, reference result)."""
+    gather_all = torch.cat([perm, perm[:, :64]], dim=1)  # [B, N + 64]: a larger output
+    return {
+        "gather": (lambda: token_gather(x, gather_all), ref.token_gather_ref(x, gather_all)),
+        "scatter fill": (lambda: token_scatter(kept, keep, N, fill), ref.token_scatter_ref(kept, keep, N, fill)),
+        "scatter zero": (lambda: token_scatter(kept, keep, N), ref.token_scatter_ref(kept, keep, N)),
+        "shuffle": (lambda: token_shuffle(x, perm, pos), ref.token_shuffle_ref(x, perm, pos)),
+        "unshuffle": (lambda: token_unshuffle(x, perm), ref.token_unshuffle_ref(x, perm)),
+        "decoder_input": (
+            lambda: decoder_input(kept, keep, fill, perm, pos),
+            ref.decoder_input_ref(kept, keep, fill, perm, pos),
+        ),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_reused_blocks_are_fully_overwritten(dtype):
+    t = inputs(dtype)
+    with use_backend("cpu"), torch.no_grad():
+        for name, (run, want) in cases(*t).items():
+            first = run()
+            assert first.nbytes >= 8 << 20, f"{name}: too small for the streaming path"
+            first.view(torch.uint8).fill_(0xFF)  # NaN in every float dtype
+            del first
+            before = stats()["reuses"]
+            got = run()
+            assert stats()["reuses"] > before, f"{name}: the freed block was not reused"
+            assert torch.equal(got, want), f"{name} ({dtype}): stale bytes of a reused block survived"
+
+
+def test_pooled_tensor_behaves_like_any_tensor():
+    x, keep, perm, *_ = inputs()
+    with use_backend("cpu"):
+        out = token_gather(x, perm)
+    want = out.clone()
+    assert out.is_contiguous() and out.data_ptr() % (2 << 20) == 0
+    buf = io.BytesIO()
+    torch.save(out, buf)
+    assert torch.equal(torch.load(io.BytesIO(buf.getvalue())), want)
+    out.resize_(B + 1, N, D)  # the pool allocator grows it, keeping the contents
+    assert torch.equal(out[:B], want)
+    out.share_memory_()
+    assert torch.equal(out[:B], want)
+
+
+def test_release_empties_the_cache():
+    x, keep, perm, *_ = inputs()
+    with use_backend("cpu"):
+        out = token_gather(x, perm)
+        del out  # its block goes back to the cache
+    assert stats()["cached_bytes"] >= B * N * D * 4
+    torch.ops.vpengine.cpu_pool_release()
+    assert stats()["cached_bytes"] == 0 and stats()["cached_blocks"] == 0
+
+
+def _in_subprocess(env_value: str, code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, VPENGINE_CPU_POOL_MB=env_value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+_GATHER_TWICE = """
+import torch, vpengine.ops as ops
+x = torch.randn(2, 2048, 1024)
+perm = torch.rand(2, 2048).argsort(dim=1)
+for _ in range(2):
+    y = ops.token_gather(x, perm)
+    del y
+print(list(torch.ops.vpengine.cpu_pool_stats()))
+"""
+
+
+def test_limit_zero_turns_caching_off():
+    done = _in_subprocess("0", _GATHER_TWICE)
+    assert done.returncode == 0, done.stderr
+    cached, blocks, limit, reuses, maps = eval(done.stdout.strip().splitlines()[-1])
+    assert (cached, blocks, limit, reuses, maps) == (0, 0, 0, 0, 2)
+
+
+def test_bad_limit_is_a_value_error_naming_the_variable():
+    done = _in_subprocess("lots", _GATHER_TWICE)
+    assert done.returncode != 0
+    assert "ValueError" in done.stderr and "VPENGINE_CPU_POOL_MB" in done.stderr and "'lots'" in done.stderr
