@@ -161,16 +161,24 @@ def triton_reasons() -> list[str]:
     return []
 
 
+_HAS_NATIVE: set[tuple[str, str]] = set()  # only True is cached: a library may load later
+
+
 def has_native(name: str, dispatch_key: str) -> bool:
     """Whether ``vpengine::<name>`` has a kernel for ``dispatch_key`` ("CPU",
     "CUDA"); False when the schema is absent (an extension built before the op
     existed, or not built at all)."""
+    if (name, dispatch_key) in _HAS_NATIVE:
+        return True
     for lib in ("_C", "_C_cuda") if dispatch_key == "CUDA" else ("_C",):
         _load(lib)  # registers the kernels if the library is there
     try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(f"vpengine::{name}", dispatch_key)
+        found = torch._C._dispatch_has_kernel_for_dispatch_key(f"vpengine::{name}", dispatch_key)
     except RuntimeError:
         return False
+    if found:
+        _HAS_NATIVE.add((name, dispatch_key))
+    return found
 
 
 def kernel_module(name: str):

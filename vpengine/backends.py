@@ -110,6 +110,12 @@ class OpRegistry:
     priority: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_PRIORITY))
     # Optional measured chooser: (device_type, *args) -> ordered names, or None.
     chooser: Callable[..., tuple[str, ...] | None] | None = None
+    # For ops whose backends' reasons depend on nothing but what this returns
+    # for the inputs (e.g. their dtypes and devices): auto's pick is then
+    # remembered per key, which saves most of select's cost on calls of a few
+    # microseconds. None: select walks the reasons on every call.
+    select_key: Callable[..., object] | None = None
+    _picked: dict = field(default_factory=dict, repr=False)
 
     def register(self, name: str, reasons: Callable[..., list[str]] | None = None):
         if name not in BACKEND_NAMES:
@@ -138,6 +144,12 @@ class OpRegistry:
                     f"{self.op}: forced backend {forced!r} cannot run these inputs: " + "; ".join(why)
                 )
             return self.impls[forced]
+        key = None
+        if self.select_key is not None and self.chooser is None:
+            key = (device_type, self.priority.get(device_type), self.select_key(*args, **kwargs))
+            hit = self._picked.get(key)
+            if hit is not None:
+                return hit
         order = None
         if self.chooser is not None:
             order = self.chooser(device_type, *args, **kwargs)
@@ -147,6 +159,8 @@ class OpRegistry:
         for name in order:
             why = self.reasons(name, *args, **kwargs)
             if not why:
+                if key is not None:  # a success stays one: extensions never unload
+                    self._picked[key] = self.impls[name]
                 return self.impls[name]
             tried.append(f"{name}: {'; '.join(why)}")
         raise BackendUnavailable(f"{self.op}: no backend can run these inputs ({' | '.join(tried)})")

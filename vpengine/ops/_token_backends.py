@@ -108,8 +108,14 @@ _IMPLS = {
     "token_unshuffle": (ref.token_unshuffle_ref, _triton_unshuffle),
     "decoder_input": (ref.decoder_input_ref, _triton_decoder_input),
 }
+def _dtypes_devices(*args) -> tuple:
+    """All that the backends' reasons read from the inputs."""
+    return tuple((a.dtype, a.device) for a in args if isinstance(a, torch.Tensor))
+
+
 for _op, (_ref_fn, _triton_fn) in _IMPLS.items():
     _reg = backends.registry(_op)
+    _reg.select_key = _dtypes_devices
     _reg.register("ref", reasons=_reasons("ref", _op))(_ref_fn)
     _reg.register("triton", reasons=_reasons("triton", _op))(_triton_fn)
     for _kind in ("cpu", "cuda"):

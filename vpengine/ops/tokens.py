@@ -18,44 +18,69 @@ from __future__ import annotations
 
 import torch
 
+from ._eager import direct_call_ok
 from ._token_backends import run
 from ._token_backward import _decoder_input_bwd_op, _gather_bwd_op, _scatter_bwd_op, _shuffle_bwd_op
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-# ---- forward custom ops -------------------------------------------------------------------
+# ---- forward: the backend calls, and the custom ops around them --------------------------
+
+
+def _gather_impl(x, keep_idx):
+    return run("token_gather", x.device, (x, keep_idx), ((keep_idx, x.shape[1], "keep_idx", False),))
+
+
+def _scatter_impl(x_kept, keep_idx, num_tokens, fill):
+    checks = ((keep_idx, num_tokens, "keep_idx", True),)
+    return run("token_scatter", x_kept.device, (x_kept, keep_idx, num_tokens, fill), checks)
+
+
+def _shuffle_impl(x, perm, pos_emb):
+    return run("token_shuffle", x.device, (x, perm, pos_emb), ((perm, x.shape[1], "perm", True),))
+
+
+def _unshuffle_impl(y, perm):
+    return run("token_unshuffle", y.device, (y, perm), ((perm, y.shape[1], "perm", True),))
+
+
+def _decoder_input_impl(enc_kept, keep_idx, mask_token, perm, pos_emb):
+    N = perm.shape[1]
+    checks = ((keep_idx, N, "keep_idx", True), (perm, N, "perm", True))
+    return run("decoder_input", enc_kept.device, (enc_kept, keep_idx, mask_token, perm, pos_emb), checks)
 
 
 @torch.library.custom_op("vpengine::token_gather", mutates_args=())
 def _gather_op(x: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
-    return run("token_gather", x.device, (x, keep_idx), ((keep_idx, x.shape[1], "keep_idx", False),))
+    return _gather_impl(x, keep_idx)
 
 
 @torch.library.custom_op("vpengine::token_scatter", mutates_args=())
 def _scatter_op(x_kept: torch.Tensor, keep_idx: torch.Tensor, num_tokens: int, fill: torch.Tensor | None) -> torch.Tensor:
-    return run(
-        "token_scatter", x_kept.device, (x_kept, keep_idx, num_tokens, fill), ((keep_idx, num_tokens, "keep_idx", True),)
-    )
+    return _scatter_impl(x_kept, keep_idx, num_tokens, fill)
 
 
 @torch.library.custom_op("vpengine::token_shuffle", mutates_args=())
 def _shuffle_op(x: torch.Tensor, perm: torch.Tensor, pos_emb: torch.Tensor | None) -> torch.Tensor:
-    return run("token_shuffle", x.device, (x, perm, pos_emb), ((perm, x.shape[1], "perm", True),))
+    return _shuffle_impl(x, perm, pos_emb)
 
 
 @torch.library.custom_op("vpengine::token_unshuffle", mutates_args=())
 def _unshuffle_op(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    return run("token_unshuffle", y.device, (y, perm), ((perm, y.shape[1], "perm", True),))
+    return _unshuffle_impl(y, perm)
 
 
 @torch.library.custom_op("vpengine::decoder_input", mutates_args=())
 def _decoder_input_op(
     enc_kept: torch.Tensor, keep_idx: torch.Tensor, mask_token: torch.Tensor, perm: torch.Tensor, pos_emb: torch.Tensor
 ) -> torch.Tensor:
-    N = perm.shape[1]
-    checks = ((keep_idx, N, "keep_idx", True), (perm, N, "perm", True))
-    return run("decoder_input", enc_kept.device, (enc_kept, keep_idx, mask_token, perm, pos_emb), checks)
+    return _decoder_input_impl(enc_kept, keep_idx, mask_token, perm, pos_emb)
+
+
+def _pick(op, impl, *args):
+    """The custom op, or its body when nothing around it would act (see _eager)."""
+    return impl(*args) if direct_call_ok(*args) else op(*args)
 
 
 @_gather_op.register_fake
@@ -183,7 +208,7 @@ def token_gather(x: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
     """``x [B, N, D]``, ``keep_idx [B, K]`` int64 -> ``[B, K, D]`` with ``out[b, k] = x[b, keep_idx[b, k]]``."""
     _check_x(x, "x")
     _check_idx(keep_idx, "keep_idx", x, None)
-    return _gather_op(x, keep_idx)
+    return _pick(_gather_op, _gather_impl, x, keep_idx)
 
 
 def token_scatter(
@@ -196,7 +221,7 @@ def token_scatter(
     if not isinstance(num_tokens, int) or num_tokens < 0:
         raise ValueError(f"num_tokens must be a non-negative int; got {num_tokens!r}")
     _check_param(fill, "fill", x_kept, (x_kept.shape[2],))
-    return _scatter_op(x_kept, keep_idx, num_tokens, fill)
+    return _pick(_scatter_op, _scatter_impl, x_kept, keep_idx, num_tokens, fill)
 
 
 def token_shuffle(x: torch.Tensor, perm: torch.Tensor, pos_emb: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,14 +229,14 @@ def token_shuffle(x: torch.Tensor, perm: torch.Tensor, pos_emb: torch.Tensor | N
     _check_x(x, "x")
     _check_idx(perm, "perm", x, tuple(x.shape[:2]))
     _check_param(pos_emb, "pos_emb", x, tuple(x.shape[1:]))
-    return _shuffle_op(x, perm, pos_emb)
+    return _pick(_shuffle_op, _shuffle_impl, x, perm, pos_emb)
 
 
 def token_unshuffle(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`token_shuffle` without positions: ``out[b, perm[b, i]] = y[b, i]``."""
     _check_x(y, "y")
     _check_idx(perm, "perm", y, tuple(y.shape[:2]))
-    return _unshuffle_op(y, perm)
+    return _pick(_unshuffle_op, _unshuffle_impl, y, perm)
 
 
 def decoder_input(
@@ -233,7 +258,7 @@ def decoder_input(
     N, D = perm.shape[1], enc_kept.shape[2]
     _check_param(mask_token, "mask_token", enc_kept, (D,))
     _check_param(pos_emb, "pos_emb", enc_kept, (N, D))
-    return _decoder_input_op(enc_kept, keep_idx, mask_token, perm, pos_emb)
+    return _pick(_decoder_input_op, _decoder_input_impl, enc_kept, keep_idx, mask_token, perm, pos_emb)
 
 
 __all__ = ["decoder_input", "token_gather", "token_scatter", "token_shuffle", "token_unshuffle"]
