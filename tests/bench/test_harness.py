@@ -118,6 +118,21 @@ def test_interleaved_timing_alternates_and_drops_failures():
     assert a.reps == b.reps == 3 and isinstance(c, RuntimeError)
 
 
+def test_interleaved_turns_settle_then_time_a_burst():
+    calls = []
+
+    def make(name):
+        return lambda: calls.append(name)
+
+    settled = Budget(warmup=1, min_reps=5, max_reps=5, min_time_s=0.0, settle=1, burst=2)
+    plain = Budget(warmup=1, min_reps=2, max_reps=2, min_time_s=0.0)
+    a, b = measure_interleaved([make("a"), make("b")], "cpu", [settled, plain])
+    # after the warm-ups: a's turns are 1 untimed + 2 timed calls (the last one
+    # short: 5 timed in all), b's one timed call until its 2 are done.
+    assert "".join(calls) == "ab" + "aaab" + "aaab" + "aa"
+    assert (a.reps, b.reps) == (5, 2)
+
+
 def test_group_runner_records_each_case():
     def skip():
         raise SkipCase("not here")

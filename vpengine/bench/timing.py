@@ -37,6 +37,12 @@ class Budget:
     min_reps: int = 3
     max_reps: int = 50
     min_time_s: float = 0.3
+    # Round-robin only (measure_interleaved): each turn of a callable makes
+    # ``settle`` untimed calls, then ``burst`` timed ones. A memory-bound call
+    # otherwise pays for the state its predecessor left: the write-back of
+    # another contender's dirty cache lines, or glibc's trimmed heap.
+    settle: int = 0
+    burst: int = 1
 
 
 def quantiles(times: list[float]) -> tuple[float, float, float]:
@@ -118,15 +124,20 @@ def measure_interleaved(
         except Exception as e:  # recorded per callable by the caller
             out[i] = e
     times: list[list[float]] = [[] for _ in fns]
-    for r in range(max(reps, default=0)):
-        for i, fn in enumerate(fns):
-            if out[i] is not None or r >= reps[i]:
-                continue
+    while True:
+        turn = [i for i in range(len(fns)) if out[i] is None and len(times[i]) < reps[i]]
+        if not turn:
+            break
+        for i in turn:
             try:
-                t0 = time.perf_counter()
-                fn()
+                for _ in range(budgets[i].settle):
+                    fns[i]()
                 _sync(device)
-                times[i].append(time.perf_counter() - t0)
+                for _ in range(min(budgets[i].burst, reps[i] - len(times[i]))):
+                    t0 = time.perf_counter()
+                    fns[i]()
+                    _sync(device)
+                    times[i].append(time.perf_counter() - t0)
             except Exception as e:
                 out[i] = e
     for i, t in enumerate(times):

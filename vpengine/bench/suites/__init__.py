@@ -67,6 +67,16 @@ class Case:
         return f"{self.op}|{self.mode}|{self.shape}|{self.dtype}|{self.backend}".replace(" ", "")
 
 
+def memory_bound_budget(ctx: SuiteContext) -> Budget | None:
+    """Timing of memory-bound cases on a full CPU run: each round-robin turn
+    settles with one untimed call, so that a case is timed after itself (its own
+    dirty lines, heap and caches) rather than after another contender; None
+    (the runner's default) elsewhere."""
+    if ctx.quick or ctx.cuda:
+        return None
+    return Budget(warmup=1, min_reps=5, max_reps=30, min_time_s=0.3, settle=1, burst=2)
+
+
 def load_suite(name: str):
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; expected one of {', '.join(SUITES)}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import flops as F
-from . import Case, SuiteContext, dtype_name, element_size, op_backends, require_op, with_backend
+from . import Case, SuiteContext, dtype_name, element_size, memory_bound_budget, op_backends, require_op, with_backend
 
 SUITE = "patchify"
 OP = "patchify"
@@ -68,6 +68,6 @@ def cases(ctx: SuiteContext) -> list[Case]:
                     suite=SUITE, op=OP, backend=backend, mode="fwd", shape=f"B={B} T={T} {size}x{size} P={P}",
                     dtype=dtype_name(dtype), setup=_make_setup(ctx, backend, B, T, size, P, dtype),
                     nbytes=F.patchify_bytes(B, T, size, size, element_size(dtype)), clips=B,
-                    baseline=backend in baselines,
+                    baseline=backend in baselines, budget=memory_bound_budget(ctx),
                 ))
     return out

@@ -19,7 +19,9 @@ from __future__ import annotations
 import torch
 
 from .. import flops as F
-from . import Case, SkipCase, SuiteContext, dtype_name, element_size, op_backends, require_op, with_backend
+from . import (
+    Case, SkipCase, SuiteContext, dtype_name, element_size, memory_bound_budget, op_backends, require_op, with_backend,
+)
 
 SUITE = "tokens"
 OPS = ("token_gather", "token_scatter", "token_shuffle", "decoder_input")
@@ -152,6 +154,7 @@ def cases(ctx: SuiteContext) -> list[Case]:
     if len(missing) == len(OPS):
         raise SkipCase(f"vpengine.ops has none of {', '.join(OPS)} yet")
     out = []
+    budget = memory_bound_budget(ctx)
     for B, N, D, ratios, dtypes in _shapes(ctx):
         for ratio in ratios:
             K = max(1, round(ratio * N))
@@ -164,14 +167,14 @@ def cases(ctx: SuiteContext) -> list[Case]:
                     out.append(Case(
                         suite=SUITE, op=f"copy_same_bytes/{op}", backend="torch", mode="fwd",
                         shape=f"B={B} N={N} K={K} D={D}", dtype=dtype_name(dtype),
-                        setup=_copy_setup(ctx, nbytes), nbytes=nbytes, baseline=True,
+                        setup=_copy_setup(ctx, nbytes), nbytes=nbytes, baseline=True, budget=budget,
                     ))
                     for backend in [*vp_names, *base_names]:
                         out.append(Case(
                             suite=SUITE, op=op, backend=backend, mode="fwd",
                             shape=f"B={B} N={N} K={K} D={D}", dtype=dtype_name(dtype),
                             setup=_make_setup(ctx, op, backend, B, N, K, D, dtype),
-                            nbytes=nbytes, baseline=backend in base_names,
+                            nbytes=nbytes, baseline=backend in base_names, budget=budget,
                         ))
     return out
 
