@@ -7,7 +7,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vpengine import backends
-from vpengine.ops import token_gather, token_shuffle, use_backend
+from vpengine.ops import patchify, token_gather, token_shuffle, use_backend
 from vpengine.ops._eager import direct_call_ok
 from vpengine.ref import tokens as ref
 
@@ -64,6 +64,11 @@ def test_dispatch_modes_see_the_op():
         assert not direct_call_ok(x, keep)
         token_shuffle(x, perm)
     assert "vpengine.token_shuffle.default" in mode.names, mode.names
+    frames = torch.randint(0, 256, (1, 2, 4, 4, 3), dtype=torch.uint8)
+    with _SeenOps() as mode:
+        got = patchify(frames, 2, torch.float32)
+    assert "vpengine.patchify.default" in mode.names, mode.names
+    assert torch.equal(got, patchify(frames, 2, torch.float32))  # the direct call, outside the mode
 
 
 def test_function_modes_and_subclasses_keep_the_custom_op():

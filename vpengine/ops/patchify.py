@@ -22,6 +22,7 @@ import torch
 
 from .. import _ext, backends
 from ..ref.patchify import check_patchify_args, patchify_ref
+from ._eager import direct_call_ok
 
 OP = "patchify"
 _REG = backends.registry(OP)
@@ -55,10 +56,16 @@ _REG.register("triton", reasons=_reasons("triton"))(lambda f, p, d: _ext.kernel_
 _REG.register("cpu", reasons=_reasons("cpu"))(lambda f, p, d: torch.ops.vpengine.patchify_native(f, p, d))
 
 
+_REG.select_key = lambda frames, patch, dtype: (frames.device, dtype)  # all the reasons read
+
+
+def _patchify_impl(frames, patch, dtype):
+    return _REG.select(frames.device.type, frames, patch, dtype).fn(frames, patch, dtype)
+
+
 @torch.library.custom_op("vpengine::patchify", mutates_args=())
 def _patchify_op(frames: torch.Tensor, patch: int, dtype: torch.dtype) -> torch.Tensor:
-    impl = _REG.select(frames.device.type, frames, patch, dtype)
-    return impl.fn(frames, patch, dtype)
+    return _patchify_impl(frames, patch, dtype)
 
 
 @_patchify_op.register_fake
@@ -81,7 +88,8 @@ def patchify(frames: torch.Tensor, patch: int, dtype: torch.dtype = torch.float3
     if dtype not in _OUT_DTYPES:
         raise ValueError(f"dtype must be float32, float16, bfloat16 or float64; got {dtype}")
     if frames.dtype == torch.uint8:
-        return _patchify_op(frames, patch, dtype)
+        # Plain eager calls skip the custom op's layers (see ops/_eager.py).
+        return (_patchify_impl if direct_call_ok(frames) else _patchify_op)(frames, patch, dtype)
     if not frames.is_floating_point():
         raise ValueError(f"frames must be uint8 or floating point; got {frames.dtype}")
     return patchify_ref(frames, patch, dtype)
