@@ -191,3 +191,19 @@ def test_device_check_dry_run(tmp_path):
 
     if not _ext.cpu_ext_reasons():  # with vpengine._C built, a C++ throw reaches Python
         assert "_C (CPU op, bad shape): ValueError" in next(tmp_path.glob("*.log")).read_text()
+
+
+def test_table_folds_alike_skips_into_one_note():
+    def skip(op, backend, shape, note):
+        return Record(op=op, backend=backend, mode="fwd", shape=shape, dtype="float32", metric="skipped",
+                      unit="", median=None, p20=None, p80=None, device="cpu", suite="tokens", note=note).__dict__
+
+    recs = [skip(op, "triton", shape, f"{op}: forced backend 'triton' cannot run these inputs: no CUDA device")
+            for op in ("token_gather", "token_scatter") for shape in ("B=1", "B=2")]
+    recs.append(skip("token_gather", "cuda", "B=1", "token_gather: no CUDA device"))
+    notes = [line for line in format_table(recs).splitlines() if line.startswith("skipped")]
+    assert notes == [
+        "skipped: [tokens] triton, 4 cases of token_gather, token_scatter; the first: token_gather: "
+        "forced backend 'triton' cannot run these inputs: no CUDA device",
+        "skipped: [tokens] token_gather fwd B=1 float32 cuda: token_gather: no CUDA device",
+    ]

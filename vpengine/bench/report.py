@@ -37,17 +37,33 @@ def ceiling_values(records: list[dict]) -> dict[str, tuple[float, str]]:
     return out
 
 
+def _where(r: dict) -> str:
+    return " ".join(x for x in (r["op"], r["mode"], r["shape"], r["dtype"], r["backend"]) if x != "-")
+
+
 def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
     """One row per measured case (ceilings first) and notes for skipped/failed ones."""
     cases: OrderedDict[tuple, dict] = OrderedDict()
     notes = []
+    skips: OrderedDict[tuple, list[dict]] = OrderedDict()
     for r in records:
+        if r["metric"] == "skipped":
+            # A backend this machine lacks skips every case alike: one note each.
+            key = (r["suite"], r["backend"], r["note"].replace(r["op"], "{op}"))
+            skips.setdefault(key, []).append(r)
+            continue
         if r["metric"] in STATUS_METRICS:
-            where = " ".join(x for x in (r["op"], r["mode"], r["shape"], r["dtype"], r["backend"]) if x != "-")
-            notes.append(f"{r['metric']}: [{r['suite']}] {where}: {r['note']}")
+            notes.append(f"{r['metric']}: [{r['suite']}] {_where(r)}: {r['note']}")
             continue
         key = (r["suite"], r["op"], r["mode"], r["shape"], r["dtype"], r["backend"])
         cases.setdefault(key, {})[r["metric"]] = r
+    for (suite, backend, _), group in skips.items():
+        r = group[0]
+        if len(group) == 1:
+            notes.append(f"skipped: [{suite}] {_where(r)}: {r['note']}")
+        else:
+            ops = ", ".join(dict.fromkeys(g["op"] for g in group))
+            notes.append(f"skipped: [{suite}] {backend}, {len(group)} cases of {ops}; the first: {r['note']}")
     rows = []
     for (suite, op, mode, shape, dtype, backend), m in cases.items():
         if suite == "ceilings":

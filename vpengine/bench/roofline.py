@@ -7,6 +7,12 @@ MLP shape ``[M, 768] x [768, 3072]`` because that is the product the CPU spends
 its time in. Each product is timed both as ``torch.mm`` and as ``F.linear``
 (on CPU these reach different libraries, MKL and oneDNN, at rates up to 2x
 apart) and the faster one is the ceiling: the best this machine did.
+
+On a CPU with the extension, a full run also records ``ceiling/copy_stream``:
+the same bytes copied with non-temporal stores (vpengine's row copy over
+consecutive rows). A regular copy reads every destination line before writing
+it; this is the rate of a copy that does not, the bound of the token ops. It
+is reported beside the roofline, not used in it.
 """
 from __future__ import annotations
 
@@ -48,6 +54,20 @@ def _copy_case(device: torch.device, quick: bool):
     return (lambda: dst.copy_(src)), 2.0 * nbytes
 
 
+def _stream_copy_case(device: torch.device, quick: bool):
+    """The copy with streaming stores, or None where the cpu kernel is absent."""
+    if device.type != "cpu" or quick:
+        return None
+    from .. import _ext
+
+    if not _ext.has_native("token_gather_native", "CPU"):
+        return None
+    rows = 128 * _MIB // 4096
+    src = torch.ones(1, rows, 1024)  # 4 KiB rows
+    idx = torch.arange(rows)[None]
+    return (lambda: torch.ops.vpengine.token_gather_native(src, idx)), 2.0 * src.nbytes
+
+
 def _matmul_cases(device: torch.device, dtype: torch.dtype, quick: bool):
     if device.type == "cuda":
         n = 4096 if quick or dtype == torch.float32 else 8192
@@ -69,6 +89,10 @@ def measure_ceilings(device: torch.device | str, quick: bool = False) -> tuple[C
     raw = {}
     fn, work = _copy_case(device, quick)
     raw["copy"] = ("float32", f"{int(work / 2 / _MIB)} MiB", "GB/s", measure(fn, device, budget), work)
+    stream = _stream_copy_case(device, quick)
+    if stream is not None:
+        fn, work = stream
+        raw["copy_stream"] = ("float32", f"{int(work / 2 / _MIB)} MiB", "GB/s", measure(fn, device, budget), work)
     for name, dt in (("matmul_bf16", torch.bfloat16), ("matmul_fp32", torch.float32)):
         if device.type == "cuda":
             prev, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
