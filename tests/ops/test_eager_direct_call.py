@@ -7,7 +7,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vpengine import backends
-from vpengine.ops import patchify, token_gather, token_shuffle, use_backend
+from vpengine.ops import patchify, spacetime_attention, token_gather, token_shuffle, use_backend
 from vpengine.ops._eager import direct_call_ok
 from vpengine.ref import tokens as ref
 
@@ -69,6 +69,11 @@ def test_dispatch_modes_see_the_op():
         got = patchify(frames, 2, torch.float32)
     assert "vpengine.patchify.default" in mode.names, mode.names
     assert torch.equal(got, patchify(frames, 2, torch.float32))  # the direct call, outside the mode
+    qkv = torch.randn(1, 2, 3, 3 * 2 * 4)
+    with _SeenOps() as mode:
+        got = spacetime_attention(qkv, "space", 2)
+    assert "vpengine.spacetime_attention_inference.default" in mode.names, mode.names
+    assert torch.equal(got, spacetime_attention(qkv, "space", 2))
 
 
 def test_function_modes_and_subclasses_keep_the_custom_op():
