@@ -10,8 +10,8 @@
 // Rows without a pos add are one copy (or zero fill) through row_copy.h
 // (huge pages, streaming stores for large outputs, next-row prefetch); with
 // pos, a loop over D converting to float and rounding once (fp16/bf16 round
-// to nearest even, the same as PyTorch's add), with AVX2 / F16C paths where
-// the CPU has them. Rows are spread over ATen's OpenMP threads.
+// to nearest even, the same as PyTorch's add), with AVX-512 / AVX2 / F16C
+// paths where the CPU has them. Rows are spread over ATen's OpenMP threads.
 //
 // Also here: the argument checks and the validating inverse-index builder the
 // op files share.
@@ -25,6 +25,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "row_copy.h"
@@ -78,6 +80,16 @@ std::vector<int64_t> inverse_index(const char* op, const char* name, const at::T
 
 namespace {
 
+// VPENGINE_CPU_ISA=avx2 keeps the AVX2 loops on an AVX-512 CPU, so that tests
+// can check both against the reference on one machine. Read once.
+inline bool force_avx2() {
+  static const bool forced = [] {
+    const char* v = std::getenv("VPENGINE_CPU_ISA");
+    return v != nullptr && std::strcmp(v, "avx2") == 0;
+  }();
+  return forced;
+}
+
 // o = a + p (a == nullptr: zeros) for one row, each sum in float rounded once:
 // for fp16/bf16 that equals the correctly rounded exact sum, i.e. PyTorch's add.
 // stream: o is 16-byte aligned and D * sizeof(scalar_t) a multiple of 16;
@@ -106,7 +118,7 @@ void add_row(scalar_t* o, const scalar_t* a, const scalar_t* p, int64_t D, bool 
   add_row_generic(o, a, p, D, stream);
 }
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__GNUC__)
 inline void store8(uint16_t* o, __m128i v, bool stream) {
   if (stream) {
     _mm_stream_si128(reinterpret_cast<__m128i*>(o), v);
@@ -171,6 +183,33 @@ __attribute__((target("avx2"))) void add_row_bf16_avx2(uint16_t* o, const uint16
 }
 #endif
 
+#ifdef VPENGINE_AVX2
+__attribute__((target("avx512f"))) inline __m512 bf16x16_to_float(const uint16_t* src) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// The same arithmetic, 16 lanes at a time: half the instructions of the AVX2
+// loop, which bounded the bf16 shuffle + pos on a 2-core VM (the add took
+// longer than the row copies around it).
+__attribute__((target("avx512f"))) void add_row_bf16_avx512(uint16_t* o, const uint16_t* a, const uint16_t* p,
+                                                             int64_t D, bool stream) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF), qnan = _mm512_set1_epi32(0x7FC0);
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    const __m512 sum = _mm512_add_ps(a ? bf16x16_to_float(a + d) : _mm512_setzero_ps(), bf16x16_to_float(p + d));
+    const __m512i u = _mm512_castps_si512(sum);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(bias, lsb)), 16);
+    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q), r, qnan);
+    const __m256i packed = _mm512_cvtepi32_epi16(r);  // the low 16 bits of each lane: no saturation
+    store8(o + d, _mm256_castsi256_si128(packed), stream);
+    store8(o + d + 8, _mm256_extracti128_si256(packed, 1), stream);
+  }
+  if (d < D) add_row_bf16_avx2(o + d, a ? a + d : nullptr, p + d, D - d, stream);
+}
+#endif
+
 template <>
 void add_row<c10::BFloat16>(c10::BFloat16* o, const c10::BFloat16* a, const c10::BFloat16* p, int64_t D,
                             bool stream) {
@@ -179,6 +218,11 @@ void add_row<c10::BFloat16>(c10::BFloat16* o, const c10::BFloat16* a, const c10:
   const uint16_t* pb = reinterpret_cast<const uint16_t*>(p);
   uint16_t* ob = reinterpret_cast<uint16_t*>(o);
 #ifdef VPENGINE_AVX2
+  static const bool has_avx512 = __builtin_cpu_supports("avx512f");
+  if (has_avx512 && !force_avx2()) {
+    add_row_bf16_avx512(ob, ab, pb, D, stream);
+    return;
+  }
   static const bool has_avx2 = __builtin_cpu_supports("avx2");
   if (has_avx2) {
     add_row_bf16_avx2(ob, ab, pb, D, stream);

@@ -244,3 +244,42 @@ def test_cpu_large_outputs_match_ref(dtype):
     }
     for name in want:
         assert_exact(got[name], want[name], f"{name} ({dtype})")
+
+
+_BF16_ADD_CHECK = """
+import torch
+from vpengine.ops import decoder_input, token_shuffle, use_backend
+from vpengine.ref import tokens as ref
+g = torch.Generator().manual_seed(3)
+for B, N, K, D in [(2, 4096, 1500, 776), (3, 40, 11, 24), (2, 33, 7, 13)]:  # streamed, 16 + 8 lanes, tail
+    x = torch.randn(B, N, D, generator=g).bfloat16()
+    x[0, 1, :5] = float("nan")
+    perm = torch.rand(B, N, generator=g).argsort(dim=1)
+    keep = perm[:, :K].sort(dim=1).values
+    pos = torch.randn(N, D, generator=g).bfloat16()
+    fill = torch.randn(D, generator=g).bfloat16()
+    with use_backend("cpu"):
+        got = [token_shuffle(x, perm, pos), decoder_input(x[:, :K], keep, fill, perm, pos)]
+    want = [ref.token_shuffle_ref(x, perm, pos), ref.decoder_input_ref(x[:, :K], keep, fill, perm, pos)]
+    for a, b in zip(got, want):
+        assert torch.equal(a.isnan(), b.isnan()), (B, N, D)
+        assert torch.equal(a.nan_to_num(), b.nan_to_num()), (B, N, D)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "best"])
+def test_cpu_bf16_add_paths_match_ref(isa):
+    """The bf16 pos add has an AVX-512 and an AVX2 loop; an AVX-512 machine
+    runs the first, VPENGINE_CPU_ISA=avx2 (read once, so in a subprocess) the
+    second. Both round like PyTorch's add, NaN included."""
+    import os
+    import subprocess
+    import sys
+
+    skip_unless_runs("cpu", "token_shuffle", *make_inputs(1, 4, 2, 8, torch.bfloat16)[:1],
+                     torch.zeros(1, 4, dtype=torch.long), None)
+    env = dict(os.environ, VPENGINE_CPU_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", _BF16_ADD_CHECK], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
