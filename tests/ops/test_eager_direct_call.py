@@ -114,3 +114,11 @@ def test_compiled_calls_match(requires_grad):
     fn = torch.compile(lambda a, k: token_gather(a, k) * 2, fullgraph=True, backend="eager")
     got = fn(x.clone().requires_grad_(requires_grad), keep)
     assert torch.equal(got.detach(), ref.token_gather_ref(x, keep) * 2)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_jit_trace_records_the_custom_op():
+    x, keep, _ = _inputs()
+    traced = torch.jit.trace(lambda a, k: token_gather(a, k), (x, keep), check_trace=False)
+    assert "vpengine::token_gather(" in str(traced.graph), str(traced.graph)
+    assert torch.equal(traced(x, keep), ref.token_gather_ref(x, keep))

@@ -10,7 +10,9 @@ pace, and on a 2-core CPU it is a tenth of a 1 ms gather.
 When nothing above the backend would do anything (no autograd to record, no
 tracing, no tensor subclass or mode to intercept the op) the result is the same
 without those layers. Everything else keeps the custom op: torch.compile,
-autograd, FakeTensor, functorch transforms, TorchFunction/TorchDispatch modes.
+torch.jit.trace, autograd, FakeTensor, functorch transforms,
+TorchFunction/TorchDispatch modes. (Forward-mode AD is no reason: the custom
+ops have no forward-AD formula either way.)
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ _C = torch._C
 _function_mode = getattr(_C, "_is_torch_function_mode_enabled", None)
 _dispatch_depth = getattr(_C, "_len_torch_dispatch_stack", None)
 _functorch_active = getattr(_C, "_are_functorch_transforms_active", None)
+_jit_tracing = getattr(_C, "_get_tracing_state", None)
 _DEVICES = ("cpu", "cuda")
 
 
@@ -27,9 +30,11 @@ def direct_call_ok(*args: object) -> bool:
     """Whether the backend may be called directly with ``args`` (tensors,
     None and plain values) with the custom op's exact result and no lost side
     effect."""
-    if _function_mode is None or _dispatch_depth is None or _functorch_active is None:
+    if _function_mode is None or _dispatch_depth is None or _functorch_active is None or _jit_tracing is None:
         return False  # an older torch without these probes: always take the safe path
     if torch.compiler.is_compiling() or _function_mode() or _dispatch_depth() or _functorch_active():
+        return False
+    if _jit_tracing() is not None:  # torch.jit.trace records the op it sees
         return False
     grad = torch.is_grad_enabled()
     for a in args:
