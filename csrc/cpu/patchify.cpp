@@ -30,6 +30,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/bit_cast.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -60,12 +61,18 @@ void check_patchify_args(const at::Tensor& frames, int64_t patch, at::ScalarType
       "patchify_native: dtype must be float32, float16, bfloat16 or float64; got ", dtype);
 }
 
-// fp32 (and fp64): the division itself, which the compiler vectorizes; fp16 and
-// bf16: the table, since a vectorized rounding to them is not portable C++.
+// fp32 (and fp64): the division itself, which the compiler vectorizes. bf16:
+// the same division, then round-to-nearest-even on the bits (c10's rounding;
+// v / 255 is finite, so no NaN case): integer ops the compiler vectorizes too,
+// 2.5x faster than the table's per-element 2-byte copies on a 2-core VM.
+// fp16: the table, since a vectorized rounding to it is not portable C++.
 template <typename scalar_t>
 inline scalar_t scale(uint8_t v, const std::array<scalar_t, 256>& lut) {
   if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
     return static_cast<scalar_t>(static_cast<float>(v) / 255.0f);
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    const uint32_t u = c10::bit_cast<uint32_t>(static_cast<float>(v) / 255.0f);
+    return c10::BFloat16(static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16), c10::BFloat16::from_bits());
   } else {
     return lut[v];
   }
