@@ -19,6 +19,8 @@ from vpengine import _ext
 from vpengine.ops import decoder_input, token_gather, token_scatter, token_shuffle, token_unshuffle, use_backend
 from vpengine.ref import tokens as ref
 
+from test_tokens import make_inputs
+
 pytestmark = pytest.mark.skipif(
     bool(_ext.cpu_ext_reasons()) or not sys.platform.startswith("linux"),
     reason="needs the vpengine._C extension on Linux",
@@ -34,15 +36,9 @@ def stats() -> dict[str, int]:
     return dict(zip(names, torch.ops.vpengine.cpu_pool_stats()))
 
 
-def inputs(dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, N, D, generator=g).to(dtype)
-    keep = torch.rand(B, N, generator=g).argsort(dim=1)[:, :K].sort(dim=1).values
-    perm = torch.rand(B, N, generator=g).argsort(dim=1)
-    kept = torch.randn(B, K, D, generator=g).to(dtype)
-    fill = torch.randn(D, generator=g).to(dtype)
-    pos = torch.randn(N, D, generator=g).to(dtype)
-    return x, keep, perm, kept, fill, pos
+def inputs(dtype=torch.float32):
+    """(x, keep, perm, x_kept, fill, pos) at this file's shape."""
+    return make_inputs(B, N, K, D, dtype)
 
 
 def cases(x, keep, perm, kept, fill, pos):
