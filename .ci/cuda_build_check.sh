@@ -4,7 +4,9 @@
 # cannot: a CPU torch has no libc10_cuda/libtorch_cuda to link).
 #
 #   1. a second venv (path $1, default a temp dir) with the CUDA torch wheel
-#      torch==2.14.1 + ninja numpy setuptools wheel (reused when it has them);
+#      torch==2.14.1 + ninja numpy setuptools wheel (reused when it has them).
+#      That venv is about 5.5 GB: a temp one is removed on exit, and pip keeps
+#      no cache of its wheels (a cache would double it);
 #   2. a copy of the source tree (so no .so lands in the repository, where the
 #      CPU venv would find it), built with VPENGINE_BUILD_CUDA=1 and CUDA_HOME
 #      = the real toolkit root behind `nvcc` (which may be a wrapper script);
@@ -16,7 +18,16 @@
 #        CUDA_TORCH (default torch==2.14.1)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-venv=${1:-$(mktemp -d)/venv-cuda}
+if [ -n "${1:-}" ]; then
+  venv=$1
+  venv_tmp=
+else
+  venv_tmp=$(mktemp -d)
+  venv=$venv_tmp/venv-cuda
+fi
+work=
+cleanup() { rm -rf ${work:+"$work"} ${venv_tmp:+"$venv_tmp"}; }
+trap cleanup EXIT
 CUDA_TORCH=${CUDA_TORCH:-torch==2.14.1}
 export MAX_JOBS=${MAX_JOBS:-2} PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -42,14 +53,13 @@ fi
 want=${CUDA_TORCH#torch==}
 have=$("$venv/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null || true)
 if [ "${have%%+*}" != "$want" ] || ! "$venv/bin/python" -c "import ninja, numpy, setuptools, wheel" 2>/dev/null; then
-  "$venv/bin/pip" install -q "$CUDA_TORCH" ninja numpy setuptools wheel
+  "$venv/bin/pip" install -q --no-cache-dir "$CUDA_TORCH" ninja numpy setuptools wheel
 fi
 "$venv/bin/python" -c "import torch; assert torch.version.cuda, 'not a CUDA torch: ' + torch.__version__; print('cuda_build_check: torch', torch.__version__, 'CUDA', torch.version.cuda)"
 t1=$(date +%s)
 
 # --- build in a copy of the tree
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 tar -C "$repo" -cf - --exclude=.git --exclude='.venv*' --exclude=build --exclude=_cmake_build \
   --exclude='*.so' --exclude='*.o' --exclude=__pycache__ --exclude='*.egg-info' --exclude=benchmarks/results . |
   tar -C "$work" -xf -
