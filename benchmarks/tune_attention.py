@@ -36,14 +36,19 @@ SHAPES = [
 
 
 def _candidates(kind: str, packed: bool):
-    """Alternatives, likeliest first (deeper pipelines and the usual Hopper
-    flash tiles), since the time budget may cut the list short."""
+    """Alternatives, likeliest first, since the time budget may cut the list
+    short: for the forward, its softmax variants on the shipped tile (the
+    running max the bounded softmax replaced; half the exp2s on the FMA
+    units), then deeper pipelines and the usual Hopper flash tiles."""
+    variants = []
+    if kind == "fwd":
+        variants = [dict(bounded=False)] + ([] if packed else [dict(poly_exp=True)])
     if packed:  # whole sequences per tile: rows packed, warps
-        return [dict(pack=(p, w)) for p, w in itertools.product((64, 128, 32), (4, 8))]
+        return variants + [dict(pack=(p, w)) for p, w in itertools.product((64, 128, 32), (4, 8))]
     rows = (128, 64) if kind != "dkdv" else (32, 64, 16)
     keys = (64, 128, 32) if kind != "dkdv" else (128, 64)
-    return [dict(flash=(r, k, w), stages=s)
-            for s, w, r, k in itertools.product((3, 2), (4, 8), rows, keys)]
+    return variants + [dict(flash=(r, k, w), stages=s)
+                       for s, w, r, k in itertools.product((3, 2), (4, 8), rows, keys)]
 
 
 def _run(qkv, H, axis, mode, grad):

@@ -25,6 +25,13 @@ so one tl.dot computes G independent L x L score blocks and a block-diagonal
 mask keeps them apart. For the space axis (G = 1) it is a flash-attention loop
 over key blocks with an online softmax in the log2 domain (exp2).
 
+Bounded softmax: the cap keeps every logit in [-c, c], so for c <= 50 the
+forward sums exp(z) directly (e^50 and e^-50 are normal fp32 and bf16
+numbers) with no running max: no row reductions and no rescaling of the
+accumulator per key block (sm_90 SASS of the B space loop: 443 -> 333
+instructions; 255 with unmasked full tiles). Paddings and fp16 keep the
+running max (bounded_softmax says when).
+
 Memory traffic: read q, k, v and write o (4 * B*T*S*H*E elements) plus the fp32
 lse (4 bytes per row and head). VideoPrism-B, 32 clips, bf16: 4 x 201 MB =
 805 MB per call, ~270 us at the H100's ~3.0 TB/s. FLOPs are 4*L*E per query
@@ -32,11 +39,6 @@ row and head: 0.10 TFLOP on the space axis (L = S = 256), ~0.13 ms at ~790
 TFLOP/s, so at S = 256 the space axis sits near the ridge (bytes and FLOPs take
 similar time); the time axis (L = T = 16, 16x fewer FLOPs) is memory-bound even
 with the G-fold waste of the block-diagonal tile.
-
-Softcap tanh: sign(x) (1 - e) / (1 + e) with e = exp2(-2|x| log2(e)) (one MUFU
-exp2 and a division, no overflow), and an odd Taylor polynomial for |x| < 0.25
-where 1 - e would cancel. Measured against fp64 over |s| <= 60: max error of z
-7.9e-6 (fp32 torch.tanh: 5.8e-6), 7.2e-7 for |s| < 5 (torch: the same).
 """
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from .attention_math import _dot, _exp2_fma, _load, _softcap_tanh
 
 NEG = -0.7 * 3.4028234663852886e38  # VideoPrism's mask value (fp32-representable)
 LOG2E = 1.4426950408889634
@@ -56,42 +60,27 @@ def interpreting() -> bool:
 
 
 @triton.jit
-def _tanh(x):
-    # (1 - e) / (1 + e) with e = exp(-2|x|) <= 1 never overflows; below
-    # |x| = 0.25 (|s| < 12.5 at c = 50) where 1 - e cancels, the Taylor series
-    # to x^9 (truncation < 2e-9 relative) keeps z within an fp32 ulp or two.
-    ax = tl.abs(x)
-    e = tl.exp2(ax * -2.8853900817779268)
-    t = (1.0 - e) / (1.0 + e)
-    x2 = x * x
-    poly = x * (1.0 + x2 * (-0.3333333333333333 + x2 * (0.13333333333333333
-                + x2 * (-0.05396825396825397 + x2 * 0.021869488536155203))))
-    return tl.where(ax < 0.25, poly, tl.where(x < 0, -t, t))
-
-
-@triton.jit
-def _tanh_fast(x):
-    # One MUFU.TANH (relative error ~2^-11) in place of an exp2, an IEEE
-    # division and the polynomial: used for bf16 inputs only, whose logits
-    # already carry bf16 rounding (2^-9) in plain PyTorch. GPU only (PTX).
-    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x],
-                                     dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _softcap_tanh(x, FAST_TANH: tl.constexpr):
-    if FAST_TANH:
-        return _tanh_fast(x)
-    return _tanh(x)
-
-
-@triton.jit
-def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    # The interpreter multiplies bf16 bit patterns in tl.dot: upcast there.
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision=PREC)
+def _fwd_loop_split(q, kb, s_qi, s_qc, e, L, inv_cap, cap_log2e, l_i, acc, HE,
+                    LPK: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_TANH: tl.constexpr):
+    # The bounded, unmasked loop of one sequence (kb: its key base; values
+    # follow HE channels later) over key tiles of LPK as two halves: the first
+    # half's exp2 on the MUFU, the second's on the FMA units.
+    HALF: tl.constexpr = LPK // 2
+    vb = kb + HE * s_qc
+    hk = tl.arange(0, HALF)
+    for n0 in range(0, L, LPK):
+        ka = tl.load(kb + (n0 + hk)[None, :] * s_qi + e[:, None] * s_qc)
+        kb_ = tl.load(kb + (n0 + HALF + hk)[None, :] * s_qi + e[:, None] * s_qc)
+        za = cap_log2e * _softcap_tanh(_dot(q, ka, PREC, UPCAST) * inv_cap, FAST_TANH)
+        zb = cap_log2e * _softcap_tanh(_dot(q, kb_, PREC, UPCAST) * inv_cap, FAST_TANH)
+        pa = tl.exp2(za)
+        pb = _exp2_fma(zb)
+        l_i += tl.sum(pa, 1) + tl.sum(pb, 1)
+        va = tl.load(vb + (n0 + hk)[:, None] * s_qi + e[None, :] * s_qc)
+        vb_ = tl.load(vb + (n0 + HALF + hk)[:, None] * s_qi + e[None, :] * s_qc)
+        acc += _dot(pa.to(va.dtype), va, PREC, UPCAST)
+        acc += _dot(pb.to(vb_.dtype), vb_, PREC, UPCAST)
+    return l_i, acc
 
 
 # E (the head dim) is a constexpr in every kernel: passed at run time, 88
@@ -109,7 +98,15 @@ def _fwd_kernel(
     HAS_PAD: tl.constexpr, HAS_CAP: tl.constexpr,
     G: tl.constexpr, LPQ: tl.constexpr, LPK: tl.constexpr, EP: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_TANH: tl.constexpr,
+    BOUNDED: tl.constexpr = False, EVEN: tl.constexpr = False, POLY_EXP: tl.constexpr = False,
 ):
+    # BOUNDED: the capped logits lie in [-cap, cap] (cap <= 50, no padding),
+    # so exp2(z) neither overflows nor underflows in fp32 and bf16 and the
+    # softmax needs no running max: no row reductions, no rescaling of acc.
+    # EVEN: G = 1 and every tile full (L a multiple of LPQ and LPK): no row
+    # or key masks (the head-dim mask stays where E < EP).
+    # POLY_EXP (with BOUNDED, EVEN and E = EP): each key tile runs as two
+    # halves, the second half's exp2 on the FMA units (_exp2_fma), not the MUFU.
     BM: tl.constexpr = G * LPQ
     BN: tl.constexpr = G * LPK
     pid = tl.program_id(0)
@@ -128,7 +125,10 @@ def _fwd_kernel(
 
     base = QKV + b.to(tl.int64) * s_qb + (h * E) * s_qc
     q_ptrs = base + jq.to(tl.int64)[:, None] * s_qj + iq[:, None] * s_qi + e[None, :] * s_qc
-    q = tl.load(q_ptrs, mask=row_ok[:, None] & e_ok[None, :], other=0.0)
+    if EVEN:
+        q = _load(q_ptrs, e_ok[None, :], E == EP)
+    else:
+        q = tl.load(q_ptrs, mask=row_ok[:, None] & e_ok[None, :], other=0.0)
 
     c = tl.arange(0, BN)
     gk = c // LPK
@@ -139,44 +139,70 @@ def _fwd_kernel(
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, EP], tl.float32)
-    for n0 in range(0, L, LPK):
-        ik = n0 + c % LPK
-        k_ok = (ik < L) & (jk < J)
-        kT = tl.load(kbase[None, :] + ik[None, :] * s_qi + e[:, None] * s_qc,
-                     mask=e_ok[:, None] & k_ok[None, :], other=0.0)
-        s = _dot(q, kT, PREC, UPCAST) * qk_scale
-        if HAS_CAP:
-            z = cap_log2e * _softcap_tanh(s * inv_cap, FAST_TANH)
-        else:
-            z = s * 1.4426950408889634
-        if HAS_PAD:
-            padk = tl.load(PAD + b * s_pb + jk * s_pj + ik * s_pi, mask=k_ok, other=0.0) > 0.5
-            z = tl.where(padk[None, :], -2.3819764264697e38, z)
-        # Keys past J only meet rows past J (never stored): leaving them valid
-        # (zeros loaded) keeps those rows finite. Every row then sees at least
-        # one valid key per block (key n0 of its own sequence), so m_new is
-        # finite and z - m_new never makes NaN.
-        valid = (ik < L)[None, :]
-        if G > 1:
-            valid = valid & (gq[:, None] == gk[None, :])
-        z = tl.where(valid, z, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(z, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(z - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(vbase[:, None] + ik[:, None] * s_qi + e[None, :] * s_qc,
-                    mask=k_ok[:, None] & e_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PREC, UPCAST)
-        m_i = m_new
+    if POLY_EXP:
+        l_i, acc = _fwd_loop_split(q, base + (H * E) * s_qc + jb.to(tl.int64) * s_qj, s_qi, s_qc, e, L,
+                                   inv_cap, cap_log2e, l_i, acc, H * E, LPK, PREC, UPCAST, FAST_TANH)
+    else:
+        for n0 in range(0, L, LPK):
+            ik = n0 + c % LPK
+            k_ok = (ik < L) & (jk < J)
+            kT_ptrs = kbase[None, :] + ik[None, :] * s_qi + e[:, None] * s_qc
+            v_ptrs = vbase[:, None] + ik[:, None] * s_qi + e[None, :] * s_qc
+            if EVEN:
+                kT = _load(kT_ptrs, e_ok[:, None], E == EP)
+            else:
+                kT = tl.load(kT_ptrs, mask=e_ok[:, None] & k_ok[None, :], other=0.0)
+            if HAS_CAP:
+                # qk_scale is folded into inv_cap by the launcher.
+                z = cap_log2e * _softcap_tanh(_dot(q, kT, PREC, UPCAST) * inv_cap, FAST_TANH)
+            else:
+                z = _dot(q, kT, PREC, UPCAST) * (qk_scale * 1.4426950408889634)
+            if HAS_PAD:
+                padk = tl.load(PAD + b * s_pb + jk * s_pj + ik * s_pi, mask=k_ok, other=0.0) > 0.5
+                z = tl.where(padk[None, :], -2.3819764264697e38, z)
+            # Keys past J only meet rows past J (never stored): leaving them valid
+            # (zeros loaded) keeps those rows finite. Every row then sees at least
+            # one valid key per block (key n0 of its own sequence), so m_new is
+            # finite and z - m_new never makes NaN.
+            if not EVEN:
+                valid = (ik < L)[None, :]
+                if G > 1:
+                    valid = valid & (gq[:, None] == gk[None, :])
+                z = tl.where(valid, z, float("-inf"))
+            if EVEN:
+                v = _load(v_ptrs, e_ok[None, :], E == EP)
+            else:
+                v = tl.load(v_ptrs, mask=k_ok[:, None] & e_ok[None, :], other=0.0)
+            if BOUNDED:
+                p = tl.exp2(z)
+                l_i += tl.sum(p, 1)
+                acc += _dot(p.to(v.dtype), v, PREC, UPCAST)
+            else:
+                m_new = tl.maximum(m_i, tl.max(z, 1))
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(z - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PREC, UPCAST)
+                m_i = m_new
 
-    o = acc / l_i[:, None]
-    # A fully masked row has m = NEG (its logits all equal NEG): its lse is
-    # NEG + log(L), which is NEG in fp32, as the reference computes it.
-    lse = tl.where(m_i < -1.0e38, -2.3819764264697e38, (m_i + tl.log2(l_i)) * 0.6931471805599453)
+    o = acc * (1.0 / l_i)[:, None]
+    if BOUNDED:
+        lse = tl.log2(l_i) * 0.6931471805599453
+    else:
+        # A fully masked row has m = NEG (its logits all equal NEG): its lse is
+        # NEG + log(L), which is NEG in fp32, as the reference computes it.
+        lse = tl.where(m_i < -1.0e38, -2.3819764264697e38, (m_i + tl.log2(l_i)) * 0.6931471805599453)
     o_ptrs = OUT + b.to(tl.int64) * s_ob + jq.to(tl.int64)[:, None] * s_oj + iq[:, None] * s_oi + h * E + e[None, :]
-    tl.store(o_ptrs, o.to(OUT.dtype.element_ty), mask=row_ok[:, None] & e_ok[None, :])
     l_ptrs = LSE + b.to(tl.int64) * s_lb + jq.to(tl.int64) * s_lj + iq * s_li + h
-    tl.store(l_ptrs, lse, mask=row_ok)
+    if EVEN:
+        if E == EP:
+            tl.store(o_ptrs, o.to(OUT.dtype.element_ty))
+        else:
+            tl.store(o_ptrs, o.to(OUT.dtype.element_ty), mask=e_ok[None, :])
+        tl.store(l_ptrs, lse)
+    else:
+        tl.store(o_ptrs, o.to(OUT.dtype.element_ty), mask=row_ok[:, None] & e_ok[None, :])
+        tl.store(l_ptrs, lse, mask=row_ok)
 
 
 def head_pad(E: int) -> int:
@@ -198,6 +224,11 @@ def axis_view(x: torch.Tensor, axis: str):
 #   fwd / dq: flash tiles of the forward and the dq pass (program = query tile)
 #   dkdv: (query rows per step, key tile, warps) of the dk/dv pass
 #   stages: software-pipelining depth of the flash loops (default 2)
+#   bounded: forward only; False keeps the running max where the soft cap
+#            would let it go (bounded_softmax), for side-by-side timing
+#   poly_exp: forward only; True moves half of the exp2s to the FMA units
+#            where the bounded loop runs unmasked (off until a GPU run shows
+#            the MUFU, not issue, bounds the loop)
 # benchmarks/tune_attention.py times alternatives on a GPU by editing this table.
 _GPU_TILES = {
     # (kind, wide): wide = head dim padded past 64; fp32 gets its own row
@@ -222,16 +253,18 @@ def tile_config(L: int, EP: int, dtype: torch.dtype, kind: str = "fwd") -> dict:
     so every tile is 64 x 64 there.
     """
     LP = triton.next_power_of_2(max(L, 1))
-    stages = 2
+    stages, bounded, poly_exp = 2, True, False
     if interpreting():
         (pack, pack_warps), (rows, keys, warps) = (64, 4), (64, 64, 4)
     else:
         t = _GPU_TILES[tile_key(EP, dtype, kind)]
         (pack, pack_warps), (rows, keys, warps) = t["pack"], t["flash"]
-        stages = t.get("stages", 2)
+        stages, bounded = t.get("stages", 2), t.get("bounded", True)
+        poly_exp = t.get("poly_exp", False)
     if LP <= pack:
-        return dict(G=pack // LP, LPQ=LP, LPK=LP, num_warps=pack_warps, num_stages=stages)
-    return dict(G=1, LPQ=rows, LPK=keys, num_warps=warps, num_stages=stages)
+        return dict(G=pack // LP, LPQ=LP, LPK=LP, num_warps=pack_warps, num_stages=stages, bounded=bounded)
+    return dict(G=1, LPQ=rows, LPK=keys, num_warps=warps, num_stages=stages, bounded=bounded,
+                poly_exp=poly_exp)
 
 
 def tile_key(EP: int, dtype: torch.dtype, kind: str = "fwd") -> tuple:
@@ -248,6 +281,21 @@ def dot_modes(dtype: torch.dtype) -> tuple:
 
 # The hardware tanh for bf16 inputs; VPENGINE_EXACT_TANH=1 turns it off.
 FAST_TANH_BF16 = os.environ.get("VPENGINE_EXACT_TANH", "") != "1"
+
+# Largest cap the forward runs without a running max: exp(+-50) = 5e21 and
+# 2e-22 keep every p, the row sums (L < 6e16) and p * v (|v| from 1e-16 to
+# 1e16 / L) normal in fp32; bf16 has fp32's exponent range, fp16 has not.
+BOUNDED_MAX_CAP = 50.0
+
+
+def bounded_softmax(dtype: torch.dtype, cap: float, has_pad: bool) -> bool:
+    """Whether the forward may skip the running max (see ``_fwd_kernel``).
+
+    Padding keeps it: a fully padded row must come out uniform, which the
+    max-subtracted form gives for free (every logit equals the max).
+    """
+    return (0.0 < cap <= BOUNDED_MAX_CAP and not has_pad
+            and dtype in (torch.bfloat16, torch.float32))
 
 
 def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int, softcap: float,
@@ -272,6 +320,9 @@ def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int,
     s_pj, s_pi = (s_pt, 0) if axis == "space" else (0, s_pt)
     prec, upcast, fast_tanh = dot_modes(qkv.dtype)
     cap = float(softcap)
+    bounded = cfg.get("bounded", True) and bounded_softmax(qkv.dtype, cap, frame_paddings is not None)
+    even = G == 1 and L % LPQ == 0 and L % cfg["LPK"] == 0
+    poly_exp = bool(cfg.get("poly_exp", False)) and bounded and even and E == EP and cfg["LPK"] >= 32
     grid = (B * num_jb * num_lb, H)
     _fwd_kernel[grid](
         qkv, out, lse, pad,
@@ -280,9 +331,9 @@ def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int,
         lse.stride(0), s_lj, s_li,
         s_pb, s_pj, s_pi,
         J, L, num_jb, num_lb, H, E,
-        E ** -0.5, 1.0 / cap if cap > 0 else 0.0, cap * LOG2E,
+        E ** -0.5, E ** -0.5 / cap if cap > 0 else 0.0, cap * LOG2E,
         HAS_PAD=frame_paddings is not None, HAS_CAP=cap > 0,
         G=G, LPQ=LPQ, LPK=cfg["LPK"], EP=EP, PREC=prec, UPCAST=upcast, FAST_TANH=fast_tanh,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        BOUNDED=bounded, EVEN=even, POLY_EXP=poly_exp, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out, lse

@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .spacetime_attention import _dot, _softcap_tanh, axis_view, dot_modes, head_pad, tile_config
+from .attention_math import _dot, _softcap_tanh
+from .spacetime_attention import axis_view, dot_modes, head_pad, tile_config
 
 
 @triton.jit

@@ -9,6 +9,7 @@ same for a contiguous qkv.
 """
 from __future__ import annotations
 
+import ast
 import collections
 import importlib
 import json
@@ -82,8 +83,18 @@ def _passes(dtype: torch.dtype, E: int, L: int):
         cfgs = {kind: fwd_mod.tile_config(L, EP, dtype, kind) for kind in ("fwd", "dq", "dkdv")}
     finally:
         fwd_mod.interpreting = saved
-    flags = dict(HAS_PAD=True, HAS_CAP=True, EP=EP, E=E, PREC=prec, UPCAST=upcast, FAST_TANH=fast_tanh)
+    flags = dict(HAS_PAD=True, HAS_CAP=True, EP=EP, E=E, PREC=prec, UPCAST=upcast, FAST_TANH=fast_tanh,
+                 BOUNDED=False, EVEN=False, POLY_EXP=False)
     out = []
+    # The forward without paddings, as its launcher would run it (the bounded
+    # softmax, unmasked full tiles, the split exp2 loop where the table asks).
+    f = cfgs["fwd"]
+    bounded = f["bounded"] and fwd_mod.bounded_softmax(dtype, 50.0, False)
+    even = f["G"] == 1 and L % f["LPQ"] == 0 and L % f["LPK"] == 0
+    poly = f.get("poly_exp", False) and bounded and even and E == EP
+    out.append(("fwd-nopad", fwd_mod._fwd_kernel,
+                dict(flags, HAS_PAD=False, G=f["G"], LPQ=f["LPQ"], LPK=f["LPK"], BOUNDED=bounded, EVEN=even,
+                     POLY_EXP=poly), f["num_warps"], f["num_stages"]))
     for kind, kernel in (("fwd", fwd_mod._fwd_kernel), ("dq", bwd_mod._bwd_dq_kernel),
                          ("dkdv", bwd_mod._bwd_dkdv_kernel)):
         cfg = cfgs[kind]
@@ -99,8 +110,14 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def main(argv) -> None:
-    """argv: DTYPE E L -> one JSON object per pass on stdout."""
+    """argv: DTYPE E L [TILE_KEY=VALUE ...] -> one JSON object per pass on
+    stdout; each TILE_KEY=VALUE (a Python literal) is set in every row of the
+    GPU tile table first, e.g. poly_exp=True."""
     dtype, E, L = DTYPES[argv[0]], int(argv[1]), int(argv[2])
+    for item in argv[3:]:
+        key, value = item.split("=", 1)
+        for row in fwd_mod._GPU_TILES.values():
+            row[key] = ast.literal_eval(value)
     for kind, kernel, consts, warps, stages in _passes(dtype, E, L):
         compiled = compile_sm90(kernel, argv[0], consts, warps, stages)
         print(json.dumps(dict(kind=kind, tile=[consts["G"], consts["LPQ"], consts["LPK"], warps, stages],
