@@ -21,6 +21,12 @@ percentile <= 48 (measured: mean 1.7-3.0, p99 14-39, single pixels up to 72,
 at native size, 32x40 and 288x288). The torch ``bicubic`` filter is a faster,
 documented approximation of ``lanczos``: mean 0.1-0.5 levels apart, up to 12
 at sharp edges.
+
+Files as players show them: frames come out upright (rotation metadata
+applied, by every backend), the lead-in frames of an MP4 edit list are not
+frames, and a stream that changes resolution midway is resized frame by
+frame. A file cut short raises BadVideoError even where its container still
+demuxes (Matroska, WebM, AVI), as do repeated timestamps.
 """
 from .clip import BACKENDS, ClipInfo, read_clip
 from .errors import BackendUnsupported, BadFile, BadVideoError

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import pyav_backend
@@ -94,18 +95,36 @@ def _info(plan: ClipPlan, backend: str, frames_THW3: torch.Tensor) -> ClipInfo:
     )
 
 
+def frames_to_clip(frames_HW3: list, spec: ClipSpec, path: str) -> torch.Tensor:
+    """Decoded frames (one array each) resized to ``spec.size`` as one clip.
+
+    A stream may change resolution midway (concatenated broadcasts, adaptive
+    streams): each frame is then resized on its own, as ffmpeg's scaler
+    would. With no output size there is no one clip shape to give.
+    """
+    shapes = {f.shape for f in frames_HW3}
+    if len(shapes) == 1:
+        return resize_frames(np.stack(frames_HW3), spec.size, spec.resize)
+    if spec.size is None:
+        sizes = ", ".join(f"{h}x{w}" for h, w, _ in sorted(shapes))
+        raise BadVideoError(path, f"the frames change size midway ({sizes}, height x width); "
+                                  "set ClipSpec.size to resize them to one size")
+    return torch.cat([resize_frames(f[None], spec.size, spec.resize) for f in frames_HW3])
+
+
 def decode_plan(plan: ClipPlan, spec: ClipSpec, backend: str, threads: int = 0,
                 device_id: int | None = None) -> torch.Tensor:
     """The pixels of a planned clip with one concrete backend (not "auto")."""
     if backend == "pyav":
-        raw_THW3 = pyav_backend.decode_frames(plan.probe, plan.indices, threads=threads)
-        return resize_frames(raw_THW3, spec.size, spec.resize)
+        frames = pyav_backend.decode_frames(plan.probe, plan.indices, threads=threads)
+        return frames_to_clip(frames, spec, plan.probe.path)
     if backend in ("dali-cpu", "dali-gpu"):
         from . import dali_backend
 
         clips = dali_backend.decode_batch(
             [plan.probe.path], [plan.indices], [plan.probe.codec],
             device=backend[5:], size=spec.size, resize=spec.resize, device_id=device_id,
+            quarter_turns=[plan.probe.quarter_turns],
         )
         return clips[0]
     raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")

@@ -19,7 +19,11 @@ Pixels differ from PyAV's: DALI upsamples chroma bilinearly where swscale
 (PyAV) picks the nearest chroma sample, so the two agree on smooth regions and
 differ on sharp colour edges (measured on the VP9 fixtures in
 tests/data/test_dali.py; tolerance documented in vpengine/data/__init__.py).
-DALI does not apply rotation metadata.
+
+DALI ignores rotation metadata; ``decode_batch`` turns the clips upright
+itself from the quarter turns the caller read (``VideoProbe.quarter_turns``),
+resizing a sideways-stored clip to the transposed size first, so the output
+matches PyAV's (resizing the whole frame commutes with quarter turns).
 """
 from __future__ import annotations
 
@@ -147,6 +151,7 @@ def decode_batch(
     num_threads: int = 2,
     device_id: int | None = None,
     batch_size: int | None = None,
+    quarter_turns: list[int] | None = None,
 ) -> torch.Tensor:
     """Decode ``indices[i]`` of ``paths[i]`` for every i with DALI; uint8 ``[B, T, h, w, 3]``.
 
@@ -154,7 +159,8 @@ def decode_batch(
     copy); ``"cpu"`` a CPU tensor. ``size=None`` keeps the source size (all
     clips must then share it). A failed batch is retried clip by clip
     by the caller: a one-clip batch raises BadVideoError naming the file, a
-    larger one DaliBatchFailed.
+    larger one DaliBatchFailed. ``quarter_turns[i]`` (``np.rot90``'s k, 0 when
+    absent) turns clip i upright after decoding.
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
@@ -169,7 +175,29 @@ def decode_batch(
         device_id = torch.cuda.current_device()
     if device == "cpu":
         device_id = None
-    pipe = _get_pipe(device, size, resize, batch_size or max(len(paths), 1), num_threads, device_id)
+    turns = [0] * len(paths) if quarter_turns is None else [int(k) % 4 for k in quarter_turns]
+    if len(turns) != len(paths):
+        raise ValueError(f"quarter_turns has {len(turns)} entries for {len(paths)} paths")
+    batch_size = batch_size or max(len(paths), 1)
+    if not any(turns):
+        return _run(device, paths, indices, size, resize, batch_size, num_threads, device_id)
+    # Clips stored sideways decode and resize at the transposed size, then turn.
+    out: list = [None] * len(paths)
+    for odd in (0, 1):
+        sel = [i for i, k in enumerate(turns) if k % 2 == odd]
+        if not sel:
+            continue
+        part_size = size if not odd or size is None else (size[1], size[0])
+        clips = _run(device, [paths[i] for i in sel], [indices[i] for i in sel], part_size, resize,
+                     batch_size, num_threads, device_id)
+        for j, i in enumerate(sel):
+            out[i] = torch.rot90(clips[j], turns[i], dims=(1, 2)) if turns[i] else clips[j]
+    return torch.stack(out)
+
+
+def _run(device, paths, indices, size, resize, batch_size, num_threads, device_id) -> torch.Tensor:
+    """One DALI run over clips that share an output size; errors as decode_batch says."""
+    pipe = _get_pipe(device, size, resize, batch_size, num_threads, device_id)
     encoded = [np.fromfile(p, dtype=np.uint8) for p in paths]
     frames = [np.asarray(ix, dtype=np.int32) for ix in indices]
     try:

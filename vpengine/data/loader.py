@@ -160,6 +160,7 @@ class ClipLoader:
             plan = plan_clip(e.path, spec, self._row_seed(row))
             if self.dali_device is not None and plan.probe.codec in (
                     dali_backend.GPU_CODECS if self.dali_device == "gpu" else dali_backend.CPU_CODECS):
+                plan.probe.quarter_turns  # DALI ignores rotation; read it here, in the pool
                 return row, plan, spec, None, None
             if self.dali_device is not None and self.backend != "auto":
                 raise BackendUnsupported(f"{self.backend} cannot decode {plan.probe.codec}")
@@ -179,14 +180,16 @@ class ClipLoader:
         plans = [items[i][1] for i in todo]
         try:
             clips = dali_backend.decode_batch([p.probe.path for p in plans], [p.indices for p in plans],
-                                              [p.probe.codec for p in plans], **kw)
+                                              [p.probe.codec for p in plans],
+                                              quarter_turns=[p.probe.quarter_turns for p in plans], **kw)
             for k, i in enumerate(todo):
                 items[i] = (*items[i][:3], clips[k], "dali-" + dev)
         except (dali_backend.DaliBatchFailed, BadVideoError):
             for i in todo:  # find the culprit: one clip at a time
                 p = items[i][1]
                 try:
-                    clip = dali_backend.decode_batch([p.probe.path], [p.indices], [p.probe.codec], **kw)[0]
+                    clip = dali_backend.decode_batch([p.probe.path], [p.indices], [p.probe.codec],
+                                                     quarter_turns=[p.probe.quarter_turns], **kw)[0]
                     items[i] = (*items[i][:3], clip, "dali-" + dev)
                 except BadVideoError as err:
                     items[i] = (items[i][0], None, items[i][2], err, None)

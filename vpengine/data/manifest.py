@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -53,8 +54,8 @@ def _time(value, name: str, where: str) -> float | None:
         t = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: {name} must be a number of seconds; got {value!r}") from None
-    if t < 0:
-        raise ValueError(f"{where}: {name} must be >= 0; got {t}")
+    if not math.isfinite(t) or t < 0:  # float("nan") parses; NaN compares False with everything
+        raise ValueError(f"{where}: {name} must be a finite number of seconds >= 0; got {value!r}")
     return t
 
 
@@ -88,7 +89,7 @@ def read_manifest(manifest, root: str | None = None) -> list[ManifestEntry]:
     ext = os.path.splitext(manifest)[1].lower()
     entries: list[ManifestEntry] = []
     if ext in (".jsonl", ".json", ".ndjson"):
-        with open(manifest, encoding="utf-8") as f:
+        with open(manifest, encoding="utf-8-sig") as f:  # -sig: tolerate a BOM (Excel writes one)
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -99,7 +100,7 @@ def read_manifest(manifest, root: str | None = None) -> list[ManifestEntry]:
                     raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
                 entries.append(_entry(row, len(entries), base, where))
     elif ext in (".csv", ".tsv"):
-        with open(manifest, encoding="utf-8", newline="") as f:
+        with open(manifest, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
             if reader.fieldnames is None or not any(k in reader.fieldnames for k in _ALIASES["path"]):
                 raise ValueError(f"{manifest}: the CSV header must name a 'path' column; got {reader.fieldnames}")

@@ -18,6 +18,12 @@ could not produce (say, an open-GOP leading picture) triggers one retry that
 decodes linearly from the start; still missing means the file is truncated or
 corrupt.
 
+Frames the container tells the player to discard (the lead-in of an MP4
+edit list, as ``ffmpeg -ss X -c copy`` writes) are decoded for reference but
+never shown; they are not frames of the video (DALI does not count them
+either). A file whose demuxed frames fall short of what its header declares
+(frame count, or the duration of a video-only file) is truncated, and raises.
+
 Footgun (toolchain notes): never touch a stream object after its container
 closed (reading ``average_rate`` then segfaulted), so everything is copied
 into plain Python values inside the ``with`` block.
@@ -25,8 +31,10 @@ into plain Python values inside the ``with`` block.
 from __future__ import annotations
 
 import bisect
+import os
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cached_property
 
 import numpy as np
 
@@ -50,9 +58,9 @@ class VideoProbe:
     keyframe_pts: tuple[int, ...]  # sorted
     time_base: Fraction
     fps: float
-    height: int  # as stored; frames are rotated by `rotation` on decode (PyAV path)
+    height: int  # as stored; decoded frames are turned upright (see `quarter_turns`)
     width: int
-    codec: str
+    codec: str  # FFmpeg's codec name ("h264", "av1"), not its decoder's ("libdav1d")
 
     @property
     def num_frames(self) -> int:
@@ -60,6 +68,20 @@ class VideoProbe:
 
     def timestamp(self, i: int) -> float:
         return float(self.pts[i] * self.time_base)
+
+    @cached_property
+    def quarter_turns(self) -> int:
+        """Counter-clockwise quarter turns (``np.rot90``'s k) that put the
+        stored frames upright: the stream's display matrix. FFmpeg hands it
+        out only with decoded frames, so this decodes one (DALI needs it; the
+        PyAV path reads it from every frame it decodes anyway)."""
+        try:
+            with _open(_av(), self.path) as container:
+                frame = next(container.decode(container.streams.video[0]), None)
+                rotation = frame.rotation if frame is not None else 0
+        except Exception as e:
+            raise _wrap(self.path, e, "cannot decode a first frame") from e
+        return round(rotation / 90) % 4 if rotation else 0
 
     def window(self, start_time: float | None, end_time: float | None) -> tuple[int, int]:
         """Index range [i0, i1) of the frames with start_time <= t < end_time."""
@@ -74,30 +96,42 @@ def _wrap(path: str, e: Exception, what: str) -> BadVideoError:
     return BadVideoError(path, f"{what}: {type(e).__name__}: {msg}")
 
 
+def _open(av, path: str):
+    # FFmpeg reads "name:rest" as a URL of protocol "name" (a file "take:1.mp4"
+    # fails with ProtocolNotFoundError); an absolute path starts with "/".
+    return av.open(os.path.abspath(path))
+
+
 def probe(path: str) -> VideoProbe:
     """Demux ``path`` (no decode). Raises BadVideoError for files that cannot be videos."""
     av = _av()
     path = str(path)
     check_file(path)
     try:
-        with av.open(path) as container:
+        with _open(av, path) as container:
             if not container.streams.video:
                 raise BadVideoError(path, "no video stream")
             stream = container.streams.video[0]
             ctx = stream.codec_context
-            codec = ctx.name
+            codec = ctx.codec.canonical_name
             height, width = int(ctx.height), int(ctx.width)
             tb = stream.time_base
             rate = stream.average_rate or stream.guessed_rate
-            pts, key = [], []
+            declared = _declared(container, stream)
+            pts, key, demuxed, end = [], [], 0, None
             for packet in container.demux(stream):
-                if packet.size == 0:  # the flush packet at the end
+                demuxed += packet.size > 0 or packet.pts is not None  # not the flush packet at the end
+                if packet.size == 0:  # the flush packet, or an empty sample (a dropped frame)
                     continue
                 if packet.pts is None:
                     raise BadVideoError(path, "a packet has no timestamp; cannot index frames")
-                pts.append(int(packet.pts))
-                if packet.is_keyframe:
+                if packet.is_keyframe:  # a discarded keyframe is still a seek point
                     key.append(int(packet.pts))
+                if packet.is_discard:
+                    continue
+                pts.append(int(packet.pts))
+                stop = packet.pts + (packet.duration or 0)
+                end = stop if end is None else max(end, stop)
     except BadVideoError:
         raise
     except Exception as e:  # av.error.* (InvalidDataError, ...), OSError, UnicodeDecodeError
@@ -108,7 +142,48 @@ def probe(path: str) -> VideoProbe:
         raise BadVideoError(path, "the video stream has no time base")
     pts.sort()
     fps = float(rate) if rate else (len(pts) - 1) / max(float((pts[-1] - pts[0]) * tb), 1e-9)
+    _check_complete(path, declared, demuxed, float(end * tb), fps)
+    dup = next((p for p, q in zip(pts, pts[1:]) if p == q), None)
+    if dup is not None:
+        raise BadVideoError(path, f"two frames share the timestamp {float(dup * tb):.3f} s; cannot index frames")
     return VideoProbe(path, tuple(pts), tuple(sorted(key)), Fraction(tb), fps, height, width, codec)
+
+
+def _declared(container, stream) -> tuple[int, float, float | None]:
+    """(frame count, start in s, end in s) the header declares for the video
+    stream: 0 / None where it does not say. The container's duration stands
+    for the stream's only in a file with no other stream (audio may outlast
+    video); demuxers disagree on whether it counts from 0 (Matroska) or from
+    the start time, so the earlier of the two ends is taken.
+    """
+    tb = stream.time_base
+    start = float(stream.start_time * tb) if stream.start_time is not None and tb is not None else 0.0
+    frames = int(stream.frames or 0)
+    if stream.duration is not None and tb is not None:
+        return frames, start, start + float(stream.duration * tb)
+    if container.duration is not None and len(container.streams) == 1:
+        c_start = (container.start_time or 0) / 1e6
+        return frames, start, min(c_start + container.duration / 1e6, container.duration / 1e6)
+    return frames, start, None
+
+
+def _check_complete(path: str, declared: tuple[int, float, float | None], demuxed: int, end_s: float,
+                    fps: float) -> None:
+    """Raise BadVideoError when the video stream stops short of what its header
+    declares: its end time before the declared duration's end, or fewer
+    packets than the declared frame count and an end before those frames'.
+    "Before" means by over 3 frame intervals and 5% (muxers round durations,
+    and AVI counts the frames before a late start, never by that much).
+    """
+    frames, start, declared_end = declared
+    slack = lambda end: max(3.0 / max(fps, 1e-3), 0.05 * (end - start))  # noqa: E731
+    if frames and demuxed < frames and fps > 0:
+        frames_end = start + frames / fps
+        if frames_end - end_s > slack(frames_end):
+            raise BadVideoError(path, f"truncated: the header declares {frames} frames, the file holds {demuxed}")
+    if declared_end is not None and declared_end - end_s > slack(declared_end):
+        raise BadVideoError(path, f"truncated: the header declares {declared_end:.3f} s, "
+                                  f"the video stream ends at {end_s:.3f} s")
 
 
 def _groups(vp: VideoProbe, want_pts: list[int], seek: bool) -> list[tuple[int | None, list[int]]]:
@@ -140,7 +215,7 @@ def _skips_a_gop(vp: VideoProbe, position: int | None, kf: int) -> bool:
 
 def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int) -> dict[int, np.ndarray]:
     got: dict[int, np.ndarray] = {}
-    with av.open(vp.path) as container:
+    with _open(av, vp.path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame + slice threads: 1.4x on 720p H.264 (toolchain notes)
         stream.thread_count = threads
@@ -165,8 +240,10 @@ def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int) -
     return got
 
 
-def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> np.ndarray:
-    """Decode the frames ``indices`` (display order, repeats allowed) as uint8 ``[T, H, W, 3]``.
+def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> list[np.ndarray]:
+    """Decode the frames ``indices`` (display order, repeats allowed): one
+    uint8 ``[H, W, 3]`` array per index. Their sizes differ where the stream
+    changes resolution midway (``stack_frames`` deals with that).
 
     The frames come out in display orientation: a stream's rotation metadata
     is applied, as the ffmpeg command line (mediapy) does by default.
@@ -185,4 +262,4 @@ def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> np.nd
             vp.path,
             f"decode produced {len(got)} of {len(want)} wanted frames (missing {missing[:8]}); truncated or corrupt",
         )
-    return np.stack([got[vp.pts[i]] for i in indices])
+    return [got[vp.pts[i]] for i in indices]

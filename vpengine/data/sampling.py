@@ -19,6 +19,7 @@ Three rules pick T frame indices out of n:
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ class ClipSpec:
     end_time: float | None = None
 
     def __post_init__(self):
-        if not isinstance(self.num_frames, int) or self.num_frames <= 0:
+        if not isinstance(self.num_frames, int) or isinstance(self.num_frames, bool) or self.num_frames <= 0:
             raise ValueError(f"num_frames must be a positive int; got {self.num_frames!r}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}; got {self.sampling!r}")
@@ -70,8 +71,10 @@ class ClipSpec:
             raise ValueError(f"resize must be one of {RESIZE_MODES}; got {self.resize!r}")
         for name in ("start_time", "end_time"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or v < 0):
-                raise ValueError(f"{name} must be a non-negative number of seconds or None; got {v!r}")
+            # NaN passes every comparison below as False; bools are ints to isinstance.
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)
+                                  or not math.isfinite(v) or v < 0):
+                raise ValueError(f"{name} must be a finite, non-negative number of seconds or None; got {v!r}")
         if self.start_time is not None and self.end_time is not None and self.end_time <= self.start_time:
             raise ValueError(f"end_time ({self.end_time}) must be greater than start_time ({self.start_time})")
 

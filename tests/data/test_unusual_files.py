@@ -1,0 +1,217 @@
+"""Valid but unusual files, and subtly broken ones, made here with PyAV:
+
+- an MP4 edit list (the lead-in frames of ``ffmpeg -ss X -c copy``): not frames;
+- rotation metadata: DALI's clips are turned upright like PyAV's;
+- a stream that changes resolution midway; one whose timestamps repeat;
+- MKV, WebM and AVI cut short, which demux without an error;
+- a relative path with a colon, a BOM in a CSV manifest, NaN and bool times.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import FPS, gray_index
+from vpengine.data import BadVideoError, ClipLoader, ClipSpec, read_clip, read_manifest
+from vpengine.data.synthetic import encode_video, index_frames
+
+av = pytest.importorskip("av")
+
+
+def _dali_cpu_or_skip():
+    from vpengine.data import dali_backend
+
+    why = dali_backend.dali_reasons("cpu")
+    if why:
+        pytest.skip("; ".join(why))
+
+
+def _shift_remux(src: str, dst: str, frames: int) -> str:
+    """Remux with every timestamp ``frames`` frames earlier: the MP4 muxer
+    writes an edit list, and those leading frames become discard packets."""
+    with av.open(src) as inp, av.open(dst, "w") as out:
+        s = inp.streams.video[0]
+        t = out.add_stream_from_template(s)
+        shift = int(frames / (s.time_base * FPS))
+        for p in inp.demux(s):
+            if p.size == 0:
+                continue
+            p.pts -= shift
+            p.dts -= shift
+            p.stream = t
+            out.mux(p)
+    return dst
+
+
+@pytest.mark.parametrize("codec,backends", [("libx264", ("pyav",)), ("libvpx-vp9", ("pyav", "dali-cpu"))])
+def test_edit_list_lead_in_is_not_frames(tmp_path, codec, backends):
+    src = encode_video(tmp_path / "src.mp4", index_frames(24), codec, fps=FPS, gop=12)
+    path = _shift_remux(src, str(tmp_path / "edit.mp4"), 5)
+    for backend in backends:
+        if backend == "dali-cpu":
+            _dali_cpu_or_skip()
+        frames, info = read_clip(path, ClipSpec(4, size=None), backend=backend)
+        assert info.num_source_frames == 19, backend
+        assert info.frame_indices == [0, 4, 9, 14] and info.timestamps[0] == pytest.approx(0.0)
+        assert gray_index(frames) == [5 + i for i in info.frame_indices], backend
+
+
+def _marked(n: int) -> np.ndarray:
+    frames = index_frames(n, 48, 64)
+    frames[:, :12, :16] = 255  # a white corner tells the orientation
+    return frames
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_dali_turns_rotated_clips_upright_like_pyav(tmp_path, rotation):
+    _dali_cpu_or_skip()
+    path = encode_video(tmp_path / f"rot{rotation}.webm", _marked(6), "libvpx-vp9", fps=FPS, rotation=rotation)
+    for size in (None, (36, 54)):
+        a, info_a = read_clip(path, ClipSpec(2, size=size), backend="pyav")
+        b, info_b = read_clip(path, ClipSpec(2, size=size), backend="dali-cpu")
+        assert a.shape == b.shape and info_a.size == info_b.size, (size, a.shape, b.shape)
+        assert (a.int() - b.int()).abs().float().mean() < 2.0, size
+    assert a.shape[1:3] == (36, 54)  # the asked size, upright
+    upright = read_clip(path, ClipSpec(1, size=None), backend="pyav")[0][0]
+    assert upright.shape[:2] == ((64, 48) if rotation % 180 else (48, 64))
+
+
+def test_loader_turns_rotated_dali_clips(tmp_path):
+    _dali_cpu_or_skip()
+    paths = [encode_video(tmp_path / f"r{r}.webm", _marked(6), "libvpx-vp9", fps=FPS, rotation=r)
+             for r in (0, 90, 270)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(f'{{"path": "{p}"}}\n' for p in paths))
+    spec = ClipSpec(2, size=(40, 40))
+    (batch,) = list(ClipLoader(manifest, spec, batch_size=3, backend="dali-cpu"))
+    assert sorted(batch.rows) == [0, 1, 2]
+    for clip, info in zip(batch.frames, batch.infos):
+        want = read_clip(info.path, spec, backend="pyav")[0]
+        assert (clip.int() - want.int()).abs().float().mean() < 2.0, info.path
+
+
+def _ts_parts(tmp_path, sizes, offset_frames):
+    """H.264 in MPEG-TS, one part per (height, width), joined byte by byte;
+    part k starts offset_frames[k] frames in (the same start: repeated times)."""
+    data = b""
+    for k, ((h, w), start) in enumerate(zip(sizes, offset_frames)):
+        frames = index_frames(10, h, w)[5 * k: 5 * k + 5]
+        pts_ms = [int((start + i) * 1000 / FPS) for i in range(5)]
+        data += open(encode_video(tmp_path / f"part{k}.ts", frames, "libx264", fps=FPS, pts_ms=pts_ms), "rb").read()
+    path = tmp_path / "joined.ts"
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_resolution_change_midway(tmp_path):
+    path = _ts_parts(tmp_path, [(48, 64), (36, 80)], [0, 10])
+    frames, info = read_clip(path, ClipSpec(10, size=(24, 32)), backend="pyav")
+    assert frames.shape == (10, 24, 32, 3) and info.num_source_frames == 10
+    assert gray_index(frames) == list(range(10))
+    with pytest.raises(BadVideoError, match="change size midway"):
+        read_clip(path, ClipSpec(10, size=None), backend="pyav")
+
+
+def test_repeated_timestamps_are_a_bad_file(tmp_path):
+    path = _ts_parts(tmp_path, [(48, 64), (48, 64)], [0, 0])
+    with pytest.raises(BadVideoError, match="share the timestamp"):
+        read_clip(path, ClipSpec(4, size=None), backend="pyav")
+
+
+@pytest.mark.parametrize("name,codec", [("cut.webm", "libvpx-vp9"), ("cut.mkv", "libx264"), ("cut.avi", "mjpeg")])
+def test_truncated_files_without_an_index_raise(tmp_path, name, codec):
+    noisy = np.random.default_rng(0).integers(0, 256, (20, 48, 64, 3), dtype=np.uint8)
+    full = encode_video(tmp_path / f"full_{name}", noisy, codec, fps=FPS)
+    assert read_clip(full, ClipSpec(4, size=None), backend="pyav")[1].num_source_frames == 20
+    data = open(full, "rb").read()
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadVideoError, match="truncated"):
+        read_clip(tmp_path / name, ClipSpec(4, size=None), backend="pyav")
+
+
+def test_audio_outlasting_video_is_not_truncation(tmp_path):
+    path = str(tmp_path / "av.mkv")
+    with av.open(path, "w") as out:
+        v = out.add_stream("libx264", rate=FPS)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = out.add_stream("pcm_s16le", rate=8000)
+        for i, rgb in enumerate(index_frames(10)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            out.mux(v.encode(frame))
+        out.mux(v.encode(None))
+        for k in range(20):  # 2 s of silence against 1 s of video
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+            af.sample_rate, af.pts = 8000, 800 * k
+            out.mux(a.encode(af))
+        out.mux(a.encode(None))
+    frames, info = read_clip(path, ClipSpec(4, size=None), backend="pyav")
+    assert info.num_source_frames == 10 and gray_index(frames) == info.frame_indices
+
+
+def test_relative_path_with_a_colon(tmp_path, monkeypatch):
+    encode_video(tmp_path / "take:1.webm", index_frames(4), "libvpx-vp9", fps=FPS)
+    monkeypatch.chdir(tmp_path)
+    frames, info = read_clip("take:1.webm", ClipSpec(2, size=None), backend="pyav")
+    assert info.path == "take:1.webm" and gray_index(frames) == info.frame_indices
+
+
+def test_codec_is_the_codec_not_the_decoder(tmp_path):
+    path = encode_video(tmp_path / "a.webm", index_frames(3), "libvpx-vp9", fps=FPS)
+    assert read_clip(path, ClipSpec(1, size=None), backend="pyav")[1].codec == "vp9"
+    if "libsvtav1" in av.codecs_available:
+        path = encode_video(tmp_path / "a.mp4", index_frames(3), "libsvtav1", fps=FPS)
+        assert read_clip(path, ClipSpec(1, size=None), backend="pyav")[1].codec == "av1"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, True])
+def test_times_must_be_finite_numbers(bad):
+    with pytest.raises(ValueError, match="start_time"):
+        ClipSpec(4, start_time=bad)
+    with pytest.raises(ValueError, match="end_time"):
+        ClipSpec(4, end_time=bad)
+    with pytest.raises(ValueError, match="num_frames"):
+        ClipSpec(True)
+
+
+@pytest.mark.parametrize("text", ['{"path": "a.mp4", "start": NaN}\n', "path,start\na.mp4,nan\n"])
+def test_manifest_rejects_nan_times(tmp_path, text):
+    manifest = tmp_path / ("m.jsonl" if text.startswith("{") else "m.csv")
+    manifest.write_text(text)
+    with pytest.raises(ValueError, match="start must be a finite"):
+        read_manifest(manifest)
+
+
+def test_manifest_with_a_byte_order_mark(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("\ufeffpath,caption\na.mp4,\"a dog, running\"\n".encode("utf-8"))
+    (entry,) = read_manifest(manifest)
+    assert entry.path.endswith("a.mp4") and entry.caption == "a dog, running"
+
+
+def _encode_late(path: str, codec: str, n: int, first: int) -> str:
+    """n frames at FPS whose first timestamp is frame ``first`` (time base 1/FPS)."""
+    with av.open(path, "w") as out:
+        stream = out.add_stream(codec, rate=FPS)
+        stream.width, stream.height = 64, 48
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        for i, rgb in enumerate(index_frames(n)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = first + i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("name,codec", [("late.mkv", "libx264"), ("late.webm", "libvpx-vp9"),
+                                        ("late.avi", "mjpeg"), ("late.mp4", "libx264")])
+def test_late_start_is_not_truncation(tmp_path, name, codec):
+    """Streams starting 10 s in: Matroska counts its duration from 0, AVI its
+    frames from 0; neither is a file cut short."""
+    path = _encode_late(str(tmp_path / name), codec, 12, 10 * FPS)
+    frames, info = read_clip(path, ClipSpec(4, size=None), backend="pyav")
+    assert info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
+    if not name.endswith(".avi"):  # AVI keeps no start time: its index holds empty frames before
+        assert info.timestamps[0] == pytest.approx(10.0)
