@@ -34,7 +34,7 @@ import bisect
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -73,15 +73,11 @@ class VideoProbe:
     def quarter_turns(self) -> int:
         """Counter-clockwise quarter turns (``np.rot90``'s k) that put the
         stored frames upright: the stream's display matrix. FFmpeg hands it
-        out only with decoded frames, so this decodes one (DALI needs it; the
-        PyAV path reads it from every frame it decodes anyway)."""
-        try:
-            with _open(_av(), self.path) as container:
-                frame = next(container.decode(container.streams.video[0]), None)
-                rotation = frame.rotation if frame is not None else 0
-        except Exception as e:
-            raise _wrap(self.path, e, "cannot decode a first frame") from e
-        return round(rotation / 90) % 4 if rotation else 0
+        out only with decoded frames, so this decodes one (a few ms at 720p,
+        remembered per file across epochs). DALI needs it; the PyAV path reads
+        it from every frame it decodes anyway."""
+        st = os.stat(self.path)
+        return _quarter_turns(self.path, st.st_size, st.st_mtime_ns)
 
     def window(self, start_time: float | None, end_time: float | None) -> tuple[int, int]:
         """Index range [i0, i1) of the frames with start_time <= t < end_time."""
@@ -94,6 +90,19 @@ class VideoProbe:
 def _wrap(path: str, e: Exception, what: str) -> BadVideoError:
     msg = str(e).split(": '", 1)[0]  # FFmpeg messages end with the path; keep the reason
     return BadVideoError(path, f"{what}: {type(e).__name__}: {msg}")
+
+
+@lru_cache(maxsize=65536)
+def _quarter_turns(path: str, size: int, mtime_ns: int) -> int:  # size, mtime: a changed file is read again
+    try:
+        with _open(_av(), path) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1  # frame threads would wait for several packets before the first frame
+            frame = next(container.decode(stream), None)
+            rotation = frame.rotation if frame is not None else 0
+    except Exception as e:
+        raise _wrap(path, e, "cannot decode a first frame") from e
+    return round(rotation / 90) % 4 if rotation else 0
 
 
 def _open(av, path: str):
