@@ -35,14 +35,17 @@ SHAPES = [
 ]
 
 
-def _candidates(kind: str, packed: bool):
+def _candidates(kind: str, packed: bool, split_head: bool = False):
     """Alternatives, likeliest first, since the time budget may cut the list
-    short: for the forward, its softmax variants on the shipped tile (the
-    running max the bounded softmax replaced; half the exp2s on the FMA
-    units), then deeper pipelines and the usual Hopper flash tiles."""
+    short: for the forward, its variants on the shipped tile (the running
+    max the bounded softmax replaced; half the exp2s on the FMA units; a head
+    dim like 88 as 64 + 32), then deeper pipelines and the usual Hopper flash
+    tiles."""
     variants = []
     if kind == "fwd":
-        variants = [dict(bounded=False)] + ([] if packed else [dict(poly_exp=True)])
+        variants = [dict(bounded=False)]
+        if not packed:
+            variants += [dict(split_e=True)] if split_head else [dict(poly_exp=True)]
     if packed:  # whole sequences per tile: rows packed, warps
         return variants + [dict(pack=(p, w)) for p, w in itertools.product((64, 128, 32), (4, 8))]
     rows = (128, 64) if kind != "dkdv" else (32, 64, 16)
@@ -110,7 +113,7 @@ def main(argv=None) -> int:
             shipped = dict(mod._GPU_TILES[key])
             want = want_fwd if mode == "fwd" else want_bwd
             base_ms = None
-            for cand in [{}] + _candidates(kind, packed)[: args.per_pass]:
+            for cand in [{}] + _candidates(kind, packed, 4 * E <= 3 * EP)[: args.per_pass]:
                 if time.time() - t0 > args.budget_s:
                     break
                 mod._GPU_TILES[key] = {**shipped, **cand}

@@ -83,6 +83,44 @@ def _fwd_loop_split(q, kb, s_qi, s_qc, e, L, inv_cap, cap_log2e, l_i, acc, HE,
     return l_i, acc
 
 
+@triton.jit
+def _fwd_split_e(q_row, kb, o_row, l_ptrs, s_qi, s_qc, L, inv_cap, cap_log2e, HE,
+                 BM: tl.constexpr, E: tl.constexpr, EA: tl.constexpr, EB: tl.constexpr, LPK: tl.constexpr,
+                 PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_TANH: tl.constexpr):
+    # The bounded, unmasked loop of one sequence with the head dim in two
+    # power-of-two parts, EA + EB >= E (88 -> 64 + 32, not 128): the tile
+    # work and the accumulator shrink to (EA + EB) / EP of the padded ones.
+    # q_row / o_row: row pointers of the BM query rows; kb: the sequence's
+    # key base (values follow HE channels later); l_ptrs: the rows' lse.
+    ea = tl.arange(0, EA)
+    eb = EA + tl.arange(0, EB)
+    eb_ok = eb < E
+    qa = tl.load(q_row[:, None] + ea[None, :] * s_qc)
+    qb = tl.load(q_row[:, None] + eb[None, :] * s_qc, mask=eb_ok[None, :], other=0.0)
+    vb = kb + HE * s_qc
+    c = tl.arange(0, LPK)
+    l_i = tl.zeros([BM], tl.float32)
+    acc_a = tl.zeros([BM, EA], tl.float32)
+    acc_b = tl.zeros([BM, EB], tl.float32)
+    for n0 in range(0, L, LPK):
+        ik = n0 + c
+        ka = tl.load(kb + ik[None, :] * s_qi + ea[:, None] * s_qc)
+        kbb = tl.load(kb + ik[None, :] * s_qi + eb[:, None] * s_qc, mask=eb_ok[:, None], other=0.0)
+        s = _dot(qa, ka, PREC, UPCAST) + _dot(qb, kbb, PREC, UPCAST)
+        p = tl.exp2(cap_log2e * _softcap_tanh(s * inv_cap, FAST_TANH))
+        l_i += tl.sum(p, 1)
+        va = tl.load(vb + ik[:, None] * s_qi + ea[None, :] * s_qc)
+        vbb = tl.load(vb + ik[:, None] * s_qi + eb[None, :] * s_qc, mask=eb_ok[None, :], other=0.0)
+        pv = p.to(va.dtype)
+        acc_a += _dot(pv, va, PREC, UPCAST)
+        acc_b += _dot(pv, vbb, PREC, UPCAST)
+    inv = (1.0 / l_i)[:, None]
+    out_ty = o_row.dtype.element_ty
+    tl.store(o_row[:, None] + ea[None, :], (acc_a * inv).to(out_ty))
+    tl.store(o_row[:, None] + eb[None, :], (acc_b * inv).to(out_ty), mask=eb_ok[None, :])
+    tl.store(l_ptrs, tl.log2(l_i) * 0.6931471805599453)
+
+
 # E (the head dim) is a constexpr in every kernel: passed at run time, 88
 # (VideoPrism-g) is no multiple of 16, Triton cannot prove the rows 16-byte
 # aligned and emits 2-byte loads (tests/ops/test_attention_codegen.py).
@@ -99,6 +137,7 @@ def _fwd_kernel(
     G: tl.constexpr, LPQ: tl.constexpr, LPK: tl.constexpr, EP: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_TANH: tl.constexpr,
     BOUNDED: tl.constexpr = False, EVEN: tl.constexpr = False, POLY_EXP: tl.constexpr = False,
+    SPLIT_E: tl.constexpr = False,
 ):
     # BOUNDED: the capped logits lie in [-cap, cap] (cap <= 50, no padding),
     # so exp2(z) neither overflows nor underflows in fp32 and bf16 and the
@@ -107,6 +146,7 @@ def _fwd_kernel(
     # or key masks (the head-dim mask stays where E < EP).
     # POLY_EXP (with BOUNDED, EVEN and E = EP): each key tile runs as two
     # halves, the second half's exp2 on the FMA units (_exp2_fma), not the MUFU.
+    # SPLIT_E (with BOUNDED and EVEN, E <= 3/4 EP): _fwd_split_e.
     BM: tl.constexpr = G * LPQ
     BN: tl.constexpr = G * LPK
     pid = tl.program_id(0)
@@ -124,6 +164,13 @@ def _fwd_kernel(
     e_ok = e < E
 
     base = QKV + b.to(tl.int64) * s_qb + (h * E) * s_qc
+    if SPLIT_E:
+        _fwd_split_e(base + jb.to(tl.int64) * s_qj + iq * s_qi, base + (H * E) * s_qc + jb.to(tl.int64) * s_qj,
+                     OUT + b.to(tl.int64) * s_ob + jb.to(tl.int64) * s_oj + iq * s_oi + h * E,
+                     LSE + b.to(tl.int64) * s_lb + jb.to(tl.int64) * s_lj + iq * s_li + h,
+                     s_qi, s_qc, L, inv_cap, cap_log2e, H * E,
+                     BM, E, EP // 2, EP // 4, LPK, PREC, UPCAST, FAST_TANH)
+        return
     q_ptrs = base + jq.to(tl.int64)[:, None] * s_qj + iq[:, None] * s_qi + e[None, :] * s_qc
     if EVEN:
         q = _load(q_ptrs, e_ok[None, :], E == EP)
@@ -229,6 +276,9 @@ def axis_view(x: torch.Tensor, axis: str):
 #   poly_exp: forward only; True moves half of the exp2s to the FMA units
 #            where the bounded loop runs unmasked (off until a GPU run shows
 #            the MUFU, not issue, bounds the loop)
+#   split_e: forward only; True runs a head dim of at most 3/4 of its padded
+#            size as two parts (88: 64 + 32) where the bounded loop runs
+#            unmasked (off until a GPU run times it against the padded tile)
 # benchmarks/tune_attention.py times alternatives on a GPU by editing this table.
 _GPU_TILES = {
     # (kind, wide): wide = head dim padded past 64; fp32 gets its own row
@@ -253,18 +303,18 @@ def tile_config(L: int, EP: int, dtype: torch.dtype, kind: str = "fwd") -> dict:
     so every tile is 64 x 64 there.
     """
     LP = triton.next_power_of_2(max(L, 1))
-    stages, bounded, poly_exp = 2, True, False
+    stages, bounded, poly_exp, split_e = 2, True, False, False
     if interpreting():
         (pack, pack_warps), (rows, keys, warps) = (64, 4), (64, 64, 4)
     else:
         t = _GPU_TILES[tile_key(EP, dtype, kind)]
         (pack, pack_warps), (rows, keys, warps) = t["pack"], t["flash"]
         stages, bounded = t.get("stages", 2), t.get("bounded", True)
-        poly_exp = t.get("poly_exp", False)
+        poly_exp, split_e = t.get("poly_exp", False), t.get("split_e", False)
     if LP <= pack:
         return dict(G=pack // LP, LPQ=LP, LPK=LP, num_warps=pack_warps, num_stages=stages, bounded=bounded)
     return dict(G=1, LPQ=rows, LPK=keys, num_warps=warps, num_stages=stages, bounded=bounded,
-                poly_exp=poly_exp)
+                poly_exp=poly_exp, split_e=split_e)
 
 
 def tile_key(EP: int, dtype: torch.dtype, kind: str = "fwd") -> tuple:
@@ -298,6 +348,17 @@ def bounded_softmax(dtype: torch.dtype, cap: float, has_pad: bool) -> bool:
             and dtype in (torch.bfloat16, torch.float32))
 
 
+def fwd_variant(cfg: dict, dtype: torch.dtype, cap: float, has_pad: bool, L: int, E: int) -> dict:
+    """The forward kernel's BOUNDED, EVEN, POLY_EXP and SPLIT_E constexprs for
+    a tile ``cfg`` (tile_config) and the call's inputs."""
+    EP = head_pad(E)
+    bounded = bool(cfg.get("bounded", True)) and bounded_softmax(dtype, cap, has_pad)
+    even = cfg["G"] == 1 and L % cfg["LPQ"] == 0 and L % cfg["LPK"] == 0
+    poly = bool(cfg.get("poly_exp", False)) and bounded and even and E == EP and cfg["LPK"] >= 32
+    split = bool(cfg.get("split_e", False)) and bounded and even and EP >= 64 and 4 * E <= 3 * EP
+    return dict(BOUNDED=bounded, EVEN=even, POLY_EXP=poly, SPLIT_E=split)
+
+
 def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int, softcap: float,
                                    frame_paddings: torch.Tensor | None):
     """qkv [B, T, S, 3*H*E] (any strides) -> (out [B, T, S, H*E], lse fp32 [B, T, S, H])."""
@@ -320,9 +381,7 @@ def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int,
     s_pj, s_pi = (s_pt, 0) if axis == "space" else (0, s_pt)
     prec, upcast, fast_tanh = dot_modes(qkv.dtype)
     cap = float(softcap)
-    bounded = cfg.get("bounded", True) and bounded_softmax(qkv.dtype, cap, frame_paddings is not None)
-    even = G == 1 and L % LPQ == 0 and L % cfg["LPK"] == 0
-    poly_exp = bool(cfg.get("poly_exp", False)) and bounded and even and E == EP and cfg["LPK"] >= 32
+    variant = fwd_variant(cfg, qkv.dtype, cap, frame_paddings is not None, L, E)
     grid = (B * num_jb * num_lb, H)
     _fwd_kernel[grid](
         qkv, out, lse, pad,
@@ -334,6 +393,6 @@ def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int,
         E ** -0.5, E ** -0.5 / cap if cap > 0 else 0.0, cap * LOG2E,
         HAS_PAD=frame_paddings is not None, HAS_CAP=cap > 0,
         G=G, LPQ=LPQ, LPK=cfg["LPK"], EP=EP, PREC=prec, UPCAST=upcast, FAST_TANH=fast_tanh,
-        BOUNDED=bounded, EVEN=even, POLY_EXP=poly_exp, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **variant, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out, lse

@@ -84,17 +84,14 @@ def _passes(dtype: torch.dtype, E: int, L: int):
     finally:
         fwd_mod.interpreting = saved
     flags = dict(HAS_PAD=True, HAS_CAP=True, EP=EP, E=E, PREC=prec, UPCAST=upcast, FAST_TANH=fast_tanh,
-                 BOUNDED=False, EVEN=False, POLY_EXP=False)
+                 BOUNDED=False, EVEN=False, POLY_EXP=False, SPLIT_E=False)
     out = []
     # The forward without paddings, as its launcher would run it (the bounded
     # softmax, unmasked full tiles, the split exp2 loop where the table asks).
     f = cfgs["fwd"]
-    bounded = f["bounded"] and fwd_mod.bounded_softmax(dtype, 50.0, False)
-    even = f["G"] == 1 and L % f["LPQ"] == 0 and L % f["LPK"] == 0
-    poly = f.get("poly_exp", False) and bounded and even and E == EP
-    out.append(("fwd-nopad", fwd_mod._fwd_kernel,
-                dict(flags, HAS_PAD=False, G=f["G"], LPQ=f["LPQ"], LPK=f["LPK"], BOUNDED=bounded, EVEN=even,
-                     POLY_EXP=poly), f["num_warps"], f["num_stages"]))
+    variant = fwd_mod.fwd_variant(f, dtype, 50.0, False, L, E)
+    out.append(("fwd-nopad", fwd_mod._fwd_kernel, dict(flags, HAS_PAD=False, G=f["G"], LPQ=f["LPQ"], LPK=f["LPK"],
+                                                       **variant), f["num_warps"], f["num_stages"]))
     for kind, kernel in (("fwd", fwd_mod._fwd_kernel), ("dq", bwd_mod._bwd_dq_kernel),
                          ("dkdv", bwd_mod._bwd_dkdv_kernel)):
         cfg = cfgs[kind]

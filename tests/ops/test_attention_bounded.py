@@ -30,7 +30,7 @@ class LaunchSpy:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.launches.append({k: kwargs[k] for k in ("BOUNDED", "EVEN", "POLY_EXP", "G", "HAS_PAD")})
+            self.launches.append({k: kwargs[k] for k in ("BOUNDED", "EVEN", "POLY_EXP", "SPLIT_E", "G", "HAS_PAD")})
             return self.kernel[grid](*args, **kwargs)
         return launch
 
@@ -152,4 +152,25 @@ def test_poly_exp_split_loop(monkeypatch, dtype):
     out64, lse64 = spacetime_attention_ref(qkv.double(), "space", 2, 50.0, return_lse=True)
     (_, _), (out_p, _) = exact_and_plain(qkv, "space", 2, 50.0, None, torch.zeros_like(out))
     compare(f"poly-exp out {dtype}", out, out64, out_p, FLOOR[dtype])
+    torch.testing.assert_close(lse.double(), lse64, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("E", [40, 88])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_split_head_dim(monkeypatch, E, dtype):
+    """The head dim as two power-of-two parts (40: 32 + 16, 88: 64 + 32),
+    forced on at full 64-row tiles, forward and the lse the backward uses."""
+    real = fwd_mod.tile_config
+    monkeypatch.setattr(fwd_mod, "tile_config", lambda *a, **k: {**real(*a, **k), "split_e": True})
+    qkv = make_qkv(1, 2, 64, 2, E, dtype, layout="sliced", scale=2.0)
+    spy = LaunchSpy(fwd_mod._fwd_kernel)
+    monkeypatch.setattr(fwd_mod, "_fwd_kernel", spy)
+    with torch.no_grad(), ops.use_backend("triton"):
+        out, lse = st._spacetime_attention_op(qkv, "space", 2, 50.0, None)
+    monkeypatch.undo()
+    (flags,) = spy.launches
+    assert flags["SPLIT_E"]
+    out64, lse64 = spacetime_attention_ref(qkv.double(), "space", 2, 50.0, return_lse=True)
+    (_, _), (out_p, _) = exact_and_plain(qkv, "space", 2, 50.0, None, torch.zeros_like(out))
+    compare(f"split-E out E={E} {dtype}", out, out64, out_p, FLOOR[dtype])
     torch.testing.assert_close(lse.double(), lse64, rtol=1e-6, atol=1e-5)

@@ -54,3 +54,14 @@ def test_split_exp2_forward_compiles():
     p = passes["fwd-nopad"]
     assert p["shared"] <= SMEM_LIMIT
     assert any(".v4." in op or ".v2." in op for op in p["ops"]), p["ops"]
+
+
+def test_split_head_dim_forward_compiles():
+    """The forward with VideoPrism-g's head dim of 88 as 64 + 32 (a tile
+    option the GPU tuning script times) compiles for sm_90 with vector loads
+    and less shared memory than the 128-wide padded tile."""
+    padded = {p["kind"]: p for p in compile_passes("bf16", 88, 256)}["fwd-nopad"]
+    split = {p["kind"]: p for p in compile_passes("bf16", 88, 256, "split_e=True")}["fwd-nopad"]
+    assert split["shared"] < padded["shared"] <= SMEM_LIMIT
+    scalar_16bit = sum(n for op, n in split["ops"].items() if op.endswith((".b16", ".u16")))
+    assert scalar_16bit == 0 and any(".v4." in op or ".v2." in op for op in split["ops"]), split["ops"]
