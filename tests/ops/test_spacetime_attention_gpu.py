@@ -119,3 +119,16 @@ def test_opcheck_cuda_backends():
             continue  # cuda not built: its own tests report that
         with ops.use_backend(backend):
             torch.library.opcheck(st._spacetime_attention_op, (qkv, "time", 2, 50.0, pad))
+
+
+@pytest.mark.parametrize("option,shape", [("poly_exp", (2, 4, 256, 4, 64)), ("split_e", (1, 2, 256, 2, 88)),
+                                          ("bounded", (2, 4, 256, 4, 64))],
+                         ids=["poly_exp-B", "split_e-g", "running_max-B"])
+def test_triton_forward_tile_options(monkeypatch, option, shape):
+    """The forward's tile options that benchmarks/tune_attention.py times,
+    forced on (bounded: forced off) at VideoPrism shapes, bf16."""
+    fwd_mod = importlib.import_module("vpengine.kernels.spacetime_attention")
+    real = fwd_mod.tile_config
+    value = option != "bounded"
+    monkeypatch.setattr(fwd_mod, "tile_config", lambda *a, **k: {**real(*a, **k), option: value})
+    check("triton", shape, "space", torch.bfloat16, None)
