@@ -246,3 +246,23 @@ def test_native_schema_and_meta_kernel():
         native(qkv, "space", 2, 50.0, None)
     with pytest.raises(ValueError, match="frame_paddings"):
         native(qkv, "time", 2, 50.0, torch.empty(2, 7, device="meta"))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_heads=True), "num_heads"),
+    (dict(softcap=float("inf")), "softcap"),
+    (dict(softcap=float("nan")), "softcap"),
+    (dict(softcap=None), "softcap"),
+    (dict(frame_paddings=torch.zeros(1, 2, dtype=torch.complex64)), "frame_paddings must be real"),
+])
+def test_bad_arguments_name_themselves(kwargs, match):
+    qkv = torch.randn(1, 2, 3, 3 * 16)
+    args = {"num_heads": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        ops.spacetime_attention(qkv, "space", args.pop("num_heads"), **args)
+
+
+def test_zero_head_dim_is_an_error_on_every_backend():
+    for backend in ("ref", "triton", "auto"):
+        with ops.use_backend(backend), pytest.raises(ValueError, match="head_dim >= 1"):
+            ops.spacetime_attention(torch.randn(1, 2, 3, 0), "space", 1)

@@ -13,7 +13,9 @@ custom op registers no autograd.
 
 Floating input is taken as already in [0, 1] (the official model's input) and
 goes through the differentiable reference (a permute copy and a cast) outside
-the custom op, so gradients flow to it with plain PyTorch autograd.
+the custom op, so gradients flow to it with plain PyTorch autograd. A forced
+backend (use_backend, VPENGINE_BACKEND) therefore applies to uint8 frames
+only: forcing every op for a model fed float clips must keep working.
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import pathlib
 
 import torch
@@ -39,15 +40,20 @@ CUDA_MAX_T = 32  # the cuda kernel keeps a sequence in one warp: one frame per l
 AUTOTUNE_FILE = pathlib.Path(__file__).with_name("attention_autotune.json")
 
 
-def _check(qkv: torch.Tensor, axis: str, num_heads: int, frame_paddings: torch.Tensor | None) -> None:
+def _check(qkv: torch.Tensor, axis: str, num_heads: int, frame_paddings: torch.Tensor | None,
+           softcap: float = 50.0) -> None:
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 4:
         shape = tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__
         raise ValueError(f"qkv must be a 4-D tensor [B, T, S, 3*H*E]; got {shape}")
     if axis not in AXES:
         raise ValueError(f"axis must be 'space' or 'time'; got {axis!r}")
-    if not isinstance(num_heads, int) or num_heads <= 0:
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads <= 0:
         raise ValueError(f"num_heads must be a positive int; got {num_heads!r}")
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not math.isfinite(softcap):
+        raise ValueError(f"softcap must be a finite number (0 or less: no cap); got {softcap!r}")
     C = qkv.shape[-1]
+    if C == 0:
+        raise ValueError("qkv's last dim must be 3 * num_heads * head_dim with head_dim >= 1; got 0")
     if C % (3 * num_heads) != 0:
         raise ValueError(
             f"qkv's last dim {C} must be 3 * num_heads * head_dim with num_heads={num_heads}; "
@@ -60,6 +66,8 @@ def _check(qkv: torch.Tensor, axis: str, num_heads: int, frame_paddings: torch.T
         if not isinstance(frame_paddings, torch.Tensor) or tuple(frame_paddings.shape) != (B, T):
             got = tuple(frame_paddings.shape) if isinstance(frame_paddings, torch.Tensor) else type(frame_paddings).__name__
             raise ValueError(f"frame_paddings must have shape [B, T] = {(B, T)}; got {got}")
+        if frame_paddings.is_complex():
+            raise ValueError(f"frame_paddings must be real (1 = padded frame); got {frame_paddings.dtype}")
         if frame_paddings.device != qkv.device:
             raise ValueError(f"frame_paddings is on {frame_paddings.device}, qkv on {qkv.device}")
 
@@ -291,7 +299,7 @@ def spacetime_attention(
         dropped as keys (fully masked rows become uniform, as in the official model).
     Returns ``[B, T, S, H*E]`` in qkv's dtype, ready for the output projection.
     """
-    _check(qkv, axis, num_heads, frame_paddings)
+    _check(qkv, axis, num_heads, frame_paddings, softcap)
     if frame_paddings is not None:
         frame_paddings = frame_paddings.to(torch.float32)
     if not (torch.is_grad_enabled() and qkv.requires_grad):
