@@ -71,3 +71,23 @@ def _load(ptrs, mask, FULL: tl.constexpr):
     if FULL:
         return tl.load(ptrs)
     return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _iso_dot(a, b, b_grp, out_grp, G: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # a @ b over a tile of G packed sequences, a zero between different
+    # sequences (block diagonal). A non-finite entry of b would still reach
+    # other sequences' rows (0 * NaN = NaN inside the MMA), so a tile holding
+    # one redoes the product a sequence at a time, the others' rows of b
+    # zeroed: every sequence then sees exactly its own NaN/inf, as in ref.
+    # b_grp: sequence of each row of b; out_grp: of each output row.
+    out = _dot(a, b, PREC, UPCAST)
+    if G > 1:
+        bad = tl.max(tl.max((b * 0.0 != 0.0).to(tl.int32), 1), 0)
+        if bad > 0:
+            fixed = tl.zeros_like(out)
+            for g in tl.static_range(G):
+                part = _dot(a, tl.where(b_grp[:, None] == g, b, 0.0).to(b.dtype), PREC, UPCAST)
+                fixed = tl.where(out_grp[:, None] == g, part, fixed)
+            out = fixed
+    return out

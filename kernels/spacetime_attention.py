@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from .attention_fwd_loops import _fwd_loop_split, _fwd_split_e
-from .attention_math import _dot, _load, _softcap_tanh
+from .attention_math import _dot, _iso_dot, _load, _softcap_tanh
 
 NEG = -0.7 * 3.4028234663852886e38  # VideoPrism's mask value (fp32-representable)
 LOG2E = 1.4426950408889634
@@ -162,13 +162,13 @@ def _fwd_kernel(
             if BOUNDED:
                 p = tl.exp2(z)
                 l_i += tl.sum(p, 1)
-                acc += _dot(p.to(v.dtype), v, PREC, UPCAST)
+                acc += _iso_dot(p.to(v.dtype), v, gk, gq, G, PREC, UPCAST)
             else:
                 m_new = tl.maximum(m_i, tl.max(z, 1))
                 alpha = tl.exp2(m_i - m_new)
                 p = tl.exp2(z - m_new[:, None])
                 l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PREC, UPCAST)
+                acc = acc * alpha[:, None] + _iso_dot(p.to(v.dtype), v, gk, gq, G, PREC, UPCAST)
                 m_i = m_new
 
     o = acc * (1.0 / l_i)[:, None]

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_math import _dot, _softcap_tanh
+from .attention_math import _dot, _iso_dot, _softcap_tanh
 from .spacetime_attention import axis_view, dot_modes, head_pad, tile_config
 
 
@@ -73,7 +73,9 @@ def _bwd_dq_kernel(
     HAS_PAD: tl.constexpr, HAS_CAP: tl.constexpr,
     G: tl.constexpr, LPQ: tl.constexpr, LPK: tl.constexpr, EP: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_TANH: tl.constexpr,
+    RAGGED: tl.constexpr = True,
 ):
+    # RAGGED: L is no multiple of LPK, so the last key tile has keys past L.
     BM: tl.constexpr = G * LPQ
     BN: tl.constexpr = G * LPK
     pid = tl.program_id(0)
@@ -121,6 +123,8 @@ def _bwd_dq_kernel(
                        HAS_PAD, HAS_CAP, PREC, UPCAST, FAST_TANH)
         dp = _dot(do, tl.trans(v), PREC, UPCAST)
         ds = _ds(p, dp, delta, th, masked_row, HAS_PAD, HAS_CAP)
+        if G > 1 or RAGGED:  # keys past L or of other sequences: 0 * inf in their logits makes NaN
+            ds = tl.where(valid, ds, 0.0)
         dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
     g_off = b.to(tl.int64) * s_gb + jq.to(tl.int64)[:, None] * s_gj + iq[:, None] * s_gi + (h * E + e[None, :]) * s_gc
     tl.store(DQKV + g_off, (dq * qk_scale).to(DQKV.dtype.element_ty), mask=qmask)
@@ -135,7 +139,9 @@ def _bwd_dkdv_kernel(
     HAS_PAD: tl.constexpr, HAS_CAP: tl.constexpr,
     G: tl.constexpr, LPQ: tl.constexpr, LPK: tl.constexpr, EP: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_TANH: tl.constexpr, FUSED: tl.constexpr,
+    RAGGED: tl.constexpr = True,
 ):
+    # RAGGED: L is no multiple of LPQ, so the last query tile has rows past L.
     BM: tl.constexpr = G * LPQ
     BN: tl.constexpr = G * LPK
     pid = tl.program_id(0)
@@ -186,17 +192,27 @@ def _bwd_dkdv_kernel(
             delta = tl.load(DELTA + l_off, mask=row_ok, other=0.0)
         lse = tl.load(LSE + l_off, mask=row_ok, other=float("inf"))
         masked_row = lse < -1.0e38
-        p, th = _probs(q, kT, padk, valid, lse, qk_scale, inv_cap, cap_log2e,
+        # Rows past L (zeros loaded) are masked too: 0 * inf in their logits
+        # would make a NaN probability that reaches dk and dv.
+        valid_m = valid & row_ok[:, None]
+        p, th = _probs(q, kT, padk, valid_m, lse, qk_scale, inv_cap, cap_log2e,
                        HAS_PAD, HAS_CAP, PREC, UPCAST, FAST_TANH)
+        if G > 1:  # a NaN lse (a row gone NaN) would give NaN at other sequences' keys
+            p = tl.where(valid_m, p, 0.0)
         pv = p
         if HAS_PAD:
             pv = p * tl.where(masked_row, inv_L, 1.0)[:, None]
-        dv += _dot(tl.trans(pv.to(do.dtype)), do, PREC, UPCAST)
+        # Packed sequences (G > 1): _iso_dot and the select on ds keep a NaN
+        # or inf of one sequence out of the others (p = 0 between them, but
+        # 0 * NaN = NaN).
+        dv += _iso_dot(tl.trans(pv.to(do.dtype)), do, gq, gk, G, PREC, UPCAST)
         dp = _dot(do, vT, PREC, UPCAST)
         ds = _ds(p, dp, delta, th, masked_row, HAS_PAD, HAS_CAP)
-        dk += _dot(tl.trans(ds.to(q.dtype)), q, PREC, UPCAST)
+        if G > 1 or RAGGED:
+            ds = tl.where(valid_m, ds, 0.0)
+        dk += _iso_dot(tl.trans(ds.to(q.dtype)), q, gq, gk, G, PREC, UPCAST)
         if FUSED:
-            dq = _dot(ds.to(k.dtype), k, PREC, UPCAST) * qk_scale
+            dq = _iso_dot(ds.to(k.dtype), k, gk, gq, G, PREC, UPCAST) * qk_scale
             q_g = b.to(tl.int64) * s_gb + jq.to(tl.int64)[:, None] * s_gj + iq[:, None] * s_gi
             tl.store(DQKV + q_g + (h * E + e[None, :]) * s_gc, dq.to(DQKV.dtype.element_ty), mask=qmask)
     g_off = b.to(tl.int64) * s_gb + jk.to(tl.int64)[:, None] * s_gj + ik[:, None] * s_gi + (h * E + e[None, :]) * s_gc
@@ -244,9 +260,10 @@ def spacetime_attention_bwd_triton(grad_out, qkv, out, lse, axis, num_heads, sof
         cfg = tile_config(L, EP, qkv.dtype, "dq")
         num_jb, num_lb = triton.cdiv(J, cfg["G"]), triton.cdiv(L, cfg["LPQ"])
         _bwd_dq_kernel[(B * num_jb * num_lb, H)](
-            qkv, out, do, lse, delta, pad, dqkv, *common, J, L, num_jb, num_lb, H, E, *consts, **flags(cfg))
+            qkv, out, do, lse, delta, pad, dqkv, *common, J, L, num_jb, num_lb, H, E, *consts,
+            RAGGED=L % cfg["LPK"] != 0, **flags(cfg))
     num_jb, num_kb = triton.cdiv(J, kv_cfg["G"]), triton.cdiv(L, kv_cfg["LPK"])
     _bwd_dkdv_kernel[(B * num_jb * num_kb, H)](
         qkv, out, do, lse, delta, pad, dqkv, *common, J, L, num_jb, num_kb, H, E, *consts, 1.0 / L,
-        FUSED=fused, **flags(kv_cfg))
+        FUSED=fused, RAGGED=L % kv_cfg["LPQ"] != 0, **flags(kv_cfg))
     return dqkv

@@ -44,6 +44,7 @@ def compile_sm90(kernel, dtype: str, values: dict, num_warps: int, num_stages: i
     names = kernel.arg_names
     declared = {p.name for p in kernel.params if p.is_constexpr}
     consts = {n: 1 for n in UNIT_STRIDES if n in names}
+    consts.update({p.name: p.default for p in kernel.params if p.is_constexpr and p.has_default})
     consts.update({n: v for n, v in values.items() if n in declared})
     runtime_ints = {n: v for n, v in values.items() if n not in declared}
     sig, aligned = {}, []

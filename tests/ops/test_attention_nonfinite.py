@@ -1,0 +1,61 @@
+"""NaN and inf stay in their own sequence: short sequences share a Triton tile
+(G per tile), where their zero cross probabilities would otherwise carry a
+non-finite value into every other sequence of the tile (0 * NaN = NaN inside
+the matrix multiply). Checked element by element against ref, forward and
+backward, both axes, under TRITON_INTERPRET=1.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vpengine import ops
+
+# The interpreter warns on the NaN arithmetic these tests are about.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+H, E = 2, 16
+# (B, T, S): both axes pack several sequences per tile; S = 70 runs the space
+# axis one sequence per tile, its last query tile ragged (rows past L).
+SHAPES = {"packed": (1, 3, 4), "ragged": (1, 2, 70)}
+
+
+def _same_nonfinite(name, got, want):
+    assert torch.equal(torch.isnan(got), torch.isnan(want)), f"{name}: NaN at {torch.isnan(got).nonzero().tolist()[:6]}, ref {torch.isnan(want).nonzero().tolist()[:6]}"
+    assert torch.equal(torch.isposinf(got), torch.isposinf(want)), f"{name}: +inf pattern differs"
+    assert torch.equal(torch.isneginf(got), torch.isneginf(want)), f"{name}: -inf pattern differs"
+    ok = torch.isfinite(want)
+    torch.testing.assert_close(got[ok], want[ok], rtol=1e-4, atol=1e-4)
+
+
+def _run(backend, qkv, axis, grad_out):
+    x = qkv.clone().requires_grad_(True)
+    with ops.use_backend(backend):
+        out = ops.spacetime_attention(x, axis, H)
+        (g,) = torch.autograd.grad(out, x, grad_out)
+    return out.detach(), g
+
+
+@pytest.mark.parametrize("axis,shape", [("space", "packed"), ("time", "packed"), ("space", "ragged")])
+@pytest.mark.parametrize("part", ["q", "k", "v", "grad"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_nonfinite_stays_in_its_sequence(axis, shape, part, bad, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (run benchmarks/device_check.sh on a GPU machine)")
+    B, T, S = SHAPES[shape]
+    gen = torch.Generator().manual_seed(0)
+    qkv = torch.randn(B, T, S, 3 * H * E, generator=gen)
+    grad_out = torch.randn(B, T, S, H * E, generator=gen)
+    if part == "grad":
+        grad_out[0, 0, 0, 3] = bad
+    else:
+        qkv[0, 0, 0, "qkv".index(part) * H * E + 3] = bad
+    qkv, grad_out = qkv.to(device), grad_out.to(device)
+    out_t, g_t = _run("triton", qkv, axis, grad_out)
+    out_r, g_r = _run("ref", qkv, axis, grad_out)
+    _same_nonfinite(f"out {axis} {part}", out_t, out_r)
+    _same_nonfinite(f"grad {axis} {part}", g_t, g_r)
+    # The other sequences of the tile are untouched.
+    other = (slice(None), slice(1, None)) if axis == "space" else (slice(None), slice(None), slice(1, None))
+    assert torch.isfinite(out_t[other]).all() and torch.isfinite(g_t[other]).all()
