@@ -171,6 +171,7 @@ _scatter_op.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 _shuffle_op.register_autograd(_shuffle_backward, setup_context=_shuffle_setup)
 _unshuffle_op.register_autograd(_unshuffle_backward, setup_context=_unshuffle_setup)
 _decoder_input_op.register_autograd(_decoder_input_backward, setup_context=_decoder_input_setup)
+from . import _token_double_backward  # noqa: E402,F401  (autograd of the backward ops: double backward)
 
 
 # ---- public API ---------------------------------------------------------------------------
