@@ -266,3 +266,11 @@ def test_zero_head_dim_is_an_error_on_every_backend():
     for backend in ("ref", "triton", "auto"):
         with ops.use_backend(backend), pytest.raises(ValueError, match="head_dim >= 1"):
             ops.spacetime_attention(torch.randn(1, 2, 3, 0), "space", 1)
+
+
+def test_double_backward_says_it_is_unsupported():
+    qkv = torch.randn(1, 2, 3, 3 * 16, requires_grad=True)
+    out = ops.spacetime_attention(qkv, "space", 1)
+    (g,) = torch.autograd.grad(out.sum(), qkv, create_graph=True)
+    with pytest.raises(NotImplementedError, match="no second derivative"):
+        g.pow(2).sum().backward()

@@ -282,6 +282,16 @@ def _backward(ctx, grad_out, grad_lse):
 _spacetime_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _no_double_backward(ctx, grad):
+    raise NotImplementedError(
+        "vpengine.ops.spacetime_attention has no second derivative (its backward is a fused kernel); "
+        "for gradient penalties through attention use a plain PyTorch attention")
+
+
+# Without this, a second backward fails with torch's generic "no autograd formula".
+_spacetime_attention_bwd_op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
 def spacetime_attention(
     qkv: torch.Tensor,
     axis: str,
