@@ -2,7 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+
+def _check_output(path: str, overwrite: bool, suffixes: tuple[str, ...], *inputs: str) -> None:
+    """Refuse, before any work, an output that would destroy what the user has."""
+    if not path.endswith(suffixes):
+        raise ValueError(f"output must end in {' or '.join(suffixes)}; got {path}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"output folder {parent} does not exist")
+    if os.path.exists(path):
+        if any(os.path.exists(i) and os.path.samefile(path, i) for i in inputs):
+            raise ValueError(f"output {path} is an input of this command; choose another name")
+        if not overwrite:
+            raise ValueError(f"output {path} exists; pass --overwrite to replace it")
 
 
 def _convert(args) -> int:
@@ -10,13 +25,12 @@ def _convert(args) -> int:
     from .model.export import save_official
 
     src, dst = args.input, args.output
+    _check_output(dst, args.overwrite, (".npz", ".safetensors"), src)
     model = load(src) if src.endswith(".safetensors") else load_official(src)
     if dst.endswith(".npz"):
         save_official(model, dst)
-    elif dst.endswith(".safetensors"):
-        save(model, dst)
     else:
-        raise SystemExit(f"vpengine convert: output must end in .safetensors or .npz; got {dst}")
+        save(model, dst)
     kind = type(model).__name__
     print(f"{src} -> {dst}: {kind}, {sum(p.numel() for p in model.parameters()):,} parameters, {model.config}")
     return 0
@@ -29,6 +43,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("convert", help="official .npz -> vpengine .safetensors (or back to .npz)")
     p.add_argument("input")
     p.add_argument("output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p = sub.add_parser("demo", help="encode a generated clip with VideoPrism and time each backend")
     p.add_argument("--preset", default="videoprism_public_v1_base")
     p.add_argument("--frames", type=int, default=16)
@@ -41,6 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("manifest")
     p.add_argument("--model", required=True, help="preset name (official weights), .npz or .safetensors")
     p.add_argument("--out", required=True, help="output .npz (embeddings, rows, paths, bad files)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=288)
     p.add_argument("--batch", type=int, default=8)
@@ -69,12 +85,17 @@ def main(argv=None) -> int:
 
         try:
             return _convert(args)
-        except (CheckpointError, FileNotFoundError) as e:
+        except (CheckpointError, ValueError, OSError) as e:  # SafetensorError is an OSError
             print(f"vpengine convert: {e}", file=sys.stderr)
             return 2
     if args.command == "demo":
         from .demo import run
+        from .model.config import PRESETS
 
+        if args.preset not in PRESETS:
+            print(f"vpengine demo: --preset must be one of {', '.join(PRESETS)}; got {args.preset!r}",
+                  file=sys.stderr)
+            return 2
         return run(args.preset, args.frames, args.size, args.batch, args.runs,
                    tuple(d.strip() for d in args.dtypes.split(",") if d.strip()), args.device)
     if args.command == "embed":
@@ -86,14 +107,21 @@ def main(argv=None) -> int:
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
+            if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"--device {device}: this machine has no usable CUDA device")
+            _check_output(args.out, args.overwrite, (".npz",), args.model, args.manifest)
             model = load_any(args.model)
-            embed_manifest(model, args.manifest, args.out,
+            summary = embed_manifest(model, args.manifest, args.out,
                            spec=ClipSpec(args.frames, size=(args.size, args.size)), batch_size=args.batch,
                            device=device, dtype=getattr(torch, args.dtype), pool=args.pool,
                            backend=args.decoder, strict=args.strict, compile=args.compile)
-        except (ValueError, CheckpointError, FileNotFoundError, BadVideoError) as e:
+        except (ValueError, CheckpointError, OSError, BadVideoError) as e:
             print(f"vpengine embed: {e}", file=sys.stderr)
             return 2
+        if summary["clips"] == 0 and summary["skipped"] > 0:
+            print(f"vpengine embed: no clip could be embedded ({summary['skipped']} bad files, "
+                  f"listed in {args.out})", file=sys.stderr)
+            return 1
         return 0
     if args.command == "bench":
         if have_bench is not True:

@@ -88,3 +88,48 @@ def test_embed_compiled_matches_eager(tmp_path):
     eager, compiled = np.load(tmp_path / "eager.npz"), np.load(tmp_path / "compiled.npz")
     assert compiled["rows"].tolist() == [0, 1, 2]  # a full batch, then a smaller last one
     np.testing.assert_allclose(compiled["embeddings"], eager["embeddings"], rtol=0, atol=1e-5)
+
+
+def test_outputs_are_never_clobbered(tmp_path, capsys):
+    """An existing output is refused unless --overwrite, an input never; both
+    before any work, so the user's files stay as they were."""
+    model = vpengine.build(ENC, seed=1)
+    save_official(model, tmp_path / "a.npz")
+    src = str(tmp_path / "a.npz")
+    dst = tmp_path / "b.safetensors"
+    dst.write_bytes(b"the user's file")
+    assert main(["convert", src, str(dst)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and dst.read_bytes() == b"the user's file"
+    assert main(["convert", src, str(dst), "--overwrite"]) == 0 and vpengine.load(dst) is not None
+    before = (tmp_path / "a.npz").read_bytes()
+    assert main(["convert", src, src, "--overwrite"]) == 2
+    assert "is an input" in capsys.readouterr().err and (tmp_path / "a.npz").read_bytes() == before
+    assert main(["convert", src, str(tmp_path / "no" / "c.npz")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"path": str(tmp_path / "missing.mp4")}) + "\n")
+    rc = main(["embed", str(manifest), "--model", src, "--out", src, "--overwrite", "--frames", "4", "--size", "16"])
+    assert rc == 2 and (tmp_path / "a.npz").read_bytes() == before
+
+
+def test_embed_with_only_bad_files_fails(tmp_path, capsys):
+    model_path = tmp_path / "m.safetensors"
+    vpengine.save(vpengine.build(ENC, seed=0), model_path)
+    (tmp_path / "bad.mp4").write_text("not a video")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"path": str(tmp_path / "bad.mp4")}) + "\n")
+    out = tmp_path / "e.npz"
+    rc = main(["embed", str(manifest), "--model", str(model_path), "--out", str(out), "--frames", "4",
+               "--size", "16", "--decoder", "pyav"])
+    assert rc == 1 and "no clip could be embedded" in capsys.readouterr().err
+    assert np.load(out)["bad_paths"].tolist() == [str(tmp_path / "bad.mp4")]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["demo", "--preset", "nope"]) == 2
+    assert "--preset" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        manifest = tmp_path / "m.jsonl"
+        manifest.write_text("")
+        rc = main(["embed", str(manifest), "--model", "x.npz", "--out", str(tmp_path / "e.npz"), "--device", "cuda"])
+        assert rc == 2 and "no usable CUDA device" in capsys.readouterr().err

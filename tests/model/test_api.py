@@ -186,3 +186,49 @@ def test_uint8_clips_equal_the_float_path():
         a = model(u8)
         b = model(u8.float() / 255)
     assert torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_checkpoint_dtypes_duplicates_and_dims(tmp_path):
+    """Non-float arrays, an array stored twice, a lone .npy and a wrong number
+    of dims are CheckpointErrors naming the array; bfloat16 (stored by NumPy
+    as 2-byte void) loads as the float32 it widens to."""
+    import zipfile
+
+    import numpy as np
+
+    from vpengine.model.convert import CheckpointError
+
+    cfg = EncoderConfig(width=32, num_spatial_layers=1, num_temporal_layers=1, num_heads=2, mlp_dim=48,
+                        patch_size=8, pos_emb_shape=(4, 2, 2))
+    src = tmp_path / "a.npz"
+    save_official(vpengine.build(cfg, seed=0), src)
+    arrays = dict(np.load(src))
+    key = "params/spatial_pos_emb/emb_var"
+
+    def write(name, **changes):
+        path = tmp_path / name
+        np.savez(path, **{**arrays, **changes})
+        return path
+
+    for bad in (arrays[key].astype(np.int32), arrays[key] > 0, arrays[key].astype(np.complex64)):
+        with pytest.raises(CheckpointError, match=f"{key}.*dtype"):
+            vpengine.load_official(write("bad.npz", **{key: bad}))
+    q = "params/spatial_encoder/transformers_stack/x_layers/self_attention/query/w"
+    with pytest.raises(CheckpointError, match="query/w.*expected 4"):
+        vpengine.load_official(write("ndim.npz", **{q: arrays[q][0]}))
+    bf16 = {k: (v.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view("V2") for k, v in arrays.items()}
+    widened = {k: (v.view(np.uint16).astype(np.uint32) << 16).view(np.float32) for k, v in bf16.items()}
+    got = vpengine.load_official(write("bf16.npz", **bf16)).state_dict()
+    want = vpengine.load_official(write("widened.npz", **widened)).state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert not torch.equal(got[next(iter(got))], vpengine.load_official(src).state_dict()[next(iter(got))])
+    dup = tmp_path / "dup.npz"
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(dup, "w") as z:
+        for name in ("x.npy", "x.npy"):
+            with z.open(name, "w", force_zip64=False) as f:
+                np.lib.format.write_array(f, np.zeros(2, np.float32))
+    with pytest.raises(CheckpointError, match="stored twice"):
+        vpengine.load_official(dup)
+    np.save(tmp_path / "lone.npy", np.zeros(3, np.float32))
+    with pytest.raises(CheckpointError, match="not a readable .npz"):
+        vpengine.load_official(tmp_path / "lone.npy")

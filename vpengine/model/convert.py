@@ -8,6 +8,7 @@ left over or mis-shaped (never a silent partial load).
 """
 from __future__ import annotations
 
+import collections
 import math
 import zipfile
 
@@ -24,16 +25,41 @@ class CheckpointError(ValueError):
 
 
 def read_npz(path) -> dict[str, np.ndarray]:
-    """All arrays of an official ``.npz`` (``allow_pickle=False``), by key."""
+    """All arrays of an official ``.npz`` (``allow_pickle=False``), by key.
+
+    Float arrays are accepted in float32, float16, float64 and bfloat16
+    (which NumPy stores as 2-byte void, ``|V2``, without ml_dtypes); anything
+    else (integers, bools, complex, strings), a member that is not ``.npy``
+    data, or a name stored twice raises CheckpointError naming the array.
+    """
     try:
+        with zipfile.ZipFile(path) as zf:
+            dup = [n for n, c in collections.Counter(zf.namelist()).items() if c > 1]
+        if dup:
+            raise CheckpointError(f"{path}: arrays stored twice in the archive (which copy is meant?): {dup[:5]}")
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
+    except CheckpointError:
+        raise
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file not found: {path}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a directory, not a .npz checkpoint") from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise CheckpointError(
             f"{path} is not a readable .npz checkpoint (truncated or not an npz archive): {e}"
         ) from None
+    return {k: _float_array(path, k, a) for k, a in arrays.items()}
+
+
+def _float_array(path, key: str, a) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise CheckpointError(f"{path}: {key!r} is not .npy array data ({type(a).__name__})")
+    if a.dtype == np.dtype("V2"):  # bfloat16 saved without ml_dtypes: the high half of a float32
+        return (a.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    if a.dtype.kind != "f":
+        raise CheckpointError(f"{path}: {key!r} has dtype {a.dtype}; checkpoint arrays must be floating point")
+    return a
 
 
 class _Arrays:
@@ -49,10 +75,14 @@ class _Arrays:
     def has(self, key: str) -> bool:
         return key in self.arrays
 
-    def shape(self, key: str) -> tuple[int, ...]:
+    def shape(self, key: str, ndim: int) -> tuple[int, ...]:
         if key not in self.arrays:
             raise CheckpointError(f"{self.source}: required array {key!r} is missing")
-        return tuple(self.arrays[key].shape)
+        shape = tuple(self.arrays[key].shape)
+        if len(shape) != ndim or 0 in shape:
+            raise CheckpointError(f"{self.source}: {key!r} has shape {list(shape)}; "
+                                  f"expected {ndim} non-empty dims")
+        return shape
 
     def get(self, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
         if key not in self.arrays:
@@ -86,18 +116,18 @@ def _t(a):
 
 
 def _infer_encoder(A: _Arrays, p: str) -> EncoderConfig:
-    rows, D = A.shape(p + "patch_projection/linear/kernel")
+    rows, D = A.shape(p + "patch_projection/linear/kernel", 2)
     P = int(round(math.sqrt(rows / 3)))
     if 3 * P * P != rows:
         raise CheckpointError(f"{A.source}: patch kernel has {rows} rows, not 3*P*P for any patch size P")
-    Ls, _, H, E = A.shape(p + "spatial_encoder/" + STACK + "self_attention/query/w")
-    Lt = A.shape(p + "temporal_encoder/" + STACK + "self_attention/query/w")[0]
-    mlp = A.shape(p + "spatial_encoder/" + STACK + "ff_layer/ffn_layer1/linear/kernel")[2]
-    n_sp = A.shape(p + "spatial_pos_emb/emb_var")[0]
+    Ls, _, H, E = A.shape(p + "spatial_encoder/" + STACK + "self_attention/query/w", 4)
+    Lt = A.shape(p + "temporal_encoder/" + STACK + "self_attention/query/w", 4)[0]
+    mlp = A.shape(p + "spatial_encoder/" + STACK + "ff_layer/ffn_layer1/linear/kernel", 3)[2]
+    n_sp = A.shape(p + "spatial_pos_emb/emb_var", 2)[0]
     g = int(round(math.sqrt(n_sp)))
     if g * g != n_sp:
         raise CheckpointError(f"{A.source}: spatial_pos_emb has {n_sp} rows, not a square grid")
-    T0 = A.shape(p + "temporal_pos_emb/emb_var")[0]
+    T0 = A.shape(p + "temporal_pos_emb/emb_var", 2)[0]
     if H * E != D:
         raise CheckpointError(f"{A.source}: {H} heads x {E} head dim != width {D}")
     return EncoderConfig(
@@ -119,11 +149,11 @@ def infer_config(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> M
         )
     enc = _infer_encoder(A, "params/vision_encoder/")
     D = enc.width
-    aux = A.shape("params/auxiliary_encoder/" + STACK + "self_attention/query/w")[0]
-    _, Hp, Ep = A.shape("params/contrastive_vision_pooler/pooling_attention/query/w")
-    V = A.shape("params/text_encoder/token_emb/emb_var")[0]
-    Lx, _, Ht, _ = A.shape("params/text_encoder/unimodal_transformer/x_layers/self_attention/query/w")
-    tmlp = A.shape("params/text_encoder/unimodal_transformer/x_layers/ff_layer/ffn_layer1/linear/kernel")[2]
+    aux = A.shape("params/auxiliary_encoder/" + STACK + "self_attention/query/w", 4)[0]
+    _, Hp, Ep = A.shape("params/contrastive_vision_pooler/pooling_attention/query/w", 3)
+    V = A.shape("params/text_encoder/token_emb/emb_var", 2)[0]
+    Lx, _, Ht, _ = A.shape("params/text_encoder/unimodal_transformer/x_layers/self_attention/query/w", 4)
+    tmlp = A.shape("params/text_encoder/unimodal_transformer/x_layers/ff_layer/ffn_layer1/linear/kernel", 3)[2]
     text = TextConfig(vocab_size=V, num_layers=Lx, num_heads=Ht, width=D, mlp_dim=tmlp,
                       atten_logit_cap=enc.atten_logit_cap)
     return VideoTextConfig(encoder=enc, num_auxiliary_layers=aux, pooler_num_heads=Hp,
