@@ -129,7 +129,11 @@ def main(argv=None) -> int:
             return 2
         from .bench.cli import run as bench_run
 
-        return bench_run(args)
+        try:
+            return bench_run(args)
+        except ValueError as e:
+            print(f"vpengine bench: {e}", file=sys.stderr)
+            return 2
     return 1
 
 

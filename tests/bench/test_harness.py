@@ -207,3 +207,31 @@ def test_table_folds_alike_skips_into_one_note():
         "forced backend 'triton' cannot run these inputs: no CUDA device",
         "skipped: [tokens] token_gather fwd B=1 float32 cuda: token_gather: no CUDA device",
     ]
+
+
+def test_bench_outputs_checked_before_the_run(tmp_path, capsys):
+    """--json never appends to a file that is not a results file; --plot must
+    name a PNG; an empty --suite is an error, not 'every suite'."""
+    from vpengine.cli import main
+
+    other = tmp_path / "notes.txt"
+    other.write_text("1,2,3")
+    assert main(["bench", "--quick", "--suite", "patchify", "--json", str(other)]) == 2
+    assert "not a vpengine bench results file" in capsys.readouterr().err and other.read_text() == "1,2,3"
+    assert main(["bench", "--quick", "--suite", "patchify", "--plot", str(tmp_path / "chart.txt")]) == 2
+    assert "PNG" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--quick", "--suite", ","])
+
+
+def test_results_file_missing_its_last_newline_stays_valid(tmp_path):
+    from vpengine.bench import record
+
+    rec = record.Record(op="x", backend="ref", mode="fwd", shape="1", dtype="fp32", metric="time", unit="ms",
+                        median=1.0, p20=1.0, p80=1.0, device="cpu", versions={}, commit="c")
+    path = tmp_path / "r.jsonl"
+    record.write_jsonl([rec], path)
+    path.write_text(path.read_text().rstrip("\n"))  # a file cut after its last record
+    record.check_jsonl_target(path)
+    record.write_jsonl([rec], path)
+    assert len(record.read_jsonl(path)) == 2

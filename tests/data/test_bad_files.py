@@ -41,6 +41,8 @@ def test_loader_skips_counts_and_reports(tmp_path, videos):
     want = sorted((videos[n], names.index(n)) for n in names if n in BAD)
     assert bad == want and loader.num_bad == 6
     assert all(b.reason for b in loader.bad_files)
+    list(loader)  # a second pass reports its own skips, not both passes'
+    assert loader.num_bad == 6
 
 
 def test_loader_strict_raises(tmp_path, videos):

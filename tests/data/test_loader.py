@@ -93,9 +93,23 @@ def test_rank_sharding(manifest, world):
         assert [r for b in batches for r in b.rows] == shards[1]
 
 
+@pytest.mark.parametrize("n,world", [(1, 3), (3, 8), (2, 7)])
+def test_fewer_rows_than_ranks(tmp_path, n, world):
+    """Every rank still gets the same number of rows (DDP step counts agree)."""
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps({"path": f"v{i}.mp4"}) + "\n" for i in range(n)))
+    shards = [ClipLoader(m, SPEC, batch_size=1, rank=r, world_size=world).shard_rows() for r in range(world)]
+    assert all(len(s) == 1 for s in shards) and {r for s in shards for r in s} == set(range(n))
+
+
 def test_rank_and_arguments_validated(manifest):
     with pytest.raises(ValueError, match="rank"):
         ClipLoader(manifest, SPEC, batch_size=2, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="needs rank"):  # every process would read rank 0's shard
+        ClipLoader(manifest, SPEC, batch_size=2, world_size=2)
+    for bad in (dict(rank=0, world_size=0), dict(rank=True, world_size=2)):
+        with pytest.raises(ValueError, match="world_size"):
+            ClipLoader(manifest, SPEC, batch_size=2, **bad)
     with pytest.raises(ValueError, match="batch_size"):
         ClipLoader(manifest, SPEC, batch_size=0)
     with pytest.raises(ValueError, match="backend"):

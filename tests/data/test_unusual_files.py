@@ -215,3 +215,17 @@ def test_late_start_is_not_truncation(tmp_path, name, codec):
     assert info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
     if not name.endswith(".avi"):  # AVI keeps no start time: its index holds empty frames before
         assert info.timestamps[0] == pytest.approx(10.0)
+
+
+def test_manifest_rows_with_stray_fields_or_bool_times(tmp_path):
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("path,caption\na.mp4,x,extra\n")
+    with pytest.raises(ValueError, match="more fields than the header"):
+        read_manifest(csv_path)
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text('{"path": "a.mp4", "start": true}\n')
+    with pytest.raises(ValueError, match="start must be a number"):
+        read_manifest(jsonl)
+    for bad in (dict(stride=True), dict(size=(True, 4))):
+        with pytest.raises(ValueError, match="stride|size"):
+            ClipSpec(4, **bad)

@@ -6,6 +6,7 @@ as the ``bench`` subcommand; ``python -m vpengine.bench`` runs the same thing.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .suites import SUITES
@@ -13,6 +14,8 @@ from .suites import SUITES
 
 def _suite_list(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no suite named in {text!r}; expected one of {', '.join(SUITES)}")
     for n in names:
         if n not in SUITES:
             raise argparse.ArgumentTypeError(f"unknown suite {n!r}; expected one of {', '.join(SUITES)}")
@@ -44,6 +47,13 @@ def run(args: argparse.Namespace) -> int:
     suites = [n for group in (args.suite or [[*SUITES]]) for n in group]
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1; got {args.threads}")
+    # Output paths are checked before the run, not after minutes of it.
+    if args.json:
+        record.check_jsonl_target(args.json)
+    if args.plot:
+        if not args.plot.lower().endswith(".png"):
+            raise ValueError(f"--plot writes a PNG; name a .png file (got {args.plot})")
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     on_records = (lambda recs: record.write_jsonl(recs, args.json)) if args.json else None
     result = runner.run(suites=suites, device=args.device, quick=args.quick, threads=args.threads,
                         log=lambda s: print(s, file=sys.stderr, flush=True), budget_s=args.budget_s,
@@ -70,4 +80,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vpengine bench", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ValueError as e:
+        print(f"vpengine bench: {e}", file=sys.stderr)
+        return 2

@@ -136,13 +136,36 @@ def commit() -> str:
         return "unknown"
 
 
+def check_jsonl_target(path: str | os.PathLike) -> None:
+    """Raise ValueError unless ``path`` is new, empty or a results file that
+    write_jsonl may append to: appending to anything else would corrupt it."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise ValueError(f"--json {path} is a directory; name a .jsonl file")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open() as f:
+        first = f.readline()
+    try:
+        ok = isinstance(json.loads(first), dict) and "op" in json.loads(first) and "median" in json.loads(first)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"--json {path} exists and is not a vpengine bench results file; "
+                         "results are appended, so name a new file or an earlier results file")
+
+
 def write_jsonl(records: list[Record], path: str | os.PathLike) -> None:
     """Append one line per record (results files accumulate runs, as
     Liger-Kernel's do; a new run is told apart by device, commit and time)."""
     path = pathlib.Path(path)
     if path.parent:
         path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
+    with path.open("a+") as f:
+        if f.tell():  # a file cut after its last record gets its newline back first
+            f.seek(f.tell() - 1)
+            if f.read(1) != "\n":
+                f.write("\n")
         for r in records:
             f.write(r.to_json() + "\n")
 

@@ -58,13 +58,22 @@ class ClipBatch:
 
 
 def _dist_rank_world(rank, world_size) -> tuple[int, int]:
-    if rank is not None or world_size is not None:
-        rank, world_size = rank or 0, world_size or 1
-    elif torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    else:
-        rank, world_size = 0, 1
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+    """Either argument left out comes from torch.distributed when it is
+    initialized; outside it, rank defaults to 0 only for a world of 1 (a
+    missing rank would otherwise make every process rank 0 and read the same
+    shard)."""
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if world_size is None:
+        world_size = torch.distributed.get_world_size() if dist else 1
+    if rank is None:
+        if dist:
+            rank = torch.distributed.get_rank()
+        elif world_size == 1:
+            rank = 0
+        else:
+            raise ValueError(f"world_size={world_size!r} needs rank (or an initialized torch.distributed)")
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (rank, world_size))
+    if not (ints and world_size >= 1 and 0 <= rank < world_size):
         raise ValueError(f"need 0 <= rank < world_size; got rank={rank!r}, world_size={world_size!r}")
     return rank, world_size
 
@@ -132,8 +141,9 @@ class ClipLoader:
             order = torch.randperm(n, generator=g).tolist()
         else:
             order = list(range(n))
-        if n and n % self.world_size:
-            order += order[: self.world_size - n % self.world_size]
+        pad = -n % self.world_size
+        if n and pad:  # wrap around as often as needed: every rank gets the same count
+            order += [order[i % n] for i in range(pad)]
         return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
@@ -247,6 +257,8 @@ class ClipLoader:
             out.put(e)
 
     def __iter__(self):
+        with self._lock:  # bad_files: the skips of this pass (the last one, once it ends)
+            self.bad_files = []
         out: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         producer = threading.Thread(target=self._produce, args=(self.shard_rows(), out, stop), daemon=True)

@@ -50,6 +50,8 @@ def _field(row: dict, name: str):
 def _time(value, name: str, where: str) -> float | None:
     if value is None:
         return None
+    if isinstance(value, bool):  # JSON true is not 1 second
+        raise ValueError(f"{where}: {name} must be a number of seconds; got {value!r}")
     try:
         t = float(value)
     except (TypeError, ValueError):
@@ -62,6 +64,8 @@ def _time(value, name: str, where: str) -> float | None:
 def _entry(row: dict, index: int, root: str, where: str) -> ManifestEntry:
     if not isinstance(row, dict):
         raise ValueError(f"{where}: each row must be an object with a 'path'; got {type(row).__name__}")
+    if None in row:  # csv.DictReader files fields past the header under None
+        raise ValueError(f"{where}: the row has more fields than the header names ({row[None]!r} left over)")
     path = _field(row, "path")
     if path is None:
         raise ValueError(f"{where}: row has no 'path' (keys: {sorted(row)})")

@@ -60,11 +60,11 @@ class ClipSpec:
             raise ValueError(f"num_frames must be a positive int; got {self.num_frames!r}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}; got {self.sampling!r}")
-        if not isinstance(self.stride, int) or self.stride <= 0:
+        if not isinstance(self.stride, int) or isinstance(self.stride, bool) or self.stride <= 0:
             raise ValueError(f"stride must be a positive int; got {self.stride!r}")
         if self.size is not None:
             size = tuple(self.size)
-            if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+            if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
                 raise ValueError(f"size must be (height, width) of positive ints or None; got {self.size!r}")
             object.__setattr__(self, "size", size)
         if self.resize not in RESIZE_MODES:

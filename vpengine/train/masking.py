@@ -57,7 +57,7 @@ def _device(generator: torch.Generator | None, device) -> torch.device:
 
 def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
-        if not isinstance(value, int) or value <= 0:
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive int; got {value!r}")
 
 
