@@ -194,7 +194,9 @@ def _bwd_dkdv_kernel(
         masked_row = lse < -1.0e38
         # Rows past L (zeros loaded) are masked too: 0 * inf in their logits
         # would make a NaN probability that reaches dk and dv.
-        valid_m = valid & row_ok[:, None]
+        valid_m = valid
+        if G > 1 or RAGGED:  # full tiles of one sequence have no such rows: no extra mask on that hot path
+            valid_m = valid & row_ok[:, None]
         p, th = _probs(q, kT, padk, valid_m, lse, qk_scale, inv_cap, cap_log2e,
                        HAS_PAD, HAS_CAP, PREC, UPCAST, FAST_TANH)
         if G > 1:  # a NaN lse (a row gone NaN) would give NaN at other sequences' keys

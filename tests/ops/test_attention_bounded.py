@@ -35,11 +35,16 @@ class LaunchSpy:
         return launch
 
 
-def forward(monkeypatch, qkv, axis, H, softcap=50.0, pad=None, bounded=True):
+def forward(monkeypatch, qkv, axis, H, softcap=50.0, pad=None, bounded=True, tile=None):
+    """(out, lse, the launch's constexprs) of the Triton forward; ``tile``:
+    entries forced into every tile config (e.g. ``{"split_e": True}``)."""
     spy = LaunchSpy(fwd_mod._fwd_kernel)
     monkeypatch.setattr(fwd_mod, "_fwd_kernel", spy)
     if not bounded:
         monkeypatch.setattr(fwd_mod, "bounded_softmax", lambda *a: False)
+    if tile:
+        real = fwd_mod.tile_config
+        monkeypatch.setattr(fwd_mod, "tile_config", lambda *a, **k: {**real(*a, **k), **tile})
     with torch.no_grad(), ops.use_backend("triton"):
         out, lse = st._spacetime_attention_op(qkv, axis, H, softcap, pad)
     monkeypatch.undo()
@@ -135,24 +140,21 @@ def test_exp2_fma_matches_exp2():
     assert rel < 2e-7, rel
 
 
+def _check_space_fp64(name, qkv, H, out, lse, dtype):
+    out64, lse64 = spacetime_attention_ref(qkv.double(), "space", H, 50.0, return_lse=True)
+    (_, _), (out_p, _) = exact_and_plain(qkv, "space", H, 50.0, None, torch.zeros_like(out))
+    compare(name, out, out64, out_p, FLOOR[dtype])
+    torch.testing.assert_close(lse.double(), lse64, rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_poly_exp_split_loop(monkeypatch, dtype):
     """The split loop (half of each key tile's exp2 on the FMA units), forced
     on at a 64-key tile: S = 128 runs two tiles."""
-    real = fwd_mod.tile_config
-    monkeypatch.setattr(fwd_mod, "tile_config", lambda *a, **k: {**real(*a, **k), "poly_exp": True})
     qkv = make_qkv(1, 2, 128, 2, 16, dtype, scale=2.0)
-    spy = LaunchSpy(fwd_mod._fwd_kernel)
-    monkeypatch.setattr(fwd_mod, "_fwd_kernel", spy)
-    with torch.no_grad(), ops.use_backend("triton"):
-        out, lse = st._spacetime_attention_op(qkv, "space", 2, 50.0, None)
-    monkeypatch.undo()
-    (flags,) = spy.launches
+    out, lse, flags = forward(monkeypatch, qkv, "space", 2, tile={"poly_exp": True})
     assert flags["BOUNDED"] and flags["EVEN"] and flags["POLY_EXP"]
-    out64, lse64 = spacetime_attention_ref(qkv.double(), "space", 2, 50.0, return_lse=True)
-    (_, _), (out_p, _) = exact_and_plain(qkv, "space", 2, 50.0, None, torch.zeros_like(out))
-    compare(f"poly-exp out {dtype}", out, out64, out_p, FLOOR[dtype])
-    torch.testing.assert_close(lse.double(), lse64, rtol=1e-6, atol=1e-5)
+    _check_space_fp64(f"poly-exp out {dtype}", qkv, 2, out, lse, dtype)
 
 
 @pytest.mark.parametrize("E", [40, 88])
@@ -160,17 +162,7 @@ def test_poly_exp_split_loop(monkeypatch, dtype):
 def test_split_head_dim(monkeypatch, E, dtype):
     """The head dim as two power-of-two parts (40: 32 + 16, 88: 64 + 32),
     forced on at full 64-row tiles, forward and the lse the backward uses."""
-    real = fwd_mod.tile_config
-    monkeypatch.setattr(fwd_mod, "tile_config", lambda *a, **k: {**real(*a, **k), "split_e": True})
     qkv = make_qkv(1, 2, 64, 2, E, dtype, layout="sliced", scale=2.0)
-    spy = LaunchSpy(fwd_mod._fwd_kernel)
-    monkeypatch.setattr(fwd_mod, "_fwd_kernel", spy)
-    with torch.no_grad(), ops.use_backend("triton"):
-        out, lse = st._spacetime_attention_op(qkv, "space", 2, 50.0, None)
-    monkeypatch.undo()
-    (flags,) = spy.launches
+    out, lse, flags = forward(monkeypatch, qkv, "space", 2, tile={"split_e": True})
     assert flags["SPLIT_E"]
-    out64, lse64 = spacetime_attention_ref(qkv.double(), "space", 2, 50.0, return_lse=True)
-    (_, _), (out_p, _) = exact_and_plain(qkv, "space", 2, 50.0, None, torch.zeros_like(out))
-    compare(f"split-E out E={E} {dtype}", out, out64, out_p, FLOOR[dtype])
-    torch.testing.assert_close(lse.double(), lse64, rtol=1e-6, atol=1e-5)
+    _check_space_fp64(f"split-E out E={E} {dtype}", qkv, 2, out, lse, dtype)
