@@ -33,6 +33,27 @@ def test_jsonl_and_csv_manifests(tmp_path, videos):
     assert [e.path for e in read_manifest([videos["h264"]])] == [videos["h264"]]
 
 
+def test_json_array_manifest(tmp_path):
+    rows = [{"path": "a.mp4", "caption": "line\u2028separator"}, {"video": "b.mp4", "start": 1, "end": 2}]
+    raw = dict(ensure_ascii=False)  # U+2028 written as itself
+    for name, text in (("m.json", json.dumps(rows, indent=2, **raw)),
+                       ("n.jsonl", "\n".join(json.dumps(r, **raw) for r in rows))):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        a, b = read_manifest(tmp_path / name)
+        assert (a.path, a.caption) == (str(tmp_path / "a.mp4"), "line\u2028separator")
+        assert (b.path, b.start_time, b.end_time, b.index) == (str(tmp_path / "b.mp4"), 1.0, 2.0, 1)
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"path": "a.mp4"},\n {"caption": "x"}]')
+    with pytest.raises(ValueError, match="row 1: row has no 'path'"):
+        read_manifest(bad)
+    bad.write_text('[{"path": "a.mp4"},\n oops]')
+    with pytest.raises(ValueError, match=r"bad.json:2: not valid JSON"):
+        read_manifest(bad)
+    bad.write_text('{\n  "path": "a.mp4"\n}\n')  # pretty-printed single object: say what the format is
+    with pytest.raises(ValueError, match="one object per line, or one array"):
+        read_manifest(bad)
+
+
 @pytest.mark.parametrize("text, ext, match", [
     ('{"caption": "no path"}\n', "jsonl", "no 'path'"),
     ("{not json\n", "jsonl", "not valid JSON"),
@@ -116,6 +137,24 @@ def test_rank_and_arguments_validated(manifest):
         ClipLoader(manifest, SPEC, batch_size=2, backend="opencv")
     with pytest.raises(ValueError, match="spec.size"):
         ClipLoader(manifest, ClipSpec(4, size=None), batch_size=2)
+    for bad in (1.5, True, "3"):
+        with pytest.raises(ValueError, match="seed must be an integer"):
+            ClipLoader(manifest, SPEC, batch_size=2, seed=bad)
+        with pytest.raises(ValueError, match="epoch must be an integer"):
+            ClipLoader(manifest, SPEC, batch_size=2).set_epoch(bad)
+
+
+def test_row_seeds_do_not_collide_across_epochs(manifest):
+    """Row r + P of one epoch must not replay row r of the next (P = any
+    multiplier a linear formula would use; manifests reach 10^7+ rows)."""
+    loader = ClipLoader(manifest, SPEC, batch_size=2, seed=3)
+    seeds = {}
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        for row in (0, 1, 10_000_019, 10_000_020, 2**31, 2**40):
+            seeds.setdefault(loader._row_seed(row), []).append((epoch, row))
+    assert all(len(v) == 1 for v in seeds.values())
+    assert all(0 <= s < 2**63 for s in seeds)  # fits torch.Generator.manual_seed
 
 
 def test_early_break_stops_producer(manifest):

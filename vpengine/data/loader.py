@@ -26,7 +26,9 @@ counts; a DDP trainer should agree on the step count (e.g. all-reduce a flag).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import operator
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +80,23 @@ def _dist_rank_world(rank, world_size) -> tuple[int, int]:
     return rank, world_size
 
 
+def _integer(name: str, value) -> int:
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)  # ints and NumPy ints; 1.5 is an error, not epoch 1
+        except TypeError:
+            pass
+    raise ValueError(f"{name} must be an integer; got {value!r}")
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers. Arithmetic such as ``seed * P + epoch``
+    collides once a row or epoch count passes P (pretraining manifests hold
+    tens of millions of rows); a hash of the decimal parts does not."""
+    text = ":".join(str(int(p)) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
 class ClipLoader:
     """Iterate ``ClipBatch`` es over a manifest (see the module doc for order and bad files).
 
@@ -101,6 +120,7 @@ class ClipLoader:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        seed = _integer("seed", seed)
         if num_workers < 1 or prefetch < 1:
             raise ValueError(f"num_workers and prefetch must be >= 1; got {num_workers}, {prefetch}")
         self.entries: list[ManifestEntry] = read_manifest(manifest, root)
@@ -127,7 +147,7 @@ class ClipLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's permutation and sampling seeds (call before iterating)."""
-        self.epoch = int(epoch)
+        self.epoch = _integer("epoch", epoch)
 
     @property
     def num_bad(self) -> int:
@@ -137,7 +157,7 @@ class ClipLoader:
         """Manifest rows this rank reads this epoch, in order."""
         n = len(self.entries)
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
             order = torch.randperm(n, generator=g).tolist()
         else:
             order = list(range(n))
@@ -151,7 +171,7 @@ class ClipLoader:
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
     def _row_seed(self, row: int) -> int:
-        return (self.seed * 1_000_003 + self.epoch) * 10_000_019 + row
+        return _mix(self.seed, self.epoch, row)
 
     def _bad(self, err: BadVideoError, row: int) -> None:
         if self.strict:

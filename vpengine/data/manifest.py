@@ -1,6 +1,7 @@
 """Manifests: the list of videos a loader reads, as JSONL or CSV.
 
-One row per clip, with a ``path`` and optionally a ``caption`` and a time
+One row per clip (JSON: one object per line, or one array of objects),
+with a ``path`` and optionally a ``caption`` and a time
 window ``start``/``end`` in seconds (``start_time``/``end_time`` and ``text``
 are accepted as aliases)::
 
@@ -80,7 +81,7 @@ def _entry(row: dict, index: int, root: str, where: str) -> ManifestEntry:
 
 
 def read_manifest(manifest, root: str | None = None) -> list[ManifestEntry]:
-    """Rows of a ``.jsonl``/``.json`` or ``.csv``/``.tsv`` manifest file.
+    """Rows of a ``.jsonl``/``.json`` (JSON lines, or one array) or ``.csv``/``.tsv`` manifest file.
 
     ``manifest`` may also be a list of paths or of row dicts (already loaded).
     """
@@ -94,15 +95,25 @@ def read_manifest(manifest, root: str | None = None) -> list[ManifestEntry]:
     entries: list[ManifestEntry] = []
     if ext in (".jsonl", ".json", ".ndjson"):
         with open(manifest, encoding="utf-8-sig") as f:  # -sig: tolerate a BOM (Excel writes one)
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{manifest}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-                entries.append(_entry(row, len(entries), base, where))
+            text = f.read()
+        if text.lstrip().startswith("["):  # one JSON array of rows (what json.dump of a list writes)
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{manifest}:{e.lineno}: not valid JSON ({e.msg})") from None
+            return [_entry(r, i, base, f"{manifest}: row {i}") for i, r in enumerate(rows)]
+        # split("\n"), not splitlines(): JSON strings may hold U+2028 and other
+        # characters that splitlines() treats as line ends.
+        for lineno, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            where = f"{manifest}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg}); a JSON manifest holds one object "
+                                 "per line, or one array of objects") from None
+            entries.append(_entry(row, len(entries), base, where))
     elif ext in (".csv", ".tsv"):
         with open(manifest, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
