@@ -4,6 +4,7 @@
 - rotation metadata: DALI's clips are turned upright like PyAV's;
 - a stream that changes resolution midway; one whose timestamps repeat;
 - MKV, WebM and AVI cut short, which demux without an error;
+- cover images (``attached_pic`` streams): never the video;
 - a relative path with a colon, a BOM in a CSV manifest, NaN and bool times.
 """
 from __future__ import annotations
@@ -149,6 +150,75 @@ def test_audio_outlasting_video_is_not_truncation(tmp_path):
         out.mux(a.encode(None))
     frames, info = read_clip(path, ClipSpec(4, size=None), backend="pyav")
     assert info.num_source_frames == 10 and gray_index(frames) == info.frame_indices
+
+
+def _cover(out):
+    """Add a cover image stream (MJPEG, flagged attached_pic); returns a
+    function that muxes its one picture, to call once every stream is added."""
+    cover = out.add_stream("mjpeg", rate=1)
+    cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
+    cover.disposition = av.stream.Disposition.attached_pic
+    img = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), format="rgb24")
+    return lambda: [out.mux(p) for p in [*cover.encode(img.reformat(format="yuvj420p")), *cover.encode(None)]]
+
+
+def test_audio_file_with_cover_art_is_not_a_video(tmp_path):
+    """An MP3 with cover art has one 'video' stream: the picture."""
+    path = str(tmp_path / "song.mp3")
+    with av.open(path, "w", format="mp3") as out:
+        mux_cover = _cover(out)
+        a = out.add_stream("libmp3lame", rate=44100)
+        mux_cover()
+        af = av.AudioFrame.from_ndarray(np.zeros((2, 1152 * 8), np.float32), format="fltp", layout="stereo")
+        af.sample_rate = 44100
+        for p in [*a.encode(af), *a.encode(None)]:
+            out.mux(p)
+    with av.open(path) as c:  # the premise: FFmpeg shows the cover as a video stream
+        assert [s.disposition & av.stream.Disposition.attached_pic for s in c.streams.video] == [
+            av.stream.Disposition.attached_pic]
+    with pytest.raises(BadVideoError, match="only a cover image"):
+        read_clip(path, ClipSpec(4, size=None), backend="pyav")
+
+
+def test_video_with_cover_art_reads_the_video(tmp_path):
+    path = str(tmp_path / "covered.mp4")
+    with av.open(path, "w") as out:
+        mux_cover = _cover(out)
+        v = out.add_stream("libx264", rate=FPS)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        mux_cover()
+        for rgb in index_frames(12):
+            out.mux(v.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(v.encode(None))
+    frames, info = read_clip(path, ClipSpec(4, size=None), backend="pyav")
+    assert info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
+
+
+def test_a_leading_cover_stream_is_skipped():
+    """FFmpeg's muxers here all write covers after the video, but demuxers
+    may list them first: the choice itself, on stand-in streams."""
+    from vpengine.data import dali_backend
+    from vpengine.data.pyav_backend import VideoProbe, _video_stream
+
+    flag = av.stream.Disposition.attached_pic
+
+    class Streams:
+        def __init__(self, *dispositions):
+            self.video = [type("S", (), {"disposition": d})() for d in dispositions]
+
+    container = type("C", (), {})()
+    container.streams = Streams(flag, 0, 0)
+    assert _video_stream(container, "x") is container.streams.video[1]
+    container.streams = Streams(flag)
+    with pytest.raises(BadVideoError, match="only a cover image"):
+        _video_stream(container, "x")
+    container.streams = Streams()
+    with pytest.raises(BadVideoError, match="no video stream"):
+        _video_stream(container, "x")
+    # DALI has no stream choice: a probe of the second video stream is not its to decode.
+    probe = VideoProbe("x", (0,), (0,), 1, 1.0, 8, 8, "vp9", stream=1)
+    assert any("DALI decodes the first" in w for w in dali_backend.file_reasons(probe, "cpu"))
+    assert dali_backend.file_reasons(VideoProbe("x", (0,), (0,), 1, 1.0, 8, 8, "vp9"), "cpu") == []
 
 
 def test_relative_path_with_a_colon(tmp_path, monkeypatch):

@@ -121,6 +121,9 @@ def decode_plan(plan: ClipPlan, spec: ClipSpec, backend: str, threads: int = 0,
     if backend in ("dali-cpu", "dali-gpu"):
         from . import dali_backend
 
+        why = dali_backend.file_reasons(plan.probe, backend[5:])
+        if why:
+            raise BackendUnsupported(f"{plan.probe.path}: " + "; ".join(why))
         clips = dali_backend.decode_batch(
             [plan.probe.path], [plan.indices], [plan.probe.codec],
             device=backend[5:], size=spec.size, resize=spec.resize, device_id=device_id,
@@ -130,11 +133,11 @@ def decode_plan(plan: ClipPlan, spec: ClipSpec, backend: str, threads: int = 0,
     raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
 
 
-def auto_backend(codec: str, device: torch.device | None) -> str:
-    """The backend ``"auto"`` tries first for a codec and a target device."""
+def auto_backend(probe, device: torch.device | None) -> str:
+    """The backend ``"auto"`` tries first for a probed file and a target device."""
     from . import dali_backend
 
-    if (device is not None and device.type == "cuda" and codec in dali_backend.GPU_CODECS
+    if (device is not None and device.type == "cuda" and not dali_backend.file_reasons(probe, "gpu")
             and not dali_backend.dali_reasons("gpu")):
         return "dali-gpu"
     return "pyav"
@@ -167,7 +170,7 @@ def read_clip(
     plan = plan_clip(path, spec, seed)
     device = torch.device(device) if device is not None else None
     device_id = device.index if device is not None and device.type == "cuda" else None
-    chosen = auto_backend(plan.probe.codec, device) if backend == "auto" else backend
+    chosen = auto_backend(plan.probe, device) if backend == "auto" else backend
     try:
         frames_THW3 = decode_plan(plan, spec, chosen, threads, device_id)
     except BackendUnsupported:

@@ -53,6 +53,19 @@ def _dali():
     return fn, pipeline_def, types
 
 
+def file_reasons(probe, device: str) -> list[str]:
+    """Why DALI on ``device`` would not give the frames of ``probe``'s stream
+    (a ``VideoProbe``): a codec it lacks, or a stream other than the file's
+    first video stream (DALI's decoder has no stream choice and takes the first)."""
+    allowed = GPU_CODECS if device == "gpu" else CPU_CODECS
+    why = []
+    if probe.codec not in allowed:
+        why.append(f"DALI {device} cannot decode {probe.codec} (it takes {sorted(allowed)})")
+    if probe.stream != 0:
+        why.append(f"the video is stream {probe.stream} of the file's video streams and DALI decodes the first")
+    return why
+
+
 def dali_reasons(device: str) -> list[str]:
     """Why the DALI backend on ``device`` ("cpu" or "gpu") cannot run on this machine."""
     why = []

@@ -188,12 +188,12 @@ class ClipLoader:
             e.end_time if e.end_time is not None else self.spec.end_time)
         try:
             plan = plan_clip(e.path, spec, self._row_seed(row))
-            if self.dali_device is not None and plan.probe.codec in (
-                    dali_backend.GPU_CODECS if self.dali_device == "gpu" else dali_backend.CPU_CODECS):
+            why = dali_backend.file_reasons(plan.probe, self.dali_device) if self.dali_device else None
+            if self.dali_device is not None and not why:
                 plan.probe.quarter_turns  # DALI ignores rotation; read it here, in the pool
                 return row, plan, spec, None, None
             if self.dali_device is not None and self.backend != "auto":
-                raise BackendUnsupported(f"{self.backend} cannot decode {plan.probe.codec}")
+                raise BackendUnsupported(f"{self.backend}: " + "; ".join(why))
             frames = decode_plan(plan, spec, "pyav", self.decode_threads)
             return row, plan, spec, frames, "pyav"
         except (BadVideoError, BackendUnsupported) as err:

@@ -51,7 +51,7 @@ def _av():
 
 @dataclass(frozen=True)
 class VideoProbe:
-    """What a demux pass learns about a file's first video stream."""
+    """What a demux pass learns about a file's video stream (see `_video_stream`)."""
 
     path: str
     pts: tuple[int, ...]  # display order
@@ -61,6 +61,7 @@ class VideoProbe:
     height: int  # as stored; decoded frames are turned upright (see `quarter_turns`)
     width: int
     codec: str  # FFmpeg's codec name ("h264", "av1"), not its decoder's ("libdav1d")
+    stream: int = 0  # index among the file's video streams (not 0 after a leading cover image)
 
     @property
     def num_frames(self) -> int:
@@ -77,7 +78,7 @@ class VideoProbe:
         remembered per file across epochs). DALI needs it; the PyAV path reads
         it from every frame it decodes anyway."""
         st = os.stat(self.path)
-        return _quarter_turns(self.path, st.st_size, st.st_mtime_ns)
+        return _quarter_turns(self.path, st.st_size, st.st_mtime_ns, self.stream)
 
     def window(self, start_time: float | None, end_time: float | None) -> tuple[int, int]:
         """Index range [i0, i1) of the frames with start_time <= t < end_time."""
@@ -92,11 +93,23 @@ def _wrap(path: str, e: Exception, what: str) -> BadVideoError:
     return BadVideoError(path, f"{what}: {type(e).__name__}: {msg}")
 
 
+def _video_stream(container, path: str):
+    """The stream a player shows: the first video stream that is not an
+    attached picture (the cover art of an MP3 or M4A reads as a one-frame
+    video stream flagged ``attached_pic``, and may come first)."""
+    av = _av()
+    videos = list(container.streams.video)
+    for s in videos:
+        if not s.disposition & av.stream.Disposition.attached_pic:
+            return s
+    raise BadVideoError(path, "no video stream (only a cover image)" if videos else "no video stream")
+
+
 @lru_cache(maxsize=65536)
-def _quarter_turns(path: str, size: int, mtime_ns: int) -> int:  # size, mtime: a changed file is read again
+def _quarter_turns(path: str, size: int, mtime_ns: int, index: int) -> int:  # size, mtime: a changed file is read again
     try:
         with _open(_av(), path) as container:
-            stream = container.streams.video[0]
+            stream = container.streams.video[index]
             stream.thread_count = 1  # frame threads would wait for several packets before the first frame
             frame = next(container.decode(stream), None)
             rotation = frame.rotation if frame is not None else 0
@@ -118,9 +131,8 @@ def probe(path: str) -> VideoProbe:
     check_file(path)
     try:
         with _open(av, path) as container:
-            if not container.streams.video:
-                raise BadVideoError(path, "no video stream")
-            stream = container.streams.video[0]
+            stream = _video_stream(container, path)
+            index = list(container.streams.video).index(stream)
             ctx = stream.codec_context
             codec = ctx.codec.canonical_name
             height, width = int(ctx.height), int(ctx.width)
@@ -155,7 +167,7 @@ def probe(path: str) -> VideoProbe:
     dup = next((p for p, q in zip(pts, pts[1:]) if p == q), None)
     if dup is not None:
         raise BadVideoError(path, f"two frames share the timestamp {float(dup * tb):.3f} s; cannot index frames")
-    return VideoProbe(path, tuple(pts), tuple(sorted(key)), Fraction(tb), fps, height, width, codec)
+    return VideoProbe(path, tuple(pts), tuple(sorted(key)), Fraction(tb), fps, height, width, codec, index)
 
 
 def _declared(container, stream) -> tuple[int, float, float | None]:
@@ -225,7 +237,7 @@ def _skips_a_gop(vp: VideoProbe, position: int | None, kf: int) -> bool:
 def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int) -> dict[int, np.ndarray]:
     got: dict[int, np.ndarray] = {}
     with _open(av, vp.path) as container:
-        stream = container.streams.video[0]
+        stream = container.streams.video[vp.stream]
         stream.thread_type = "AUTO"  # frame + slice threads: 1.4x on 720p H.264 (toolchain notes)
         stream.thread_count = threads
         frames, position = None, None  # decoder generator; pts of the last frame it gave
