@@ -80,6 +80,45 @@ def test_safetensors_save_load(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c["config"]["encoder"].update(atten_logit_cap="x"), "atten_logit_cap must be a finite number"),
+    (lambda c: c["config"]["encoder"].update(num_heads=0), "num_heads must be an int >= 1"),
+    (lambda c: c["config"]["text"].update(num_heads=True), "num_heads must be an int >= 1"),
+    (lambda c: c["config"]["encoder"].update(pos_emb_shape=[4, 4]), "pos_emb_shape"),
+    (lambda c: c["config"].update(pooler_num_heads=5), "pooler_hidden .* not divisible by pooler_num_heads 5"),
+    (lambda c: c["config"]["text"].update(mystery=1), r"config.text does not match TextConfig \(unknown: mystery\)"),
+    (lambda c: c["config"].pop("text"), "config.text must be an object"),
+    (lambda c: c.update(config=[1]), "config must be an object"),
+])
+def test_hand_edited_stored_config_is_a_checkpoint_error(tmp_path, edit, match):
+    """The config in a vpengine.save file is JSON a person can edit: a bad
+    edit names the field, it never builds a wrong model or a raw TypeError."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    vpengine.save(_random(LVT), path)
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(meta["config"])
+    edit(config)
+    save_file(tensors, str(path), metadata={**meta, "config": json.dumps(config)})
+    with pytest.raises(CheckpointError, match=match):
+        vpengine.load(path)
+
+
+def test_configs_validate_their_fields():
+    assert EncoderConfig(width=np.int64(64), num_heads=np.int32(2), pos_emb_shape=np.array([4, 2, 2])).width == 64
+    assert EncoderConfig(atten_logit_cap=0).atten_logit_cap == 0  # the official "no cap"
+    for bad in (dict(width=64.0), dict(mlp_dim=-1), dict(atten_logit_cap=float("inf")), dict(pos_emb_shape=(4, 0, 2))):
+        with pytest.raises(ValueError):
+            EncoderConfig(**bad)
+    with pytest.raises(ValueError, match="text width 512 differs from the video encoder's width 768"):
+        VideoTextConfig(text=TextConfig(width=512, num_heads=8))
+
+
 def _official(tmp_path):
     arrays = to_official(_random(ENC))
     return arrays, tmp_path / "bad.npz"

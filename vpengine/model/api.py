@@ -96,7 +96,10 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(f"{path} is a safetensors file but not one written by vpengine.save (no config)")
-    config = config_from_dict(json.loads(meta["config"]))
+    try:
+        config = config_from_dict(json.loads(meta["config"]))
+    except ValueError as e:  # json.JSONDecodeError is a ValueError too
+        raise CheckpointError(f"{path}: its stored config is not valid: {e}") from None
     return _load_state(model_from_config(config), state, path).to(device)
 
 

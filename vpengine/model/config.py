@@ -6,7 +6,36 @@ JSON beside the weights (see :mod:`vpengine.model.io`).
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 from dataclasses import dataclass, field
+
+
+def _count(cls: str, name: str, value, low: int = 1) -> int:
+    """``value`` as a plain int (NumPy ints from checkpoint shapes included)."""
+    try:
+        n = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or n < low:
+        raise ValueError(f"{cls}.{name} must be an int >= {low}; got {value!r}")
+    return n
+
+
+def _counts(obj, names: tuple[str, ...]) -> None:
+    for name in names:  # frozen dataclass: normalize in place
+        object.__setattr__(obj, name, _count(type(obj).__name__, name, getattr(obj, name)))
+
+
+def _cap(cls: str, value) -> None:
+    # Official rule: a cap of 0 or less means no cap; anything else must be a real number.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{cls}.atten_logit_cap must be a finite number (0 or less: no cap); got {value!r}")
+
+
+def _heads(cls: str, width_name: str, width: int, heads_name: str, heads: int) -> None:
+    if width % heads:
+        raise ValueError(f"{cls}: {width_name} {width} is not divisible by {heads_name} {heads}")
 
 
 @dataclass(frozen=True)
@@ -24,9 +53,16 @@ class EncoderConfig:
     atten_logit_cap: float = 50.0
 
     def __post_init__(self):
-        if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        object.__setattr__(self, "pos_emb_shape", tuple(int(v) for v in self.pos_emb_shape))
+        _counts(self, ("width", "num_spatial_layers", "num_temporal_layers", "num_heads", "mlp_dim", "patch_size"))
+        _heads("EncoderConfig", "width", self.width, "num_heads", self.num_heads)
+        _cap("EncoderConfig", self.atten_logit_cap)
+        try:
+            shape = tuple(self.pos_emb_shape)
+        except TypeError:
+            shape = None
+        if shape is None or len(shape) != 3:
+            raise ValueError(f"EncoderConfig.pos_emb_shape must be (frames, rows, cols); got {self.pos_emb_shape!r}")
+        object.__setattr__(self, "pos_emb_shape", tuple(_count("EncoderConfig", "pos_emb_shape", v) for v in shape))
 
     @property
     def head_dim(self) -> int:
@@ -49,6 +85,11 @@ class TextConfig:
     mlp_dim: int = 3072  # official code hard-wires 4 * width
     atten_logit_cap: float = 50.0
 
+    def __post_init__(self):
+        _counts(self, ("vocab_size", "num_layers", "num_heads", "width", "mlp_dim"))
+        _heads("TextConfig", "width", self.width, "num_heads", self.num_heads)
+        _cap("TextConfig", self.atten_logit_cap)
+
 
 @dataclass(frozen=True)
 class VideoTextConfig:
@@ -60,6 +101,16 @@ class VideoTextConfig:
     pooler_num_heads: int = 12
     pooler_hidden: int = 3072  # official code hard-wires 4 * width
     text: TextConfig = field(default_factory=TextConfig)
+
+    def __post_init__(self):
+        for name, kind in (("encoder", EncoderConfig), ("text", TextConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ValueError(f"VideoTextConfig.{name} must be a {kind.__name__}; got {getattr(self, name)!r}")
+        _counts(self, ("num_auxiliary_layers", "pooler_num_heads", "pooler_hidden"))
+        _heads("VideoTextConfig", "pooler_hidden", self.pooler_hidden, "pooler_num_heads", self.pooler_num_heads)
+        if self.text.width != self.encoder.width:  # the embeddings meet in one dot product
+            raise ValueError(f"VideoTextConfig: text width {self.text.width} differs from the video "
+                             f"encoder's width {self.encoder.width}")
 
 
 ModelConfig = EncoderConfig | VideoTextConfig
@@ -115,16 +166,29 @@ def config_to_dict(cfg: ModelConfig) -> dict:
     return {"kind": kind, "config": dataclasses.asdict(cfg)}
 
 
+def _build(kind, c, where: str):
+    if not isinstance(c, dict):
+        raise ValueError(f"{where} must be an object; got {c!r}")
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown, missing = sorted(set(c) - names), sorted(names - set(c))
+    if unknown or missing:
+        raise ValueError(f"{where} does not match {kind.__name__}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+                         + (f" (missing: {', '.join(missing)})" if missing else ""))
+    return kind(**c)
+
+
 def config_from_dict(d: dict) -> ModelConfig:
+    """Inverse of :func:`config_to_dict`; ValueError naming what does not fit."""
+    if not isinstance(d, dict):
+        raise ValueError(f"stored config must be an object with 'kind' and 'config'; got {d!r}")
     kind, c = d.get("kind"), d.get("config")
     if kind == "video_encoder":
-        return EncoderConfig(**c)
+        return _build(EncoderConfig, c, "config")
     if kind == "video_text":
-        return VideoTextConfig(
-            encoder=EncoderConfig(**c["encoder"]),
-            num_auxiliary_layers=c["num_auxiliary_layers"],
-            pooler_num_heads=c["pooler_num_heads"],
-            pooler_hidden=c["pooler_hidden"],
-            text=TextConfig(**c["text"]),
-        )
+        c = dict(c) if isinstance(c, dict) else c
+        if isinstance(c, dict):
+            c["encoder"] = _build(EncoderConfig, c.get("encoder"), "config.encoder")
+            c["text"] = _build(TextConfig, c.get("text"), "config.text")
+        return _build(VideoTextConfig, c, "config")
     raise ValueError(f"unknown model kind {kind!r} in stored config (expected video_encoder or video_text)")
