@@ -45,7 +45,10 @@ def _load_state(model: nn.Module, state: dict, source: str) -> nn.Module:
     extra = sorted(set(state) - set(expected))
     bad = [f"{k}: expected {list(expected[k].shape)}, found {list(state[k].shape)}"
            for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or extra or bad:
+    # load_state_dict would cast an int or bool tensor into the float parameter
+    # without a word (as read_npz refuses for .npz files).
+    typed = [f"{k}: {v.dtype}" for k, v in sorted(state.items()) if k in expected and not v.is_floating_point()]
+    if missing or extra or bad or typed:
         parts = []
         if missing:
             parts.append("missing: " + ", ".join(missing))
@@ -53,6 +56,8 @@ def _load_state(model: nn.Module, state: dict, source: str) -> nn.Module:
             parts.append("unexpected: " + ", ".join(extra))
         if bad:
             parts.append("mis-shaped: " + "; ".join(bad))
+        if typed:
+            parts.append("not floating point: " + "; ".join(typed))
         raise CheckpointError(f"{source} does not match its model config ({' | '.join(parts)})")
     model.load_state_dict(state, strict=True)
     return model.eval()

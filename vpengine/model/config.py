@@ -106,7 +106,10 @@ class VideoTextConfig:
         for name, kind in (("encoder", EncoderConfig), ("text", TextConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ValueError(f"VideoTextConfig.{name} must be a {kind.__name__}; got {getattr(self, name)!r}")
-        _counts(self, ("num_auxiliary_layers", "pooler_num_heads", "pooler_hidden"))
+        _counts(self, ("pooler_num_heads", "pooler_hidden"))
+        # The official FactorizedVideoCLIP adds its auxiliary stack only when asked for layers.
+        object.__setattr__(self, "num_auxiliary_layers",
+                           _count("VideoTextConfig", "num_auxiliary_layers", self.num_auxiliary_layers, low=0))
         _heads("VideoTextConfig", "pooler_hidden", self.pooler_hidden, "pooler_num_heads", self.pooler_num_heads)
         if self.text.width != self.encoder.width:  # the embeddings meet in one dot product
             raise ValueError(f"VideoTextConfig: text width {self.text.width} differs from the video "

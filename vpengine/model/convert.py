@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import math
+import re
 import zipfile
 
 import numpy as np
@@ -149,7 +150,9 @@ def infer_config(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> M
         )
     enc = _infer_encoder(A, "params/vision_encoder/")
     D = enc.width
-    aux = A.shape("params/auxiliary_encoder/" + STACK + "self_attention/query/w", 4)[0]
+    aux_key = "params/auxiliary_encoder/" + STACK + "self_attention/query/w"
+    has_aux = any(k.startswith("params/auxiliary_encoder/") for k in arrays)
+    aux = A.shape(aux_key, 4)[0] if has_aux else 0  # no auxiliary stack: the official default
     _, Hp, Ep = A.shape("params/contrastive_vision_pooler/pooling_attention/query/w", 3)
     V = A.shape("params/text_encoder/token_emb/emb_var", 2)[0]
     Lx, _, Ht, _ = A.shape("params/text_encoder/unimodal_transformer/x_layers/self_attention/query/w", 4)
@@ -224,8 +227,9 @@ def _video_text(A: _Arrays, c: VideoTextConfig, out: dict):
     enc, t = c.encoder, c.text
     D = enc.width
     _encoder(A, enc, "params/vision_encoder/", "encoder.", out)
-    _stack(A, "params/auxiliary_encoder/" + STACK, "auxiliary.blocks.", c.num_auxiliary_layers, D,
-           enc.num_heads, enc.head_dim, enc.mlp_dim, out)
+    if c.num_auxiliary_layers:
+        _stack(A, "params/auxiliary_encoder/" + STACK, "auxiliary.blocks.", c.num_auxiliary_layers, D,
+               enc.num_heads, enc.head_dim, enc.mlp_dim, out)
     p = "params/contrastive_vision_pooler/"
     Hp = c.pooler_num_heads
     Ep = c.pooler_hidden // Hp
@@ -259,8 +263,47 @@ def _video_text(A: _Arrays, c: VideoTextConfig, out: dict):
     _ln(A, tp + "unimodal_ln/", "text.norm.", (D,), out)
 
 
+_UNROLLED = re.compile(r"^(.*/)x_layers_(\d+)/(.+)$")
+
+
+def restack(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> dict[str, np.ndarray]:
+    """The ``scan=False`` layout (layer i under ``x_layers_i/``) -> the stacked
+    ``x_layers/`` one (layer i at index i of axis 0). Stacked input is returned
+    as is; a stack must hold layers 0..L-1, each with the same arrays."""
+    groups: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    out = {}
+    for key, a in arrays.items():
+        m = _UNROLLED.match(key)
+        if m is None:
+            out[key] = a
+        else:
+            groups.setdefault(m[1], {}).setdefault(int(m[2]), {})[m[3]] = a
+    for prefix, layers in groups.items():
+        if any(k.startswith(prefix + "x_layers/") for k in out):
+            raise CheckpointError(f"{source}: {prefix} holds both stacked (x_layers/) and unrolled "
+                                  "(x_layers_<i>/) layers; which ones are meant?")
+        if sorted(layers) != list(range(len(layers))):
+            raise CheckpointError(f"{source}: {prefix} has unrolled layers {sorted(layers)}; "
+                                  f"expected x_layers_0 .. x_layers_{len(layers) - 1}")
+        names = set(layers[0])
+        for i, arr in layers.items():
+            if set(arr) != names:
+                diff = sorted(names ^ set(arr))
+                raise CheckpointError(f"{source}: {prefix}x_layers_{i}/ does not hold the arrays of "
+                                      f"x_layers_0/ (differs in: {', '.join(diff[:5])})")
+        for name in names:
+            parts = [layers[i][name] for i in range(len(layers))]
+            if len({p.shape for p in parts}) > 1:
+                raise CheckpointError(f"{source}: {prefix}x_layers_<i>/{name} changes shape across layers: "
+                                      f"{[list(p.shape) for p in parts]}")
+            out[f"{prefix}x_layers/{name}"] = np.stack(parts)
+    return out
+
+
 def convert_official(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> tuple[ModelConfig, dict]:
-    """Official arrays -> (inferred config, vpengine state dict of float32 tensors)."""
+    """Official arrays, stacked or unrolled layers -> (inferred config, vpengine
+    state dict of float32 tensors)."""
+    arrays = restack(arrays, source)
     config = infer_config(arrays, source)
     A = _Arrays(arrays, source)
     out: dict[str, torch.Tensor] = {}

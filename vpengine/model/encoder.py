@@ -21,8 +21,8 @@ from .layers import LayerNorm, SpaceTimeStack
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def resize_weights(n: int, m: int, device=None) -> torch.Tensor:
-    """``[m, n]`` float32 matrix of ``jax.image.resize(method='bilinear')`` with
+def resize_weights(n: int, m: int, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[m, n]`` matrix (``dtype``, float32 by default) of ``jax.image.resize(method='bilinear')`` with
     its default antialias, along one axis of length n -> m: output i samples
     input coordinate ``(i + 0.5) / s - 0.5`` (s = m/n) with the triangle kernel
     ``max(0, 1 - |c - j| / k)``, ``k = max(1/s, 1)`` (widened when shrinking),
@@ -32,7 +32,7 @@ def resize_weights(n: int, m: int, device=None) -> torch.Tensor:
     c = (torch.arange(m, dtype=torch.float64) + 0.5) / s - 0.5
     j = torch.arange(n, dtype=torch.float64)
     w = (1 - (c[:, None] - j[None, :]).abs() / k).clamp_min(0)
-    return (w / w.sum(1, keepdim=True)).to(device=device, dtype=torch.float32)
+    return (w / w.sum(1, keepdim=True)).to(device=device, dtype=dtype)
 
 
 def resize_table(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -44,9 +44,11 @@ def resize_table(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     h, w = size
     if (h0, w0) == (h, w):
         return table
-    wh = resize_weights(h0, h, table.device)
-    ww = resize_weights(w0, w, table.device)
-    out = torch.einsum("ih,jw,hwd->ijd", wh, ww, table.float())
+    # At least float32 (the official math); float64 tables stay float64.
+    dtype = torch.promote_types(table.dtype, torch.float32)
+    wh = resize_weights(h0, h, table.device, dtype)
+    ww = resize_weights(w0, w, table.device, dtype)
+    out = torch.einsum("ih,jw,hwd->ijd", wh, ww, table.to(dtype))
     return out.to(table.dtype)
 
 

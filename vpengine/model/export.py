@@ -48,10 +48,30 @@ def _encoder(sd: dict, c: EncoderConfig, src: str, dst: str, out: dict) -> None:
         out[f"{dst}{stack}_ln/bias"] = _np(sd[f"{src}{stack}_ln.bias"])
 
 
+def official_layout_problems(config) -> list[str]:
+    """What of ``config`` the official arrays cannot carry: the layout stores
+    no config, so a loader infers a square position grid and the cap of 50."""
+    enc = config.encoder if isinstance(config, VideoTextConfig) else config
+    why = []
+    _, H0, W0 = enc.pos_emb_shape
+    if H0 != W0:
+        why.append(f"its position grid is {H0}x{W0}; the official layout implies a square one")
+    caps = {enc.atten_logit_cap} | ({config.text.atten_logit_cap} if isinstance(config, VideoTextConfig) else set())
+    if caps != {50.0}:
+        why.append(f"its attention logit cap is {sorted(caps)}; the official layout implies 50")
+    return why
+
+
 def to_official(model: nn.Module) -> dict[str, np.ndarray]:
-    """The official ``params/...`` arrays (float32, stacked layers) of a model."""
+    """The official ``params/...`` arrays (float32, stacked layers) of a model.
+    Raises ValueError for a model the official layout would load back as a
+    different one (see :func:`official_layout_problems`)."""
     sd = model.state_dict()
     c = model.config
+    why = official_layout_problems(c)
+    if why:
+        raise ValueError("this model cannot be written in the official layout without changing it: "
+                         + "; ".join(why) + " (vpengine.save keeps every setting)")
     out: dict[str, np.ndarray] = {}
     if isinstance(c, EncoderConfig):
         _encoder(sd, c, "", "params/", out)
@@ -60,8 +80,9 @@ def to_official(model: nn.Module) -> dict[str, np.ndarray]:
     enc, t = c.encoder, c.text
     D = enc.width
     _encoder(sd, enc, "encoder.", "params/vision_encoder/", out)
-    _stack(sd, "auxiliary.blocks.", "params/auxiliary_encoder/" + STACK, c.num_auxiliary_layers, D,
-           enc.num_heads, enc.head_dim, out)
+    if c.num_auxiliary_layers:
+        _stack(sd, "auxiliary.blocks.", "params/auxiliary_encoder/" + STACK, c.num_auxiliary_layers, D,
+               enc.num_heads, enc.head_dim, out)
     p = "params/contrastive_vision_pooler/"
     Hp = c.pooler_num_heads
     Ep = c.pooler_hidden // Hp
