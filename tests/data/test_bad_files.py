@@ -10,7 +10,7 @@ BAD = {
     "empty": "empty file",
     "text": "cannot open as a video",
     "truncated": "cannot open as a video",  # moov atom at the end, cut off
-    "truncated_faststart": "truncated: the header declares 20 frames",  # index intact, frame data cut off
+    "truncated_faststart": "truncated: the header declares 2.000 s",  # index intact, frame data cut off
     "corrupt": "truncated or corrupt",  # VP9 frame data overwritten with noise
 }
 

@@ -5,6 +5,7 @@
 - a stream that changes resolution midway; one whose timestamps repeat;
 - MKV, WebM and AVI cut short, which demux without an error;
 - cover images (``attached_pic`` streams): never the video;
+- H.264 with B-frames in AVI, whose timestamps count packets in decode order;
 - a relative path with a colon, a BOM in a CSV manifest, NaN and bool times.
 """
 from __future__ import annotations
@@ -46,10 +47,15 @@ def _shift_remux(src: str, dst: str, frames: int) -> str:
     return dst
 
 
-@pytest.mark.parametrize("codec,backends", [("libx264", ("pyav",)), ("libvpx-vp9", ("pyav", "dali-cpu"))])
-def test_edit_list_lead_in_is_not_frames(tmp_path, codec, backends):
-    src = encode_video(tmp_path / "src.mp4", index_frames(24), codec, fps=FPS, gop=12)
-    path = _shift_remux(src, str(tmp_path / "edit.mp4"), 5)
+@pytest.mark.parametrize("codec,backends,ext", [
+    ("libx264", ("pyav",), "mp4"), ("libvpx-vp9", ("pyav", "dali-cpu"), "mp4"),
+    # Intra-only: the demuxer drops the lead-in outright, while the sample
+    # table still counts it (not a truncation).
+    ("mjpeg", ("pyav", "dali-cpu"), "mp4"), ("mjpeg", ("pyav",), "mov"),
+])
+def test_edit_list_lead_in_is_not_frames(tmp_path, codec, backends, ext):
+    src = encode_video(tmp_path / f"src.{ext}", index_frames(24), codec, fps=FPS, gop=12)
+    path = _shift_remux(src, str(tmp_path / f"edit.{ext}"), 5)
     for backend in backends:
         if backend == "dali-cpu":
             _dali_cpu_or_skip()
@@ -219,6 +225,25 @@ def test_a_leading_cover_stream_is_skipped():
     probe = VideoProbe("x", (0,), (0,), 1, 1.0, 8, 8, "vp9", stream=1)
     assert any("DALI decodes the first" in w for w in dali_backend.file_reasons(probe, "cpu"))
     assert dali_backend.file_reasons(VideoProbe("x", (0,), (0,), 1, 1.0, 8, 8, "vp9"), "cpu") == []
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
+def test_avi_timestamps_in_decode_order(tmp_path, codec):
+    """AVI stores no presentation times: FFmpeg numbers the packets, so with
+    H.264 B-frames the decoded frames carry shuffled numbers. Display frame k
+    is the decoder's k-th output (as a player shows it)."""
+    from vpengine.data import dali_backend
+    from vpengine.data.pyav_backend import probe
+
+    path = encode_video(tmp_path / f"b.{codec}.avi", index_frames(20), codec, fps=FPS)
+    vp = probe(path)
+    assert vp.display_by_output_order == (codec == "libx264")  # mpeg4 here: no B-frames, real order
+    for T in (4, 5, 8, 20):
+        frames, info = read_clip(path, ClipSpec(T, size=None), backend="pyav")
+        assert info.num_source_frames == 20
+        assert gray_index(frames) == info.frame_indices, T
+    if codec == "libx264":
+        assert any("decode order" in w for w in dali_backend.file_reasons(vp, "gpu"))
 
 
 def test_relative_path_with_a_colon(tmp_path, monkeypatch):

@@ -61,6 +61,8 @@ def file_reasons(probe, device: str) -> list[str]:
     why = []
     if probe.codec not in allowed:
         why.append(f"DALI {device} cannot decode {probe.codec} (it takes {sorted(allowed)})")
+    if getattr(probe, "display_by_output_order", False):
+        why.append("its timestamps follow decode order, not display order (H.264 with B-frames in AVI)")
     if probe.stream != 0:
         why.append(f"the video is stream {probe.stream} of the file's video streams and DALI decodes the first")
     return why

@@ -62,6 +62,9 @@ class VideoProbe:
     width: int
     codec: str  # FFmpeg's codec name ("h264", "av1"), not its decoder's ("libdav1d")
     stream: int = 0  # index among the file's video streams (not 0 after a leading cover image)
+    # The timestamps follow decode order, not display order (H.264 with
+    # B-frames in AVI): display index k is then the decoder's k-th output.
+    display_by_output_order: bool = False
 
     @property
     def num_frames(self) -> int:
@@ -139,6 +142,9 @@ def probe(path: str) -> VideoProbe:
             tb = stream.time_base
             rate = stream.average_rate or stream.guessed_rate
             declared = _declared(container, stream)
+            # AVI has no presentation times (FFmpeg numbers its packets): with a
+            # reordering codec the numbers may follow decode order.
+            suspect = container.format.name == "avi" and bool(ctx.has_b_frames)
             pts, key, demuxed, end = [], [], 0, None
             for packet in container.demux(stream):
                 demuxed += packet.size > 0 or packet.pts is not None  # not the flush packet at the end
@@ -161,13 +167,35 @@ def probe(path: str) -> VideoProbe:
         raise BadVideoError(path, "the video stream has no frames")
     if tb is None:
         raise BadVideoError(path, "the video stream has no time base")
+    # Real B-frame timestamps are out of order in decode order; sorted ones from
+    # a reordering codec are either B-frames unused or numbers that only count
+    # packets: the decoder's output order tells which.
+    in_order = pts == sorted(pts)
     pts.sort()
     fps = float(rate) if rate else (len(pts) - 1) / max(float((pts[-1] - pts[0]) * tb), 1e-9)
     _check_complete(path, declared, demuxed, float(end * tb), fps)
+    by_order = suspect and in_order and _output_reorders(av, path, index)
     dup = next((p for p, q in zip(pts, pts[1:]) if p == q), None)
     if dup is not None:
         raise BadVideoError(path, f"two frames share the timestamp {float(dup * tb):.3f} s; cannot index frames")
-    return VideoProbe(path, tuple(pts), tuple(sorted(key)), Fraction(tb), fps, height, width, codec, index)
+    return VideoProbe(path, tuple(pts), tuple(sorted(key)), Fraction(tb), fps, height, width, codec, index, by_order)
+
+
+def _output_reorders(av, path: str, index: int, limit: int = 64) -> bool:
+    """Whether the decoder gives frames with falling timestamps within the first ``limit``."""
+    try:
+        with _open(av, path) as container:
+            last = None
+            for n, frame in enumerate(container.decode(container.streams.video[index])):
+                if frame.pts is not None:
+                    if last is not None and frame.pts < last:
+                        return True
+                    last = frame.pts
+                if n + 1 >= limit:
+                    break
+    except Exception as e:
+        raise _wrap(path, e, "cannot decode the first frames") from e
+    return False
 
 
 def _declared(container, stream) -> tuple[int, float, float | None]:
@@ -179,7 +207,11 @@ def _declared(container, stream) -> tuple[int, float, float | None]:
     """
     tb = stream.time_base
     start = float(stream.start_time * tb) if stream.start_time is not None and tb is not None else 0.0
-    frames = int(stream.frames or 0)
+    # MP4/MOV count every sample of the table, also those an edit list cuts
+    # away, which the demuxer then drops outright for intra-only codecs
+    # (MJPEG, ProRes, PNG): only the declared duration is a bound there.
+    mov = container.format.name.split(",")[0] == "mov"
+    frames = 0 if mov else int(stream.frames or 0)
     if stream.duration is not None and tb is not None:
         return frames, start, start + float(stream.duration * tb)
     if container.duration is not None and len(container.streams) == 1:
@@ -253,10 +285,34 @@ def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int) -
                     continue
                 position = frame.pts
                 if frame.pts in wanted and frame.pts not in got:
-                    rgb_HW3 = frame.to_ndarray(format="rgb24")
-                    k = round(frame.rotation / 90) % 4 if frame.rotation else 0
-                    got[frame.pts] = np.ascontiguousarray(np.rot90(rgb_HW3, k)) if k else rgb_HW3
+                    got[frame.pts] = _upright_rgb(frame)
                 if frame.pts >= last:
+                    break
+    return got
+
+
+def _upright_rgb(frame) -> np.ndarray:
+    rgb_HW3 = frame.to_ndarray(format="rgb24")
+    k = round(frame.rotation / 90) % 4 if frame.rotation else 0
+    return np.ascontiguousarray(np.rot90(rgb_HW3, k)) if k else rgb_HW3
+
+
+def _decode_in_output_order(av, vp: VideoProbe, want_pts: list[int], threads: int) -> dict[int, np.ndarray]:
+    """For ``display_by_output_order`` streams: the k-th frame out of the
+    decoder is display frame k (``vp.pts[k]``). Linear from the start, as
+    a keyframe's position in display order is not known from its timestamp."""
+    got: dict[int, np.ndarray] = {}
+    wanted = set(want_pts)
+    with _open(av, vp.path) as container:
+        stream = container.streams.video[vp.stream]
+        stream.thread_type = "AUTO"
+        stream.thread_count = threads
+        for k, frame in enumerate(container.decode(stream)):
+            if k >= vp.num_frames:
+                break
+            if vp.pts[k] in wanted:
+                got[vp.pts[k]] = _upright_rgb(frame)
+                if len(got) == len(wanted):
                     break
     return got
 
@@ -272,9 +328,12 @@ def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> list[
     av = _av()
     want = sorted({vp.pts[i] for i in indices})
     try:
-        got = _decode(av, vp, want, True, threads)
-        if len(got) < len(want):
-            got = _decode(av, vp, want, False, threads)
+        if vp.display_by_output_order:
+            got = _decode_in_output_order(av, vp, want, threads)
+        else:
+            got = _decode(av, vp, want, True, threads)
+            if len(got) < len(want):
+                got = _decode(av, vp, want, False, threads)
     except Exception as e:
         raise _wrap(vp.path, e, "decode failed (truncated or corrupt)") from e
     if len(got) < len(want):
