@@ -45,6 +45,34 @@ def test_colour_edges_within_tolerance(videos, size, mode):
     assert mean <= 4.0 and p99 <= 48, (mean, p99, worst)
 
 
+def _flat_bt709(path, codec: str) -> str:
+    """Flat YUV (81, 90, 240) tagged BT.709: red (255, 24, 0) by that matrix,
+    (255, 0, 0) clipped by BT.601's; the tag decides the green channel."""
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.colorspace = 1  # AVCOL_SPC_BT709
+        for i in range(4):
+            f = av.VideoFrame(64, 48, "yuv420p")
+            for plane, v in zip(f.planes, (81, 90, 240)):
+                plane.update(np.full(plane.buffer_size, v, np.uint8))
+            f.colorspace, f.pts = 1, i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    return str(path)
+
+
+def test_cpu_decoder_refuses_bt709(tmp_path):
+    path = _flat_bt709(tmp_path / "bt709.webm", "libvpx-vp9")
+    a, _ = read_clip(path, ClipSpec(2, size=None), backend="pyav")
+    assert abs(a[0, 20, 20, 1].item() - 24) <= 1  # PyAV applies the tagged matrix
+    with pytest.raises(BackendUnsupported, match="BT.601 matrix and this stream is tagged BT.709"):
+        read_clip(path, ClipSpec(2, size=None), backend="dali-cpu")
+
+
 def test_cpu_decoder_refuses_h264(videos):
     with pytest.raises(BackendUnsupported, match="h264"):
         read_clip(videos["h264"], ClipSpec(4), backend="dali-cpu")
@@ -110,3 +138,15 @@ def test_gpu_loader_batches(tmp_path, videos):
     (batch,) = list(loader)
     assert batch.frames.is_cuda and batch.frames.shape == (3, 8, 288, 288, 3)
     assert [i.backend for i in batch.infos] == ["dali-gpu"] * 3 and loader.num_bad == 1
+
+
+@pytest.mark.gpu
+def test_gpu_decode_honours_bt709(tmp_path):
+    """Whether NVDEC + DALI's colour conversion reads the BT.709 tag (the CPU
+    decoder does not): if this fails, add the CPU's colorspace reason to the
+    GPU in dali_backend.file_reasons."""
+    pytest.importorskip("nvidia.dali.plugin.pytorch")
+    path = _flat_bt709(tmp_path / "bt709.mp4", "libx264")
+    a, _ = read_clip(path, ClipSpec(2, size=None), backend="pyav")
+    b, _ = read_clip(path, ClipSpec(2, size=None), backend="dali-gpu")
+    assert _diff(a, b.cpu())[2] <= 2, (a[0, 20, 20].tolist(), b[0, 20, 20].tolist())

@@ -18,7 +18,10 @@ resizes with its own Lanczos-3. Stated tolerance, as tests/data/test_dali.py
 asserts on VP9/MJPEG fixtures: on flat colour at most 1 level apart; with
 saturated colour edges a mean absolute difference <= 4 levels and a 99th
 percentile <= 48 (measured: mean 1.7-3.0, p99 14-39, single pixels up to 72,
-at native size, 32x40 and 288x288). The torch ``bicubic`` filter is a faster,
+at native size, 32x40 and 288x288). DALI's CPU decoder applies the BT.601
+matrix whatever the stream's tag (BT.709 flat red: 0 green levels where the
+tag asks for 23), so files tagged otherwise are not its to decode: ``auto``
+reads them with PyAV and a forced ``dali-cpu`` refuses them. The torch ``bicubic`` filter is a faster,
 documented approximation of ``lanczos``: mean 0.1-0.5 levels apart, up to 12
 at sharp edges.
 

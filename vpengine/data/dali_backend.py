@@ -36,6 +36,9 @@ from .errors import BackendUnsupported, BadVideoError
 
 CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 GPU_CODECS = CPU_CODECS | {"h264", "hevc", "av1", "mpeg4"}
+# FFmpeg AVColorSpace values: unspecified, BT.470BG and SMPTE 170M (both BT.601).
+BT601_OR_UNTAGGED = frozenset({2, 5, 6})
+_COLORSPACES = {0: "RGB", 1: "BT.709", 4: "FCC", 7: "SMPTE 240M", 8: "YCgCo", 9: "BT.2020", 10: "BT.2020 (CL)"}
 _PIPES: dict[tuple, "_Pipe"] = {}
 _PIPES_LOCK = threading.Lock()
 
@@ -61,7 +64,11 @@ def file_reasons(probe, device: str) -> list[str]:
     why = []
     if probe.codec not in allowed:
         why.append(f"DALI {device} cannot decode {probe.codec} (it takes {sorted(allowed)})")
-    if getattr(probe, "display_by_output_order", False):
+    if device == "cpu" and probe.colorspace not in BT601_OR_UNTAGGED:
+        # Measured: BT.709 flat red came out (254, 0, 0) against (255, 23, 0).
+        why.append(f"DALI's CPU decoder converts colour with the BT.601 matrix and this stream is tagged "
+                   f"{_COLORSPACES.get(probe.colorspace, f'colorspace {probe.colorspace}')}")
+    if probe.display_by_output_order:
         why.append("its timestamps follow decode order, not display order (H.264 with B-frames in AVI)")
     if probe.stream != 0:
         why.append(f"the video is stream {probe.stream} of the file's video streams and DALI decodes the first")

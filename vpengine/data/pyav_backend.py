@@ -65,6 +65,7 @@ class VideoProbe:
     # The timestamps follow decode order, not display order (H.264 with
     # B-frames in AVI): display index k is then the decoder's k-th output.
     display_by_output_order: bool = False
+    colorspace: int = 2  # FFmpeg's AVColorSpace of the YUV->RGB matrix: 2 unspecified, 1 BT.709, 5/6 BT.601
 
     @property
     def num_frames(self) -> int:
@@ -139,6 +140,7 @@ def probe(path: str) -> VideoProbe:
             ctx = stream.codec_context
             codec = ctx.codec.canonical_name
             height, width = int(ctx.height), int(ctx.width)
+            colorspace = int(ctx.colorspace)
             tb = stream.time_base
             rate = stream.average_rate or stream.guessed_rate
             declared = _declared(container, stream)
@@ -178,7 +180,8 @@ def probe(path: str) -> VideoProbe:
     dup = next((p for p, q in zip(pts, pts[1:]) if p == q), None)
     if dup is not None:
         raise BadVideoError(path, f"two frames share the timestamp {float(dup * tb):.3f} s; cannot index frames")
-    return VideoProbe(path, tuple(pts), tuple(sorted(key)), Fraction(tb), fps, height, width, codec, index, by_order)
+    return VideoProbe(path, tuple(pts), tuple(sorted(key)), Fraction(tb), fps, height, width, codec, index, by_order,
+                      colorspace)
 
 
 def _output_reorders(av, path: str, index: int, limit: int = 64) -> bool:
