@@ -162,3 +162,17 @@ def test_early_break_stops_producer(manifest):
     for _ in loader:
         break
     assert len(list(loader)) == len(GOOD)  # a fresh iteration starts over
+
+
+def test_row_window_conflicting_with_the_spec_is_a_bad_row(tmp_path):
+    """A row ending before the spec's start has no frames: skipped and
+    reported like any bad file, the run goes on."""
+    from vpengine.data.synthetic import encode_video, index_frames
+
+    path = encode_video(tmp_path / "w.mp4", index_frames(20), "libx264", fps=10)
+    rows = [{"path": path}, {"path": path, "end": 0.5}, {"path": path}]
+    loader = ClipLoader(rows, ClipSpec(2, size=(18, 18), start_time=1.0), batch_size=1, shuffle=False,
+                        backend="pyav")
+    assert [b.rows for b in loader] == [[0], [2]]
+    (bad,) = loader.bad_files
+    assert bad.index == 1 and "window" in bad.reason

@@ -324,3 +324,14 @@ def test_manifest_rows_with_stray_fields_or_bool_times(tmp_path):
     for bad in (dict(stride=True), dict(size=(True, 4))):
         with pytest.raises(ValueError, match="stride|size"):
             ClipSpec(4, **bad)
+
+
+def test_path_types(tmp_path):
+    path = encode_video(tmp_path / "a.webm", index_frames(3), "libvpx-vp9", fps=FPS)
+    assert read_clip(path.encode(), ClipSpec(2, size=None), backend="pyav")[1].num_source_frames == 3
+    with pytest.raises(ValueError, match="path must be a str, bytes or os.PathLike; got int"):
+        read_clip(3, ClipSpec(2, size=None))
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"path": {"file": "a.webm"}}\n')
+    with pytest.raises(ValueError, match=r"m.jsonl:1: path must be a string"):
+        read_manifest(m)

@@ -16,6 +16,8 @@ official pixel path and measured faster than DALI-CPU (toolchain notes).
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,6 +145,13 @@ def auto_backend(probe, device: torch.device | None) -> str:
     return "pyav"
 
 
+def _path(path) -> str:
+    try:
+        return os.fsdecode(path)  # str(b"/a.mp4") would name a file "b'/a.mp4'"
+    except TypeError:
+        raise ValueError(f"path must be a str, bytes or os.PathLike; got {type(path).__name__}") from None
+
+
 def read_clip(
     path,
     spec: ClipSpec,
@@ -166,7 +175,7 @@ def read_clip(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-    path = str(path)
+    path = _path(path)
     plan = plan_clip(path, spec, seed)
     device = torch.device(device) if device is not None else None
     device_id = device.index if device is not None and device.type == "cuda" else None

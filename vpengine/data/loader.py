@@ -183,10 +183,15 @@ class ClipLoader:
     def _work(self, row: int):
         """In a pool thread: the plan (and the pixels unless DALI decodes the batch)."""
         e = self.entries[row]
-        spec = self.spec if e.start_time is None and e.end_time is None else self.spec.with_window(
-            e.start_time if e.start_time is not None else self.spec.start_time,
-            e.end_time if e.end_time is not None else self.spec.end_time)
+        spec = self.spec
         try:
+            if e.start_time is not None or e.end_time is not None:
+                try:
+                    spec = self.spec.with_window(
+                        e.start_time if e.start_time is not None else self.spec.start_time,
+                        e.end_time if e.end_time is not None else self.spec.end_time)
+                except ValueError as err:  # the row's end before the spec's start, or the reverse
+                    raise BadVideoError(e.path, f"the row's time window and the spec's leave no frames: {err}") from None
             plan = plan_clip(e.path, spec, self._row_seed(row))
             why = dali_backend.file_reasons(plan.probe, self.dali_device) if self.dali_device else None
             if self.dali_device is not None and not why:

@@ -70,7 +70,11 @@ def _entry(row: dict, index: int, root: str, where: str) -> ManifestEntry:
     path = _field(row, "path")
     if path is None:
         raise ValueError(f"{where}: row has no 'path' (keys: {sorted(row)})")
-    path = os.path.expanduser(str(path))
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str):  # JSON numbers, objects and lists are not file names
+        raise ValueError(f"{where}: path must be a string; got {path!r}")
+    path = os.path.expanduser(path)
     if not os.path.isabs(path):
         path = os.path.join(root, path)
     caption = _field(row, "caption")

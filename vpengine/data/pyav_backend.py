@@ -131,7 +131,7 @@ def _open(av, path: str):
 def probe(path: str) -> VideoProbe:
     """Demux ``path`` (no decode). Raises BadVideoError for files that cannot be videos."""
     av = _av()
-    path = str(path)
+    path = os.fsdecode(path)  # str, bytes or PathLike; str(b'x') would be "b'x'"
     check_file(path)
     try:
         with _open(av, path) as container:
