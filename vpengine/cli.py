@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+
+from ._files import check_writable
 
 
 def _check_output(path: str, overwrite: bool, suffixes: tuple[str, ...], *inputs: str) -> None:
     """Refuse, before any work, an output that would destroy what the user has."""
     if not path.endswith(suffixes):
         raise ValueError(f"output must end in {' or '.join(suffixes)}; got {path}")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ValueError(f"output folder {parent} does not exist")
+    check_writable(path)
     if os.path.exists(path):
         if any(os.path.exists(i) and os.path.samefile(path, i) for i in inputs):
             raise ValueError(f"output {path} is an input of this command; choose another name")
@@ -36,7 +38,46 @@ def _convert(args) -> int:
     return 0
 
 
+def _device(arg: str | None):
+    """The --device argument as a usable torch.device (ValueError otherwise)."""
+    import torch
+
+    if arg is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(arg)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"--device {arg!r} is not a device name ({e})") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:N]; got {arg!r}")
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"--device {arg}: this machine has no usable CUDA device")
+        if device.index is not None and device.index >= n:
+            raise ValueError(f"--device {arg}: this machine has {n} CUDA device(s)")
+    return device
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds, so temporary output files are removed
+
+
 def main(argv=None) -> int:
+    """The command line; SIGTERM and Ctrl-C stop it cleanly (exit 143 / 130)."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("vpengine: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vpengine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and every backend with why it is (not) usable")
@@ -96,8 +137,13 @@ def main(argv=None) -> int:
             print(f"vpengine demo: --preset must be one of {', '.join(PRESETS)}; got {args.preset!r}",
                   file=sys.stderr)
             return 2
+        try:
+            device = _device(args.device)
+        except ValueError as e:
+            print(f"vpengine demo: {e}", file=sys.stderr)
+            return 2
         return run(args.preset, args.frames, args.size, args.batch, args.runs,
-                   tuple(d.strip() for d in args.dtypes.split(",") if d.strip()), args.device)
+                   tuple(d.strip() for d in args.dtypes.split(",") if d.strip()), device)
     if args.command == "embed":
         import torch
 
@@ -105,10 +151,8 @@ def main(argv=None) -> int:
         from .embed import embed_manifest, load_any
         from .model.convert import CheckpointError
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-                raise ValueError(f"--device {device}: this machine has no usable CUDA device")
+            device = _device(args.device)
             _check_output(args.out, args.overwrite, (".npz",), args.model, args.manifest)
             model = load_any(args.model)
             summary = embed_manifest(model, args.manifest, args.out,

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from ._files import write_atomically
 from .data import ClipLoader, ClipSpec
 from .model.api import from_pretrained, load, load_official
 from .model.config import PRESETS
@@ -45,6 +46,8 @@ def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int
     the first batch, and a smaller last batch, pay the compile."""
     if pool not in ("mean", "tokens"):
         raise ValueError(f"pool must be 'mean' or 'tokens'; got {pool!r}")
+    if pool == "tokens" and isinstance(model, VideoTextModel):
+        raise ValueError("pool='tokens' needs a video encoder; a video-text model gives one embedding per clip")
     if not out.endswith(".npz"):
         raise ValueError(f"output must be an .npz file; got {out!r}")
     device = torch.device(device)
@@ -56,6 +59,8 @@ def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int
                         strict=strict, num_workers=num_workers)
     embs, rows, paths = [], [], []
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    if not loader.entries:
+        log(f"warning: manifest {manifest} has no rows; writing an empty {out}")
     t0 = time.perf_counter()
     for batch in loader:
         with autocast:
@@ -77,9 +82,11 @@ def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int
         "bad_paths": np.asarray([b.path for b in loader.bad_files], dtype=str),
         "bad_reasons": np.asarray([b.reason for b in loader.bad_files], dtype=str),
     }
-    tmp = out + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+            np.savez(f, **arrays)
+
+    write_atomically(out, write)
     summary = {"clips": len(rows), "skipped": loader.num_bad, "output": out,
                "shape": list(arrays["embeddings"].shape),
                "bad_files": [{"path": b.path, "reason": b.reason} for b in loader.bad_files]}

@@ -133,3 +133,39 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         manifest.write_text("")
         rc = main(["embed", str(manifest), "--model", "x.npz", "--out", str(tmp_path / "e.npz"), "--device", "cuda"])
         assert rc == 2 and "no usable CUDA device" in capsys.readouterr().err
+    for device, message in (("bogus", "is not a device name"), ("meta", "must be cpu or cuda")):
+        rc = main(["embed", str(tmp_path / "m.jsonl"), "--model", "x.npz", "--out", str(tmp_path / "e.npz"),
+                   "--device", device])
+        assert rc == 2 and message in capsys.readouterr().err, device
+        assert main(["demo", "--device", device]) == 2 and message in capsys.readouterr().err
+
+
+def test_output_checks_come_before_the_work(tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    vpengine.save(vpengine.build(LVT, seed=0), model)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"path": str(tmp_path / "missing.mp4")}) + "\n")
+    (tmp_path / "out.npz").mkdir()
+    rc = main(["embed", str(manifest), "--model", str(model), "--out", str(tmp_path / "out.npz"), "--overwrite"])
+    assert rc == 2 and "is a directory" in capsys.readouterr().err
+    rc = main(["embed", str(manifest), "--model", str(model), "--out", str(tmp_path / "e.npz"), "--pool", "tokens"])
+    assert rc == 2 and "needs a video encoder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "m.safetensors", "out.npz"]
+
+
+def test_an_interrupted_write_leaves_nothing(tmp_path):
+    from vpengine._files import write_atomically
+
+    target = tmp_path / "e.npz"
+    target.write_bytes(b"before")
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(target, write)
+    assert [p.name for p in tmp_path.iterdir()] == ["e.npz"] and target.read_bytes() == b"before"
+    write_atomically(target, lambda tmp: open(tmp, "wb").write(b"after"))
+    assert [p.name for p in tmp_path.iterdir()] == ["e.npz"] and target.read_bytes() == b"after"

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from .._files import write_atomically
 from .config import HUB_FILES, PRESETS, ModelConfig, VideoTextConfig, config_from_dict, config_to_dict, get_config
 from .convert import CheckpointError, convert_official, read_npz
 from .encoder import VideoEncoder
@@ -80,10 +80,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
         raise ValueError("save() expects a vpengine model (VideoEncoder or VideoTextModel)")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "config": json.dumps(config_to_dict(model.config))}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:

@@ -8,6 +8,7 @@ import os
 import numpy as np
 from torch import nn
 
+from .._files import write_atomically
 from .config import EncoderConfig, VideoTextConfig
 from .convert import STACK
 
@@ -108,6 +109,8 @@ def to_official(model: nn.Module) -> dict[str, np.ndarray]:
 def save_official(model: nn.Module, path: str | os.PathLike) -> None:
     """Write the official ``.npz`` layout (``np.savez``, uncompressed)."""
     arrays = to_official(model)
-    tmp = f"{os.fspath(path)}.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+            np.savez(f, **arrays)
+
+    write_atomically(path, write)

@@ -1,0 +1,43 @@
+"""Writing output files so that nothing is ever left half-written."""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from typing import Callable
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a fresh file beside ``path``, then rename it to ``path``.
+
+    ``path`` is untouched until the rename (atomic on POSIX), and any error or
+    interrupt (KeyboardInterrupt, SystemExit) removes the temporary file. The
+    temporary name is unique, so two runs writing the same output cannot mix
+    their bytes. ``write`` must write to exactly the name it is given.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory")
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # O_EXCL: a fresh file of ours; mode 0o666 under the umask, as a plain open() would give.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """ValueError, before any work, when ``path`` cannot be written as a file."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"output folder {parent} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"output {path} is a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder {parent} is not writable")
