@@ -200,6 +200,30 @@ def test_video_with_cover_art_reads_the_video(tmp_path):
     assert info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
 
 
+def test_two_video_streams_take_the_larger_like_ffmpeg(tmp_path):
+    """ffmpeg's default video stream (mediapy's, so the official one): the
+    largest frame area, whatever the order. DALI only decodes the first."""
+    from vpengine.data import BackendUnsupported
+
+    path = str(tmp_path / "two.mkv")
+    with av.open(path, "w") as out:
+        still = out.add_stream("mjpeg", rate=1)
+        still.width, still.height, still.pix_fmt = 32, 32, "yuvj420p"
+        v = out.add_stream("libvpx-vp9", rate=FPS)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        img = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")
+        for p in [*still.encode(img.reformat(format="yuvj420p")), *still.encode(None)]:
+            out.mux(p)
+        for rgb in index_frames(12):
+            out.mux(v.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(v.encode(None))
+    frames, info = read_clip(path, ClipSpec(4, size=None), backend="pyav")
+    assert info.codec == "vp9" and info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
+    _dali_cpu_or_skip()
+    with pytest.raises(BackendUnsupported, match="DALI decodes the first"):
+        read_clip(path, ClipSpec(4, size=None), backend="dali-cpu")
+
+
 def test_a_leading_cover_stream_is_skipped():
     """FFmpeg's muxers here all write covers after the video, but demuxers
     may list them first: the choice itself, on stand-in streams."""
@@ -210,7 +234,8 @@ def test_a_leading_cover_stream_is_skipped():
 
     class Streams:
         def __init__(self, *dispositions):
-            self.video = [type("S", (), {"disposition": d})() for d in dispositions]
+            ctx = type("Ctx", (), {"width": 64, "height": 48})()
+            self.video = [type("S", (), {"disposition": d, "codec_context": ctx})() for d in dispositions]
 
     container = type("C", (), {})()
     container.streams = Streams(flag, 0, 0)

@@ -98,15 +98,25 @@ def _wrap(path: str, e: Exception, what: str) -> BadVideoError:
 
 
 def _video_stream(container, path: str):
-    """The stream a player shows: the first video stream that is not an
-    attached picture (the cover art of an MP3 or M4A reads as a one-frame
-    video stream flagged ``attached_pic``, and may come first)."""
+    """The video stream the ffmpeg command line decodes by default (and so
+    mediapy, the official reader): never an attached picture (the cover art of
+    an MP3 or M4A reads as a one-frame video stream), then the largest frame
+    area with a bonus of 5,000,000 for the ``default`` disposition, the first
+    stream on ties (ffmpeg's automatic video mapping)."""
     av = _av()
+    Disposition = av.stream.Disposition
     videos = list(container.streams.video)
+    best, best_score = None, -1
     for s in videos:
-        if not s.disposition & av.stream.Disposition.attached_pic:
-            return s
-    raise BadVideoError(path, "no video stream (only a cover image)" if videos else "no video stream")
+        if s.disposition & Disposition.attached_pic:
+            continue
+        ctx = s.codec_context
+        score = int(ctx.width or 0) * int(ctx.height or 0) + 5_000_000 * bool(s.disposition & Disposition.default)
+        if score > best_score:
+            best, best_score = s, score
+    if best is None:
+        raise BadVideoError(path, "no video stream (only a cover image)" if videos else "no video stream")
+    return best
 
 
 @lru_cache(maxsize=65536)
