@@ -60,9 +60,9 @@ def _global_reasons(name: str) -> list[str]:
 
 def forced_backend(op: str | None = None) -> str | None:
     """The backend forced by use_backend() or VPENGINE_BACKEND, or None for auto."""
-    stack = getattr(_local, "stack", None)
-    if stack:
-        name, ops = stack[-1]
+    # The innermost block that covers ``op`` decides; a block for other ops
+    # leaves the decision to the blocks around it.
+    for name, ops in reversed(getattr(_local, "stack", None) or ()):
         if ops is None or op is None or op in ops:
             return name
     env = os.environ.get(_ENV, "").strip().lower()
@@ -77,12 +77,20 @@ def forced_backend(op: str | None = None) -> str | None:
 
 @contextlib.contextmanager
 def use_backend(name: str, ops: tuple[str, ...] | None = None) -> Iterator[None]:
-    """Force ``name`` for every op (or only for the op names in ``ops``).
+    """Force ``name`` for every op (or only for the op names in ``ops``, one
+    name or several); other ops keep what the blocks around this one chose.
 
     ``use_backend("auto")`` restores automatic selection inside the block.
     """
     if name != "auto" and name not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {name!r}; expected auto or one of {', '.join(BACKEND_NAMES)}")
+    if ops is not None:
+        ops = (ops,) if isinstance(ops, str) else tuple(ops)
+        from . import ops as _ops  # noqa: F401  (registers every op)
+
+        unknown = [o for o in ops if o not in REGISTRIES]
+        if unknown:
+            raise ValueError(f"unknown op name(s) {unknown}; expected some of {', '.join(sorted(REGISTRIES))}")
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []

@@ -175,6 +175,25 @@ def test_compile_fullgraph():
     torch.testing.assert_close(g_c, g_e)
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_compile_dynamic_shapes_and_softcap(grad):
+    """dynamic=True makes the softcap a symbolic float, as does a softcap that
+    changes between calls: the op must still trace whole."""
+    def f(x, cap):
+        return ops.spacetime_attention(x, "time", 2, softcap=cap)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, dynamic=True, backend="aot_eager")
+    for T, cap in ((3, 50.0), (4, 20.0), (5, 0.0)):
+        qkv = make_qkv(1, T, 4, 2, 8, torch.float32).requires_grad_(grad)
+        out = compiled(qkv, cap)
+        torch.testing.assert_close(out, f(qkv, cap))
+        if grad:
+            (g_c,) = torch.autograd.grad(out.sum(), qkv)
+            (g_e,) = torch.autograd.grad(f(qkv, cap).sum(), qkv)
+            torch.testing.assert_close(g_c, g_e)
+
+
 def test_bad_inputs_raise_value_error():
     qkv = make_qkv(1, 2, 3, 2, 16, torch.float32)
     with pytest.raises(ValueError, match="num_heads"):
@@ -201,6 +220,36 @@ def test_forced_backend_reasons():
     assert "time axis only" in " ".join(st._cuda_reasons(long_clip, "space", 1, 50.0, None))
     odd_head = make_qkv(1, 8, 2, 1, 20, torch.float32)
     assert "multiple of 8" in " ".join(st._cuda_reasons(odd_head, "time", 1, 50.0, None))
+
+
+def test_autocast_does_not_change_the_ref_math():
+    """The op computes in qkv's dtype on every backend, as its fake impl says."""
+    qkv = make_qkv(1, 2, 5, 2, 16, torch.float32)
+    with ops.use_backend("ref"):
+        plain = ops.spacetime_attention(qkv, "space", 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under = ops.spacetime_attention(qkv, "space", 2)
+            x = qkv.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(ops.spacetime_attention(x, "time", 2).sum(), x)
+        (plain_grad,) = torch.autograd.grad(ops.spacetime_attention(x, "time", 2).sum(), x)
+    assert under.dtype == torch.float32 and torch.equal(under, plain)
+    assert grad.dtype == torch.float32 and torch.equal(grad, plain_grad)
+
+
+def test_nested_use_backend_blocks(monkeypatch):
+    """An inner block for some ops leaves the others to the outer block."""
+    monkeypatch.delenv("VPENGINE_BACKEND", raising=False)
+    with ops.use_backend("ref"):
+        with ops.use_backend("triton", ops=("patchify",)):
+            assert backends.forced_backend("token_gather") == "ref"
+            assert backends.forced_backend("patchify") == "triton"
+        with ops.use_backend("auto", ops="token_gather"):  # one name as a str
+            assert backends.forced_backend("token_gather") is None
+            assert backends.forced_backend("patchify") == "ref"
+    assert backends.forced_backend("token_gather") is None
+    with pytest.raises(ValueError, match=r"unknown op name\(s\) \['token_gathr'\]"):
+        with ops.use_backend("cpu", ops=("token_gathr",)):
+            pass
 
 
 def test_auto_follows_measured_rules(monkeypatch):

@@ -189,6 +189,12 @@ def test_bad_indices_raise_value_error(backend):
 
 def test_bad_arguments_raise_value_error():
     x, keep, perm, x_kept, mask_token, pos = make_inputs(2, 8, 3, 4, torch.float32)
+    for backend in ("ref", "auto"):  # None is no mask token / no position on any backend
+        with use_backend(backend):
+            with pytest.raises(ValueError, match=r"mask_token is required: a tensor of shape \(4,\)"):
+                decoder_input(x_kept, keep, None, perm, pos)
+            with pytest.raises(ValueError, match=r"pos_emb is required: a tensor of shape \(8, 4\)"):
+                decoder_input(x_kept, keep, mask_token, perm, None)
     with pytest.raises(ValueError, match="keep_idx"):
         token_gather(x, keep.int())
     with pytest.raises(ValueError, match="x"):

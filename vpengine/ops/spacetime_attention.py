@@ -49,7 +49,10 @@ def _check(qkv: torch.Tensor, axis: str, num_heads: int, frame_paddings: torch.T
         raise ValueError(f"axis must be 'space' or 'time'; got {axis!r}")
     if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads <= 0:
         raise ValueError(f"num_heads must be a positive int; got {num_heads!r}")
-    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not math.isfinite(softcap):
+    # Under torch.compile a float argument may be symbolic (dynamic=True, or a
+    # value that changed between calls), and math.isfinite cannot trace it.
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float, torch.SymFloat, torch.SymInt)) or (
+            not torch.compiler.is_compiling() and not math.isfinite(softcap)):
         raise ValueError(f"softcap must be a finite number (0 or less: no cap); got {softcap!r}")
     C = qkv.shape[-1]
     if C == 0:
@@ -315,6 +318,11 @@ def spacetime_attention(
     if not (torch.is_grad_enabled() and qkv.requires_grad):
         # Plain eager calls skip the custom op's layers (see ops/_eager.py).
         infer = _infer_impl if direct_call_ok(qkv, frame_paddings) else _spacetime_attention_infer_op
-        return infer(qkv, axis, num_heads, float(softcap), frame_paddings)
-    out, _ = _spacetime_attention_op(qkv, axis, num_heads, float(softcap), frame_paddings)
+        return infer(qkv, axis, num_heads, _as_float(softcap), frame_paddings)
+    out, _ = _spacetime_attention_op(qkv, axis, num_heads, _as_float(softcap), frame_paddings)
     return out
+
+
+def _as_float(softcap):
+    # float() of a SymFloat would specialize the compiled graph on its value.
+    return softcap if isinstance(softcap, torch.SymFloat) else float(softcap)

@@ -195,8 +195,11 @@ def _check_idx(idx: torch.Tensor, name: str, x: torch.Tensor, shape: tuple[int, 
         raise ValueError(f"{name} is on {idx.device} but the tokens are on {x.device}")
 
 
-def _check_param(p: torch.Tensor | None, name: str, x: torch.Tensor, shape: tuple[int, ...]) -> None:
+def _check_param(p: torch.Tensor | None, name: str, x: torch.Tensor, shape: tuple[int, ...],
+                 required: bool = False) -> None:
     if p is None:
+        if required:
+            raise ValueError(f"{name} is required: a tensor of shape {shape}")
         return
     if not isinstance(p, torch.Tensor) or tuple(p.shape) != shape:
         got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
@@ -257,8 +260,8 @@ def decoder_input(
     _check_idx(keep_idx, "keep_idx", enc_kept, tuple(enc_kept.shape[:2]))
     _check_idx(perm, "perm", enc_kept, None)
     N, D = perm.shape[1], enc_kept.shape[2]
-    _check_param(mask_token, "mask_token", enc_kept, (D,))
-    _check_param(pos_emb, "pos_emb", enc_kept, (N, D))
+    _check_param(mask_token, "mask_token", enc_kept, (D,), required=True)
+    _check_param(pos_emb, "pos_emb", enc_kept, (N, D), required=True)
     return _pick(_decoder_input_op, _decoder_input_impl, enc_kept, keep_idx, mask_token, perm, pos_emb)
 
 

@@ -11,6 +11,9 @@ activation dtype; probs @ v.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 
 NEG = -0.7 * torch.finfo(torch.float32).max
@@ -34,6 +37,21 @@ def key_padding_mask(frame_paddings_BT: torch.Tensor, axis: str) -> torch.Tensor
     return pad[:, None, None, None, :]
 
 
+def _in_input_dtype(fn):
+    """Run ``fn`` with autocast off: the op computes in its input's dtype on
+    every backend (the Triton and CUDA kernels never see autocast), and its
+    fake impl promises that dtype to torch.compile."""
+    @functools.wraps(fn)
+    def wrapper(first: torch.Tensor, *args, **kwargs):
+        device = first.device.type
+        off = (torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device)
+               else contextlib.nullcontext())
+        with off:
+            return fn(first, *args, **kwargs)
+    return wrapper
+
+
+@_in_input_dtype
 def spacetime_attention_ref(
     qkv: torch.Tensor,
     axis: str,
@@ -76,6 +94,7 @@ def spacetime_attention_ref(
     return out, lse.contiguous()
 
 
+@_in_input_dtype
 def spacetime_attention_backward_ref(
     grad_out: torch.Tensor,
     qkv: torch.Tensor,
