@@ -86,6 +86,11 @@ def test_bad_arguments():
         tube_mask(2, 4, -1, 0.5)
     with pytest.raises(ValueError, match="generator"):
         random_mask(2, 10, 0.5, generator=_gen(0), device="meta")
+    for ratio in ("0.5", True, float("nan")):
+        with pytest.raises(ValueError, match="mask_ratio must be a number"):
+            random_mask(2, 10, ratio)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        tube_mask(2, 4, 9, 0.5, generator=5)
 
 
 @pytest.mark.gpu

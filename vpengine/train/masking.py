@@ -29,6 +29,7 @@ Everything stays on the device; nothing syncs with the host.
 """
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -41,12 +42,15 @@ class TokenMask(NamedTuple):
 
 def num_kept(num_tokens: int, mask_ratio: float) -> int:
     """``round(num_tokens * (1 - mask_ratio))``: tokens kept out of ``num_tokens``."""
-    if not 0.0 <= float(mask_ratio) <= 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1]; got {mask_ratio!r}")
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, numbers.Real) or not (
+            0.0 <= float(mask_ratio) <= 1.0):  # float("0.5") would parse; NaN fails the comparison
+        raise ValueError(f"mask_ratio must be a number in [0, 1]; got {mask_ratio!r}")
     return int(round(num_tokens * (1.0 - float(mask_ratio))))
 
 
 def _device(generator: torch.Generator | None, device) -> torch.device:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None; got {generator!r}")
     if device is None:
         return generator.device if generator is not None else torch.device("cpu")
     device = torch.device(device)
