@@ -180,6 +180,36 @@ def test_from_pretrained_reads_offline_hf_cache(tmp_path, monkeypatch):
         vpengine.from_pretrained("videoprism_public_v1_large", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="no weights were released"):
         vpengine.from_pretrained("videoprism_v1_giant")
+    # The encoder's file under the LvT name, then a truncated download: say which cached file and what to do.
+    lvt = tmp_path / "models--google--videoprism-lvt-base-f16r288"
+    (lvt / "snapshots" / commit).mkdir(parents=True)
+    (lvt / "refs").mkdir()
+    (lvt / "refs" / "main").write_text(commit)
+    cached = lvt / "snapshots" / commit / "flax_lvt_base_f16r288_repeated.npz"
+    cached.write_bytes((snap / "flax_base_f16r288_repeated.npz").read_bytes())
+    with pytest.raises(CheckpointError, match="holds a VideoEncoder, not the model of videoprism_lvt_public_v1_base"):
+        vpengine.from_pretrained("videoprism_lvt_public_v1_base", cache_dir=tmp_path)
+    cached.write_bytes(cached.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="Hugging Face cache's copy .* delete it"):
+        vpengine.from_pretrained("videoprism_lvt_public_v1_base", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("value, offline", [("1", True), ("TRUE", True), ("on", True), ("yes", True),
+                                            ("0", False), ("FALSE", False), ("off", False), ("no", False)])
+def test_hf_hub_offline_values_read_like_huggingface_hub(tmp_path, monkeypatch, value, offline):
+    import huggingface_hub
+
+    seen = {}
+
+    def fake_download(repo, filename, cache_dir=None, local_files_only=False):
+        seen["local_files_only"] = local_files_only
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    with pytest.raises(FileNotFoundError, match="downloads are off" if offline else "could not be reached"):
+        vpengine.from_pretrained("videoprism_public_v1_base", cache_dir=tmp_path)
+    assert seen["local_files_only"] is offline
 
 
 def test_bad_inputs_name_the_layout():
@@ -271,3 +301,22 @@ def test_checkpoint_dtypes_duplicates_and_dims(tmp_path):
     np.save(tmp_path / "lone.npy", np.zeros(3, np.float32))
     with pytest.raises(CheckpointError, match="not a readable .npz"):
         vpengine.load_official(tmp_path / "lone.npy")
+
+
+def test_text_paddings_and_similarity_are_checked():
+    model = _random(LVT)
+    ids = torch.randint(0, 50, (2, 6))
+    pads = torch.zeros(2, 6)
+    with torch.no_grad():
+        for bad in (pads + float("nan"), pads + 2, pads - 1):
+            with pytest.raises(ValueError, match=r"text paddings must lie in \[0, 1\]"):
+                model.encode_text(ids, bad)
+        with pytest.raises(ValueError, match="must be torch tensors"):
+            model.encode_text(ids.numpy(), pads)
+        v = model.encode_video(_video())
+        t = model.encode_text(ids, pads)
+    assert model.similarity(v, t).shape == (2, 2)
+    for a, b, match in ((v[0], t, "video_embeddings must be a 2-D"), (v, t.long(), "text_embeddings must be"),
+                        (v, t[:, :5], "embedding widths differ")):
+        with pytest.raises(ValueError, match=match):
+            model.similarity(a, b)

@@ -71,3 +71,14 @@ def test_truncation_and_errors(tmp_path):
     bad.write_text("nope")
     with pytest.raises(ValueError, match="not a SentencePiece model"):
         Tokenizer(bad)
+
+
+def test_inputs_must_be_ordered_strings(tmp_path):
+    tok = _train(tmp_path, bos_id=1)
+    for bad in (b"a cat", {"a cat", "dog"}, {"a cat": 0}, (t for t in ["a cat"])):
+        with pytest.raises(ValueError, match="ordered sequence of str"):
+            tok(bad)
+    with pytest.raises(ValueError, match="add_bos must be True, False or None"):
+        tok("a cat", add_bos="no")
+    ids, _ = tok(("a cat", "dog"), max_length=8)
+    assert ids.shape == (2, 8)

@@ -72,6 +72,12 @@ class Tokenizer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(texts, str):
             texts = [texts]
+        elif isinstance(texts, (bytes, set, frozenset, dict)) or not hasattr(texts, "__len__"):
+            # A set's order changes between runs: rows would no longer line up with labels.
+            raise ValueError(f"texts must be a str or an ordered sequence of str (list, tuple, array); "
+                             f"got {type(texts).__name__}")
+        if add_bos is not None and not isinstance(add_bos, bool):
+            raise ValueError(f"add_bos must be True, False or None; got {add_bos!r}")
         if max_length <= 0:
             raise ValueError(f"max_length must be positive; got {max_length}")
         ids = np.zeros((len(texts), max_length), dtype=np.int32)

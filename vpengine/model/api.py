@@ -123,17 +123,29 @@ def from_pretrained(
 
     repo, filename = HUB_FILES[name]
     if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        # huggingface_hub's own rule for the variable (1/ON/YES/TRUE, any case).
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    elif not isinstance(local_files_only, bool):
+        raise ValueError(f"local_files_only must be a bool or None; got {local_files_only!r}")
     try:
+        # Online, huggingface_hub falls back to the cache by itself when the Hub is unreachable.
         path = hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=local_files_only)
     except LocalEntryNotFoundError:
-        if local_files_only:
-            raise FileNotFoundError(
-                f"{repo}/{filename} is not in the local Hugging Face cache and downloads are off; "
-                "run once online or pass the .npz to vpengine.load_official"
-            ) from None
-        path = hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=True)
-    return load_official(path)
+        why = ("downloads are off (HF_HUB_OFFLINE or local_files_only)" if local_files_only
+               else "the Hub could not be reached (or HF_HUB_OFFLINE is set)")
+        raise FileNotFoundError(
+            f"{repo}/{filename} is not in the local Hugging Face cache and {why}; run once online "
+            "or pass the .npz to vpengine.load_official"
+        ) from None
+    try:
+        model = load_official(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}\nThis is the Hugging Face cache's copy of {repo}/{filename}: delete it "
+                              "and run again online to fetch it anew") from None
+    if type(model.config) is not type(PRESETS[name]):  # e.g. an encoder file under an LvT name
+        raise CheckpointError(f"{path}, the cached {repo}/{filename}, holds a {type(model).__name__}, "
+                              f"not the model of {name}; delete it and run again online")
+    return model
 
 
 def cached_official_path(name: str) -> str | None:

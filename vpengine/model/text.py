@@ -58,13 +58,25 @@ class TextEncoder(nn.Module):
         """Token ids and paddings (1 = pad, right padding) -> features
         ``[B, L+1, D]`` after the final LayerNorm, class token last."""
         c = self.config
+        if not isinstance(ids_BL, torch.Tensor) or not isinstance(paddings_BL, torch.Tensor):
+            raise ValueError(f"text ids and paddings must be torch tensors; got {type(ids_BL).__name__} "
+                             f"and {type(paddings_BL).__name__}")
         if ids_BL.dim() != 2 or tuple(paddings_BL.shape) != tuple(ids_BL.shape):
             raise ValueError(
                 f"text ids and paddings must both be [num_texts, length]; got {tuple(ids_BL.shape)} "
                 f"and {tuple(paddings_BL.shape)}"
             )
-        if ids_BL.dtype.is_floating_point or ids_BL.dtype == torch.bool:
+        if ids_BL.dtype.is_floating_point or ids_BL.dtype.is_complex or ids_BL.dtype == torch.bool:
             raise ValueError(f"text ids must be an integer tensor; got {ids_BL.dtype}")
+        if paddings_BL.dtype.is_complex:
+            raise ValueError(f"text paddings must be real (1 = pad, 0 = token); got {paddings_BL.dtype}")
+        if paddings_BL.numel() and not torch.compiler.is_compiling():
+            p = paddings_BL.detach().to(torch.float32)
+            # Catches NaN, and an attention mask passed as paddings scaled wrong;
+            # an inverted 0/1 mask cannot be told from a valid one.
+            if not bool(((p >= 0) & (p <= 1)).all()):
+                raise ValueError("text paddings must lie in [0, 1] (1 = pad, 0 = token); got values in "
+                                 f"[{p.min().item()}, {p.max().item()}]")
         if ids_BL.numel() and (int(ids_BL.min()) < 0 or int(ids_BL.max()) >= c.vocab_size):
             raise ValueError(
                 f"text ids must lie in [0, {c.vocab_size}); got [{int(ids_BL.min())}, {int(ids_BL.max())}]"

@@ -105,5 +105,14 @@ class VideoTextModel(nn.Module):
 
     @staticmethod
     def similarity(video_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity ``[B, Bt]`` of L2-normalized embeddings (float32)."""
+        """Dot products ``[B, Bt]`` (float32) of ``[B, D]`` and ``[Bt, D]``
+        embeddings: the cosine similarity for the L2-normalized ones that
+        ``encode_video`` and ``encode_text`` return by default (as officially)."""
+        for name, e in (("video_embeddings", video_embeddings), ("text_embeddings", text_embeddings)):
+            if not isinstance(e, torch.Tensor) or e.dim() != 2 or not e.dtype.is_floating_point:
+                got = f"{tuple(e.shape)} {e.dtype}" if isinstance(e, torch.Tensor) else type(e).__name__
+                raise ValueError(f"{name} must be a 2-D floating-point tensor [N, D]; got {got}")
+        if video_embeddings.shape[1] != text_embeddings.shape[1]:
+            raise ValueError(f"embedding widths differ: {video_embeddings.shape[1]} (video) vs "
+                             f"{text_embeddings.shape[1]} (text)")
         return video_embeddings.float() @ text_embeddings.float().T
