@@ -19,6 +19,7 @@
 #include <mutex>
 #include <vector>
 #if defined(__linux__)
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -89,6 +90,13 @@ class Pool final : public c10::Allocator {
   }
 
  private:
+  // A fork while another thread holds the lock (its op releases the GIL)
+  // would leave the child's copy locked for good: its first pooled output
+  // would hang. Hold the lock across fork() and release it on both sides.
+  Pool() { pthread_atfork(&Pool::lock_for_fork, &Pool::unlock_after_fork, &Pool::unlock_after_fork); }
+  static void lock_for_fork() { get().mutex_.lock(); }
+  static void unlock_after_fork() { get().mutex_.unlock(); }
+
   // A cached block of `bytes`, or one at most 1/8 larger (nearby shapes
   // share blocks rather than each holding its own).
   Block* take(size_t bytes) {
