@@ -360,3 +360,35 @@ def test_path_types(tmp_path):
     m.write_text('{"path": {"file": "a.webm"}}\n')
     with pytest.raises(ValueError, match=r"m.jsonl:1: path must be a string"):
         read_manifest(m)
+
+
+def test_intra_refresh_seek_points_are_not_trusted(tmp_path):
+    """x264's intra refresh flags recovery-point P-frames as keyframes; decoding
+    from one drops frames, then gives wrong pixels with the right timestamps.
+    Frames must equal a linear decode (what ffmpeg shows)."""
+    from vpengine.data import pyav_backend
+
+    n, h, w = 300, 64, 96
+    y, x = np.mgrid[0:h, 0:w]
+    path = str(tmp_path / "ir.mp4")
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"crf": "16", "x264-params": "keyint=60:intra-refresh=1:bframes=0"})
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(n):
+            f = np.zeros((h, w, 3), np.uint8)
+            f[..., 0] = (2 * x + i) % 200 + 20
+            f[..., 1] = (3 * y + 2 * i) % 200 + 20
+            f[..., 2] = 100
+            for b in range(12):  # the frame index as blocks, and its complement below
+                f[0:8, 8 * b:8 * b + 8] = 255 * ((i >> b) & 1)
+                f[8:16, 8 * b:8 * b + 8] = 255 * (1 - ((i >> b) & 1))
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode(None))
+    vp = pyav_backend.probe(path)
+    assert len(vp.keyframe_pts) > 1  # the premise: seek points past the first frame
+    with av.open(path) as c:
+        linear = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    clip, info = read_clip(path, ClipSpec(4, "stride", stride=3, size=None, start_time=245 / 25), backend="pyav")
+    assert info.frame_indices == [245, 248, 251, 254]
+    for i, frame in zip(info.frame_indices, clip.numpy()):
+        assert np.array_equal(frame, linear[i]), i

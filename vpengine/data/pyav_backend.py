@@ -286,22 +286,39 @@ def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int) -
         stream.thread_type = "AUTO"  # frame + slice threads: 1.4x on 720p H.264 (toolchain notes)
         stream.thread_count = threads
         frames, position = None, None  # decoder generator; pts of the last frame it gave
+        expect = None  # after a seek: the keyframe that must come out first (of the frames >= it)
+        predicted = (av.video.frame.PictureType.P, av.video.frame.PictureType.B)
         for kf, targets in _groups(vp, want_pts, seek):
             if frames is None or (kf is not None and _skips_a_gop(vp, position, kf)):
                 if kf is not None:
                     container.seek(kf, stream=stream, backward=True, any_frame=False)
+                    expect = kf
                 frames = container.decode(stream)
             last = targets[-1]
             wanted = set(targets)
             for frame in frames:
                 if frame.pts is None:
                     continue
+                if expect is not None and frame.pts >= expect:
+                    # Decoding must begin at the keyframe, an intra picture.
+                    # x264's intra refresh flags P-frames with recovery points as
+                    # keyframes: the decoder drops frames until it has recovered,
+                    # then gives wrong pixels with right timestamps.
+                    if frame.pts != expect or frame.pict_type in predicted:
+                        raise _SeekPointNotIntra
+                    expect = None
                 position = frame.pts
                 if frame.pts in wanted and frame.pts not in got:
                     got[frame.pts] = _upright_rgb(frame)
                 if frame.pts >= last:
                     break
     return got
+
+
+class _SeekPointNotIntra(Exception):
+    """Decoding after a seek did not begin with an intra picture at the seek
+    point (a recovery-point P-frame, or a demuxer that landed elsewhere):
+    decode linearly instead."""
 
 
 def _upright_rgb(frame) -> np.ndarray:
@@ -344,7 +361,10 @@ def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> list[
         if vp.display_by_output_order:
             got = _decode_in_output_order(av, vp, want, threads)
         else:
-            got = _decode(av, vp, want, True, threads)
+            try:
+                got = _decode(av, vp, want, True, threads)
+            except _SeekPointNotIntra:
+                got = {}
             if len(got) < len(want):
                 got = _decode(av, vp, want, False, threads)
     except Exception as e:
