@@ -165,7 +165,7 @@ wants decode && { b=$(budget 90 20); step "bench decode" $(( b + 10 )) bench_sui
 RESERVE_S=0
 if [ -s "$JSONL" ]; then
   step "plot" 30 $PY -c "from vpengine.bench.record import read_jsonl; from vpengine.bench.plot import plot_roofline; \
-plot_roofline(read_jsonl('$JSONL'), '$PNG')"
+plot_roofline(read_jsonl('$JSONL', []), '$PNG')"
   $PY -m vpengine.bench.report "$JSONL" > "$TABLE" 2>&1
   echo; echo "=== full table: $TABLE ==="; head -c 4000 "$TABLE"; echo; echo "[...]"
 fi

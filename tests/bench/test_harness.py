@@ -113,8 +113,8 @@ def test_interleaved_timing_alternates_and_drops_failures():
 
     budget = Budget(warmup=1, min_reps=3, max_reps=3, min_time_s=0.0)
     a, b, c = measure_interleaved([make("a"), make("b"), make("c", fail_at=3)], "cpu", [budget] * 3)
-    assert calls[:3] == ["a", "b", "c"]  # warm-ups
-    assert calls[3:9] == ["a", "b", "c", "a", "b", "c"]  # round-robin, c fails on its 3rd call
+    assert calls[:6] == list("aabbcc")  # two warm-ups each (the first may compile)
+    assert calls[6:] == list("abcabab")  # round-robin; c fails on its 3rd call, the first timed one
     assert a.reps == b.reps == 3 and isinstance(c, RuntimeError)
 
 
@@ -127,9 +127,9 @@ def test_interleaved_turns_settle_then_time_a_burst():
     settled = Budget(warmup=1, min_reps=5, max_reps=5, min_time_s=0.0, settle=1, burst=2)
     plain = Budget(warmup=1, min_reps=2, max_reps=2, min_time_s=0.0)
     a, b = measure_interleaved([make("a"), make("b")], "cpu", [settled, plain])
-    # after the warm-ups: a's turns are 1 untimed + 2 timed calls (the last one
+    # after the two warm-ups each: a's turns are 1 untimed + 2 timed calls (the last one
     # short: 5 timed in all), b's one timed call until its 2 are done.
-    assert "".join(calls) == "ab" + "aaab" + "aaab" + "aa"
+    assert "".join(calls) == "aabb" + "aaab" + "aaab" + "aa"
     assert (a.reps, b.reps) == (5, 2)
 
 
@@ -222,6 +222,62 @@ def test_bench_outputs_checked_before_the_run(tmp_path, capsys):
     assert "PNG" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--quick", "--suite", ","])
+    (tmp_path / "dir.png").mkdir()
+    notes = tmp_path / "notes"
+    notes.write_text("a file")
+    for argv, message in (
+        (["--plot", str(tmp_path / "dir.png")], "is a directory"),
+        (["--json", str(notes / "r.jsonl")], "is a file, not a folder"),
+        (["--json", str(tmp_path / "x.png"), "--plot", str(tmp_path / "x.png")], "name the same file"),
+        (["--budget-s", "-5"], "--budget-s must be"),
+        (["--budget-s", "nan"], "--budget-s must be"),
+    ):
+        assert main(["bench", "--quick", "--suite", "patchify", *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    if not torch.cuda.is_available():
+        assert main(["bench", "--quick", "--suite", "patchify", "--device", "cuda"]) == 2
+        assert "no usable CUDA device" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.png", "notes", "notes.txt"]
+
+
+def test_warm_up_estimate_skips_the_compiling_call():
+    import time
+
+    calls = [0]
+
+    def fn():
+        calls[0] += 1
+        time.sleep(0.3 if calls[0] == 1 else 0.001)
+
+    t = measure(fn, "cpu", Budget(warmup=1, min_reps=3, max_reps=20, min_time_s=0.05))
+    assert t.reps >= 15  # sized from a ~1 ms call, not the 300 ms first one
+
+
+def test_report_reads_cut_files_and_names_every_run(tmp_path, capsys):
+    from vpengine.bench import record
+    from vpengine.bench.report import main as report_main
+
+    def rec(commit, median):
+        return record.Record(op="x", backend="ref", mode="fwd", shape="1", dtype="float32", metric="time",
+                             unit="ms", median=median, p20=median, p80=median, device="cpu", versions={},
+                             commit=commit)
+
+    path = tmp_path / "r.jsonl"
+    record.write_jsonl([rec("run1", 1.0)], path)
+    with path.open("a") as f:
+        f.write('{"op": "x", "backe')  # a run killed mid-line
+    record.write_jsonl([rec("run2", 2.0)], path)
+    with pytest.raises(ValueError, match=r"r.jsonl:2: not valid JSON"):
+        record.read_jsonl(path)
+    assert report_main([str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "skipped" in err and "r.jsonl:2" in err
+    assert "commit run1" in out and "commit run2" in out and "2 runs in these lines" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("x ")]
+    assert row.split()[4:6] == ["ref", "2"]  # the row shows run2's median
+    assert report_main([str(path), "--commit", "nope"]) == 1
+    assert "no lines of commit nope" in capsys.readouterr().err
+    assert report_main([str(tmp_path / "missing.jsonl")]) == 2
 
 
 def test_results_file_missing_its_last_newline_stays_valid(tmp_path):

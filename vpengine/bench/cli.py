@@ -38,42 +38,94 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start no new case after S seconds; the rest are recorded as skipped")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the suites, print the table; exit status 1 when a case failed
-    unexpectedly (skips are fine: they say why)."""
-    from . import record, runner
-    from .report import format_table, suite_summary
+def _check_output(flag: str, path: str) -> None:
+    """A file ``path`` can be created (folders included) and written."""
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise ValueError(f"{flag} {path} is a directory; name a file")
+    folder = os.path.dirname(full)
+    while not os.path.exists(folder):  # the run creates missing folders
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(full) and not os.access(full, os.W_OK)):
+        raise ValueError(f"{flag} {path} cannot be written here")
 
-    suites = [n for group in (args.suite or [[*SUITES]]) for n in group]
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Everything that can be wrong with the arguments, before any measurement."""
+    import math
+
+    import torch
+
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1; got {args.threads}")
-    # Output paths are checked before the run, not after minutes of it.
+    if args.budget_s is not None and not (math.isfinite(args.budget_s) and args.budget_s >= 0):
+        raise ValueError(f"--budget-s must be a number of seconds >= 0; got {args.budget_s}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: this machine has no usable CUDA device")
     if args.json:
+        _check_output("--json", args.json)
+        from . import record
+
         record.check_jsonl_target(args.json)
     if args.plot:
         if not args.plot.lower().endswith(".png"):
             raise ValueError(f"--plot writes a PNG; name a .png file (got {args.plot})")
-        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
-    on_records = (lambda recs: record.write_jsonl(recs, args.json)) if args.json else None
-    result = runner.run(suites=suites, device=args.device, quick=args.quick, threads=args.threads,
-                        log=lambda s: print(s, file=sys.stderr, flush=True), budget_s=args.budget_s,
-                        on_records=on_records, interleave=args.interleave)
-    recs = [r.__dict__ for r in result.records]
-    if args.plot:
-        from .plot import plot_roofline
+        _check_output("--plot", args.plot)
+    if args.json and args.plot and os.path.abspath(args.json) == os.path.abspath(args.plot):
+        raise ValueError(f"--json and --plot name the same file {args.json}; the chart would replace the results")
 
-        plot_roofline(recs, args.plot)
-    print(format_table(recs, title=f"vpengine bench ({'quick' if args.quick else 'full'})"))
+
+def run(args: argparse.Namespace) -> int:
+    """Run the suites, print the table; exit status 1 when a case failed
+    unexpectedly (skips are fine: they say why). Interrupted (Ctrl-C), it
+    still prints and plots what it measured, then lets the interrupt go on."""
+    from . import record, runner
+
+    _check_args(args)
+    suites = list(dict.fromkeys(n for group in (args.suite or [[*SUITES]]) for n in group))
+    measured: list[record.Record] = []
+
+    def on_records(recs):
+        measured.extend(recs)
+        if args.json:
+            record.write_jsonl(recs, args.json)
+
+    result = None
+    try:
+        result = runner.run(suites=suites, device=args.device, quick=args.quick, threads=args.threads,
+                            log=lambda s: print(s, file=sys.stderr, flush=True), budget_s=args.budget_s,
+                            on_records=on_records, interleave=args.interleave)
+    finally:  # also on Ctrl-C: what was measured is printed
+        status = _report(args, result.records if result is not None else measured,
+                         result.suite_status if result is not None else {}, interrupted=result is None)
+    return status
+
+
+def _report(args, records, suite_status: dict, interrupted: bool) -> int:
+    from .report import format_table, suite_summary
+
+    recs = [r.__dict__ for r in records]
+    mode = ("quick" if args.quick else "full") + (", interrupted" if interrupted else "")
+    print(format_table(recs, title=f"vpengine bench ({mode})"), flush=True)
     for s, v in suite_summary(recs).items():
         print(f"suite {s}: {v}")
-    for s, status in result.suite_status.items():
+    for s, status in suite_status.items():
         if status.startswith(("skipped", "error")):
             print(f"suite {s}: {status}")
     if args.json:
-        print(f"wrote {len(result.records)} JSON lines to {args.json}")
+        print(f"wrote {len(records)} JSON lines to {args.json}")
     if args.plot:
+        from .plot import plot_roofline
+
+        try:
+            plot_roofline(recs, args.plot)
+        except OSError as e:  # the table above is out already
+            print(f"vpengine bench: cannot write the chart {args.plot}: {e}", file=sys.stderr)
+            return 2
         print(f"wrote roofline chart to {args.plot}")
-    errors = sum(r.metric == "error" for r in result.records)
+    errors = sum(r.metric == "error" for r in records)
     return 1 if errors else 0
 
 
@@ -83,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"vpengine bench: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("vpengine bench: interrupted", file=sys.stderr)
+        return 130

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from .._files import write_atomically
 from .record import STATUS_METRICS
 
 
@@ -75,7 +76,7 @@ def plot_roofline(records: list[dict], path: str | os.PathLike, title: str = "")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6, loc="lower right", ncol=1 if len(compute) < 20 else 2)
 
-    names = [f"{op.split('/')[-1]} {shape} {dtype} [{backend}]" for (op, mode, shape, dtype, backend) in memory]
+    names = [f"{_label(op)} {shape} {dtype} [{backend}]" for (op, mode, shape, dtype, backend) in memory]
     vals = [v["gbps"] for v in memory.values()]
     if vals:
         bx.barh(range(len(vals)), vals, color="tab:blue")
@@ -91,5 +92,14 @@ def plot_roofline(records: list[dict], path: str | os.PathLike, title: str = "")
     commit = records[0]["commit"] if records else ""
     fig.suptitle(title or f"vpengine roofline - {device} - {commit}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def _label(op: str) -> str:
+    # "copy_same_bytes/token_scatter" is a copy baseline, not token_scatter itself.
+    if op.startswith("copy_same_bytes/"):
+        return f"copy, bytes of {op.split('/', 1)[1]}"
+    return op.split("/")[-1]

@@ -161,6 +161,10 @@ def write_jsonl(records: list[Record], path: str | os.PathLike) -> None:
     path = pathlib.Path(path)
     if path.parent:
         path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_file():  # /dev/stdout, a pipe: nothing to repair, no seeking
+        with path.open("a") as f:
+            f.writelines(r.to_json() + "\n" for r in records)
+        return
     with path.open("a+") as f:
         if f.tell():  # a file cut after its last record gets its newline back first
             f.seek(f.tell() - 1)
@@ -170,6 +174,25 @@ def write_jsonl(records: list[Record], path: str | os.PathLike) -> None:
             f.write(r.to_json() + "\n")
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path: str | os.PathLike, problems: list[str] | None = None) -> list[dict]:
+    """The records of a results file. A line that is not a record (one cut off
+    by a killed run, say) is skipped and described in ``problems`` when given,
+    else it raises ValueError naming its line number."""
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                ok = isinstance(rec, dict) and all(k in rec for k in SCHEMA_KEYS)
+                why = "" if ok else "not a results record (keys missing)"
+            except ValueError as e:
+                rec, why = None, f"not valid JSON ({e})"
+            if why:
+                if problems is None:
+                    raise ValueError(f"{path}:{lineno}: {why}")
+                problems.append(f"{path}:{lineno}: {why}")
+                continue
+            out.append(rec)
+    return out

@@ -4,6 +4,7 @@ can be printed again later: ``python -m vpengine.bench.report FILE.jsonl``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import OrderedDict
 
@@ -46,8 +47,13 @@ def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
     cases: OrderedDict[tuple, dict] = OrderedDict()
     notes = []
     skips: OrderedDict[tuple, list[dict]] = OrderedDict()
+    skipped_cases = set()
     for r in records:
         if r["metric"] == "skipped":
+            case = (r["suite"], r["op"], r["mode"], r["shape"], r["dtype"], r["backend"])
+            if case in skipped_cases:  # the same case skipped by another run in the file
+                continue
+            skipped_cases.add(case)
             # A backend this machine lacks skips every case alike: one note each.
             key = (r["suite"], r["backend"], r["note"].replace(r["op"], "{op}"))
             skips.setdefault(key, []).append(r)
@@ -84,7 +90,7 @@ def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
             _fmt(m["clips_per_s"]["median"]) if "clips_per_s" in m else "",
             _fmt(m["pct_roofline"]["median"]) if "pct_roofline" in m else "",
             _fmt(m["mfu"]["median"]) if "mfu" in m else "",
-            f"{sp['median']:.2f}x {sp['note']}" if sp else "",
+            f"{_fmt(sp['median'])}x {sp['note']}" if sp else "",
         ])
     return rows, notes
 
@@ -97,11 +103,14 @@ def format_table(records: list[dict], title: str | None = None) -> str:
     lines = []
     if title:
         lines.append(title)
-    if records:
-        r0 = records[0]
-        v = r0["versions"]
-        lines.append(f"device: {r0['device']} | torch {v.get('torch')} triton {v.get('triton')} "
-                     f"CUDA {v.get('cuda')} | commit {r0['commit']}")
+    runs = list(dict.fromkeys((r["device"], json.dumps(r["versions"], sort_keys=True), r["commit"])
+                              for r in records))
+    for device, versions, commit in runs:
+        v = json.loads(versions)
+        lines.append(f"device: {device} | torch {v.get('torch')} triton {v.get('triton')} "
+                     f"CUDA {v.get('cuda')} | commit {commit}")
+    if len(runs) > 1:
+        lines.append(f"({len(runs)} runs in these lines; each row shows the last measurement of its case)")
     lines.append("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
@@ -155,9 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commit", help="only lines of this commit")
     p.add_argument("--compact", action="store_true", help="one line per case group: the best vpengine path")
     args = p.parse_args(argv)
-    recs = read_jsonl(args.jsonl)
+    problems: list[str] = []
+    try:
+        recs = read_jsonl(args.jsonl, problems)
+    except OSError as e:
+        print(f"vpengine.bench.report: cannot read {args.jsonl}: {e}", file=sys.stderr)
+        return 2
+    for msg in problems[:10]:
+        print(f"vpengine.bench.report: skipped {msg}", file=sys.stderr)
+    if problems and not recs:
+        print(f"vpengine.bench.report: {args.jsonl} holds no results lines", file=sys.stderr)
+        return 2
     if args.commit:
         recs = [r for r in recs if r["commit"] == args.commit]
+        if not recs:
+            print(f"vpengine.bench.report: no lines of commit {args.commit} in {args.jsonl}", file=sys.stderr)
+            return 1
     print(compact_table(recs) if args.compact else format_table(recs))
     for s, v in suite_summary(recs).items():
         print(f"suite {s}: {v}")

@@ -134,7 +134,8 @@ def _speedups(results: list[Result]) -> None:
 
 def _rate(work: float, t: Timing, scale: float) -> tuple[float, float, float]:
     # A faster time is a higher rate, so p20 of the rate comes from p80 of the time.
-    return work / t.median / scale, work / t.p80 / scale, work / t.p20 / scale
+    # A time of 0 (below the clock's resolution) would divide by zero: floor it at 1 ns.
+    return tuple(work / max(x, 1e-9) / scale for x in (t.median, t.p80, t.p20))
 
 
 def records_for(r: Result, ceilings: Ceilings | None, device: str) -> list[R.Record]:

@@ -33,7 +33,7 @@ class Budget:
     """How long to measure one case: at least ``min_reps`` calls and about
     ``min_time_s`` seconds of timed calls, at most ``max_reps`` calls."""
 
-    warmup: int = 1
+    warmup: int = 1  # untimed calls; never fewer than 2 (see warm_up)
     min_reps: int = 3
     max_reps: int = 50
     min_time_s: float = 0.3
@@ -80,15 +80,17 @@ def _reps_for(estimate_s: float, budget: Budget) -> int:
 
 
 def warm_up(fn: Callable[[], object], device: torch.device, budget: Budget) -> float:
-    """Run the warm-up calls; return the mean seconds of the last one or two,
-    an estimate that sizes the repetition count (the first call may compile)."""
+    """Run the warm-up calls (at least two); return the fastest after the
+    first, an estimate that sizes the repetition count. The first call may
+    compile: an estimate from it alone gave 3 repetitions where the budget
+    asked for 20."""
     t = []
-    for _ in range(max(1, budget.warmup)):
+    for _ in range(max(2, budget.warmup)):
         t0 = time.perf_counter()
         fn()
         _sync(device)
         t.append(time.perf_counter() - t0)
-    return sum(t[-2:]) / len(t[-2:])
+    return min(t[1:])
 
 
 def measure(fn: Callable[[], object], device: torch.device | str, budget: Budget = Budget()) -> Timing:
