@@ -175,7 +175,7 @@ def _main(argv=None) -> int:
 
         try:
             return bench_run(args)
-        except ValueError as e:
+        except (ValueError, OSError) as e:
             print(f"vpengine bench: {e}", file=sys.stderr)
             return 2
     return 1
