@@ -82,12 +82,12 @@ def test_seek_far_into_the_file(videos, name, start):
 
 @pytest.mark.parametrize("name", ["h264_gop", "hevc_gop"])
 def test_sparse_frames_seek_per_gop(videos, name):
-    from vpengine.data import pyav_backend
+    from vpengine.data import pyav_backend, pyav_decode
 
     vp = pyav_backend.probe(videos[name])
     frames, info = read_clip(videos[name], ClipSpec(3, size=None), backend="pyav")
     assert info.frame_indices == [0, 6, 13] and gray_index(frames) == [0, 6, 13]
-    groups = pyav_backend._groups(vp, [vp.pts[i] for i in info.frame_indices], seek=True)
+    groups = pyav_decode._groups(vp, [vp.pts[i] for i in info.frame_indices], seek=True)
     # Each wanted frame lies in another GOP: one seek per later GOP, none for the first.
     assert [g[0] for g in groups][0] is None and len(groups) == 3
     assert all(kf <= t[0] for kf, t in groups[1:])

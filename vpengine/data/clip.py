@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import pyav_backend
+from . import pyav_backend, pyav_decode
 from .errors import BackendUnsupported, BadVideoError
 from .resize import resize_frames
 from .sampling import ClipSpec, sample_indices
@@ -118,7 +118,7 @@ def decode_plan(plan: ClipPlan, spec: ClipSpec, backend: str, threads: int = 0,
                 device_id: int | None = None) -> torch.Tensor:
     """The pixels of a planned clip with one concrete backend (not "auto")."""
     if backend == "pyav":
-        frames = pyav_backend.decode_frames(plan.probe, plan.indices, threads=threads)
+        frames = pyav_decode.decode_frames(plan.probe, plan.indices, threads=threads)
         return frames_to_clip(frames, spec, plan.probe.path)
     if backend in ("dali-cpu", "dali-gpu"):
         from . import dali_backend
