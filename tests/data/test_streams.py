@@ -1,0 +1,170 @@
+"""Which stream is the video, and which decoded frame is which, made here with PyAV:
+
+- cover images (``attached_pic`` streams): never the video;
+- two video streams: the one the ffmpeg command line maps (mediapy's);
+- H.264 with B-frames in AVI, whose timestamps count packets in decode order;
+- x264 intra refresh, whose keyframe flags are not seek points.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import FPS, gray_index
+from vpengine.data import BadVideoError, ClipSpec, read_clip
+from vpengine.data.synthetic import encode_video, index_frames
+
+av = pytest.importorskip("av")
+
+
+def _dali_cpu_or_skip():
+    from vpengine.data import dali_backend
+
+    why = dali_backend.dali_reasons("cpu")
+    if why:
+        pytest.skip("; ".join(why))
+
+
+def _cover(out):
+    """Add a cover image stream (MJPEG, flagged attached_pic); returns a
+    function that muxes its one picture, to call once every stream is added."""
+    cover = out.add_stream("mjpeg", rate=1)
+    cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
+    cover.disposition = av.stream.Disposition.attached_pic
+    img = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), format="rgb24")
+    return lambda: [out.mux(p) for p in [*cover.encode(img.reformat(format="yuvj420p")), *cover.encode(None)]]
+
+
+def test_audio_file_with_cover_art_is_not_a_video(tmp_path):
+    """An MP3 with cover art has one 'video' stream: the picture."""
+    path = str(tmp_path / "song.mp3")
+    with av.open(path, "w", format="mp3") as out:
+        mux_cover = _cover(out)
+        a = out.add_stream("libmp3lame", rate=44100)
+        mux_cover()
+        af = av.AudioFrame.from_ndarray(np.zeros((2, 1152 * 8), np.float32), format="fltp", layout="stereo")
+        af.sample_rate = 44100
+        for p in [*a.encode(af), *a.encode(None)]:
+            out.mux(p)
+    with av.open(path) as c:  # the premise: FFmpeg shows the cover as a video stream
+        assert [s.disposition & av.stream.Disposition.attached_pic for s in c.streams.video] == [
+            av.stream.Disposition.attached_pic]
+    with pytest.raises(BadVideoError, match="only a cover image"):
+        read_clip(path, ClipSpec(4, size=None), backend="pyav")
+
+
+def test_video_with_cover_art_reads_the_video(tmp_path):
+    path = str(tmp_path / "covered.mp4")
+    with av.open(path, "w") as out:
+        mux_cover = _cover(out)
+        v = out.add_stream("libx264", rate=FPS)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        mux_cover()
+        for rgb in index_frames(12):
+            out.mux(v.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(v.encode(None))
+    frames, info = read_clip(path, ClipSpec(4, size=None), backend="pyav")
+    assert info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
+
+
+def test_two_video_streams_take_the_larger_like_ffmpeg(tmp_path):
+    """ffmpeg's default video stream (mediapy's, so the official one): the
+    largest frame area, whatever the order. DALI only decodes the first."""
+    from vpengine.data import BackendUnsupported
+
+    path = str(tmp_path / "two.mkv")
+    with av.open(path, "w") as out:
+        still = out.add_stream("mjpeg", rate=1)
+        still.width, still.height, still.pix_fmt = 32, 32, "yuvj420p"
+        v = out.add_stream("libvpx-vp9", rate=FPS)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        img = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")
+        for p in [*still.encode(img.reformat(format="yuvj420p")), *still.encode(None)]:
+            out.mux(p)
+        for rgb in index_frames(12):
+            out.mux(v.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(v.encode(None))
+    frames, info = read_clip(path, ClipSpec(4, size=None), backend="pyav")
+    assert info.codec == "vp9" and info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
+    _dali_cpu_or_skip()
+    with pytest.raises(BackendUnsupported, match="DALI decodes the first"):
+        read_clip(path, ClipSpec(4, size=None), backend="dali-cpu")
+
+
+def test_a_leading_cover_stream_is_skipped():
+    """FFmpeg's muxers here all write covers after the video, but demuxers
+    may list them first: the choice itself, on stand-in streams."""
+    from vpengine.data import dali_backend
+    from vpengine.data.pyav_backend import VideoProbe, _video_stream
+
+    flag = av.stream.Disposition.attached_pic
+
+    class Streams:
+        def __init__(self, *dispositions):
+            ctx = type("Ctx", (), {"width": 64, "height": 48})()
+            self.video = [type("S", (), {"disposition": d, "codec_context": ctx})() for d in dispositions]
+
+    container = type("C", (), {})()
+    container.streams = Streams(flag, 0, 0)
+    assert _video_stream(container, "x") is container.streams.video[1]
+    container.streams = Streams(flag)
+    with pytest.raises(BadVideoError, match="only a cover image"):
+        _video_stream(container, "x")
+    container.streams = Streams()
+    with pytest.raises(BadVideoError, match="no video stream"):
+        _video_stream(container, "x")
+    # DALI has no stream choice: a probe of the second video stream is not its to decode.
+    probe = VideoProbe("x", (0,), (0,), 1, 1.0, 8, 8, "vp9", stream=1)
+    assert any("DALI decodes the first" in w for w in dali_backend.file_reasons(probe, "cpu"))
+    assert dali_backend.file_reasons(VideoProbe("x", (0,), (0,), 1, 1.0, 8, 8, "vp9"), "cpu") == []
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
+def test_avi_timestamps_in_decode_order(tmp_path, codec):
+    """AVI stores no presentation times: FFmpeg numbers the packets, so with
+    H.264 B-frames the decoded frames carry shuffled numbers. Display frame k
+    is the decoder's k-th output (as a player shows it)."""
+    from vpengine.data import dali_backend
+    from vpengine.data.pyav_backend import probe
+
+    path = encode_video(tmp_path / f"b.{codec}.avi", index_frames(20), codec, fps=FPS)
+    vp = probe(path)
+    assert vp.display_by_output_order == (codec == "libx264")  # mpeg4 here: no B-frames, real order
+    for T in (4, 5, 8, 20):
+        frames, info = read_clip(path, ClipSpec(T, size=None), backend="pyav")
+        assert info.num_source_frames == 20
+        assert gray_index(frames) == info.frame_indices, T
+    if codec == "libx264":
+        assert any("decode order" in w for w in dali_backend.file_reasons(vp, "gpu"))
+
+
+def test_intra_refresh_seek_points_are_not_trusted(tmp_path):
+    """x264's intra refresh flags recovery-point P-frames as keyframes; decoding
+    from one drops frames, then gives wrong pixels with the right timestamps.
+    Frames must equal a linear decode (what ffmpeg shows)."""
+    from vpengine.data import pyav_backend
+
+    n, h, w = 300, 64, 96
+    y, x = np.mgrid[0:h, 0:w]
+    path = str(tmp_path / "ir.mp4")
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"crf": "16", "x264-params": "keyint=60:intra-refresh=1:bframes=0"})
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(n):
+            f = np.zeros((h, w, 3), np.uint8)
+            f[..., 0] = (2 * x + i) % 200 + 20
+            f[..., 1] = (3 * y + 2 * i) % 200 + 20
+            f[..., 2] = 100
+            for b in range(12):  # the frame index as blocks, and its complement below
+                f[0:8, 8 * b:8 * b + 8] = 255 * ((i >> b) & 1)
+                f[8:16, 8 * b:8 * b + 8] = 255 * (1 - ((i >> b) & 1))
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode(None))
+    vp = pyav_backend.probe(path)
+    assert len(vp.keyframe_pts) > 1  # the premise: seek points past the first frame
+    with av.open(path) as c:
+        linear = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    clip, info = read_clip(path, ClipSpec(4, "stride", stride=3, size=None, start_time=245 / 25), backend="pyav")
+    assert info.frame_indices == [245, 248, 251, 254]
+    for i, frame in zip(info.frame_indices, clip.numpy()):
+        assert np.array_equal(frame, linear[i]), i
