@@ -15,10 +15,10 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> N
     temporary name is unique, so two runs writing the same output cannot mix
     their bytes. ``write`` must write to exactly the name it is given.
     """
-    path = os.fspath(path)
+    path = os.path.realpath(os.fspath(path))  # through a symlink: the link stays, its target is replaced
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory")
-    folder, name = os.path.split(os.path.abspath(path))
+    folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     # O_EXCL: a fresh file of ours; mode 0o666 under the umask, as a plain open() would give.
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))

@@ -238,6 +238,10 @@ def test_bench_outputs_checked_before_the_run(tmp_path, capsys):
         assert main(["bench", "--quick", "--suite", "patchify", "--device", "cuda"]) == 2
         assert "no usable CUDA device" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.png", "notes", "notes.txt"]
+    # A missing folder for the chart is made, as for --json.
+    assert main(["bench", "--quick", "--suite", "patchify", "--budget-s", "0",
+                 "--plot", str(tmp_path / "new" / "q.png")]) == 0
+    assert (tmp_path / "new" / "q.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_warm_up_estimate_skips_the_compiling_call():

@@ -169,3 +169,13 @@ def test_an_interrupted_write_leaves_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["e.npz"] and target.read_bytes() == b"before"
     write_atomically(target, lambda tmp: open(tmp, "wb").write(b"after"))
     assert [p.name for p in tmp_path.iterdir()] == ["e.npz"] and target.read_bytes() == b"after"
+
+
+def test_writes_go_through_a_symlink(tmp_path):
+    from vpengine._files import write_atomically
+
+    target = tmp_path / "real.npz"
+    target.write_bytes(b"old")
+    (tmp_path / "link.npz").symlink_to(target)
+    write_atomically(tmp_path / "link.npz", lambda tmp: open(tmp, "wb").write(b"new"))
+    assert (tmp_path / "link.npz").is_symlink() and target.read_bytes() == b"new"

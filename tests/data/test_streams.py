@@ -91,6 +91,21 @@ def test_two_video_streams_take_the_larger_like_ffmpeg(tmp_path):
         read_clip(path, ClipSpec(4, size=None), backend="dali-cpu")
 
 
+def test_a_larger_stream_without_packets_is_passed_over(tmp_path):
+    """ffmpeg prefers streams with packets over larger empty ones."""
+    path = str(tmp_path / "empty_big.mkv")
+    with av.open(path, "w") as out:
+        small = out.add_stream("libx264", rate=FPS)
+        small.width, small.height, small.pix_fmt = 64, 48, "yuv420p"
+        big = out.add_stream("libx264", rate=FPS)
+        big.width, big.height, big.pix_fmt = 128, 96, "yuv420p"  # never given a frame
+        for rgb in index_frames(8):
+            out.mux(small.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(small.encode(None))
+    frames, info = read_clip(path, ClipSpec(3, size=None), backend="pyav")
+    assert frames.shape[1:3] == (48, 64) and gray_index(frames) == info.frame_indices
+
+
 def test_a_leading_cover_stream_is_skipped():
     """FFmpeg's muxers here all write covers after the video, but demuxers
     may list them first: the choice itself, on stand-in streams."""

@@ -192,6 +192,9 @@ def test_compile_dynamic_shapes_and_softcap(grad):
             (g_c,) = torch.autograd.grad(out.sum(), qkv)
             (g_e,) = torch.autograd.grad(f(qkv, cap).sum(), qkv)
             torch.testing.assert_close(g_c, g_e)
+    for bad in (float("inf"), float("nan")):  # checked when the op runs, if not while tracing
+        with pytest.raises(ValueError, match="softcap must be a finite number"):
+            compiled(make_qkv(1, 3, 4, 2, 8, torch.float32).requires_grad_(grad), bad)
 
 
 def test_bad_inputs_raise_value_error():

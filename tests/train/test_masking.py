@@ -1,5 +1,6 @@
 """Random and tube masking: reproducible, right ratio, valid indices, and the
 documented meaning of perm against the token ops."""
+import numpy as np
 import pytest
 import torch
 
@@ -89,6 +90,7 @@ def test_bad_arguments():
     for ratio in ("0.5", True, float("nan")):
         with pytest.raises(ValueError, match="mask_ratio must be a number"):
             random_mask(2, 10, ratio)
+    assert num_kept(10, torch.tensor(0.3)) == num_kept(10, np.float32(0.3)) == 7  # 0-d and NumPy numbers
     with pytest.raises(ValueError, match="generator must be a torch.Generator"):
         tube_mask(2, 4, 9, 0.5, generator=5)
 

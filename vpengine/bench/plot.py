@@ -93,6 +93,7 @@ def plot_roofline(records: list[dict], path: str | os.PathLike, title: str = "")
     fig.suptitle(title or f"vpengine roofline - {device} - {commit}", fontsize=10)
     fig.tight_layout()
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(fig)

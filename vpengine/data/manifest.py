@@ -84,6 +84,15 @@ def _entry(row: dict, index: int, root: str, where: str) -> ManifestEntry:
     return ManifestEntry(path, None if caption is None else str(caption), start, end, index)
 
 
+def _first_char(f) -> str:
+    """The first non-blank character of text file ``f`` ("" if none); rewinds it."""
+    while True:
+        chunk = f.read(4096)
+        if not chunk or chunk.strip():
+            f.seek(0)
+            return chunk.strip()[:1]
+
+
 def read_manifest(manifest, root: str | None = None) -> list[ManifestEntry]:
     """Rows of a ``.jsonl``/``.json`` (JSON lines, or one array) or ``.csv``/``.tsv`` manifest file.
 
@@ -99,25 +108,23 @@ def read_manifest(manifest, root: str | None = None) -> list[ManifestEntry]:
     entries: list[ManifestEntry] = []
     if ext in (".jsonl", ".json", ".ndjson"):
         with open(manifest, encoding="utf-8-sig") as f:  # -sig: tolerate a BOM (Excel writes one)
-            text = f.read()
-        if text.lstrip().startswith("["):  # one JSON array of rows (what json.dump of a list writes)
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{manifest}:{e.lineno}: not valid JSON ({e.msg})") from None
-            return [_entry(r, i, base, f"{manifest}: row {i}") for i, r in enumerate(rows)]
-        # split("\n"), not splitlines(): JSON strings may hold U+2028 and other
-        # characters that splitlines() treats as line ends.
-        for lineno, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            where = f"{manifest}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg}); a JSON manifest holds one object "
-                                 "per line, or one array of objects") from None
-            entries.append(_entry(row, len(entries), base, where))
+            if _first_char(f) == "[":  # one JSON array of rows (what json.dump of a list writes)
+                try:
+                    rows = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{manifest}:{e.lineno}: not valid JSON ({e.msg})") from None
+                return [_entry(r, i, base, f"{manifest}: row {i}") for i, r in enumerate(rows)]
+            # Line by line: manifests of tens of millions of rows are never held as one string.
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{manifest}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not valid JSON ({e.msg}); a JSON manifest holds one object "
+                                     "per line, or one array of objects") from None
+                entries.append(_entry(row, len(entries), base, where))
     elif ext in (".csv", ".tsv"):
         with open(manifest, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")

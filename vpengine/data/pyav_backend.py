@@ -88,24 +88,28 @@ def _wrap(path: str, e: Exception, what: str) -> BadVideoError:
     return BadVideoError(path, f"{what}: {type(e).__name__}: {msg}")
 
 
-def _video_stream(container, path: str):
+def _video_stream(container, path: str, without: frozenset[int] = frozenset()):
     """The video stream the ffmpeg command line decodes by default (and so
     mediapy, the official reader): never an attached picture (the cover art of
     an MP3 or M4A reads as a one-frame video stream), then the largest frame
     area with a bonus of 5,000,000 for the ``default`` disposition, the first
-    stream on ties (ffmpeg's automatic video mapping)."""
+    stream on ties (ffmpeg's automatic video mapping). ffmpeg also prefers
+    streams with packets, which only a demux shows: :func:`probe` passes the
+    empty ones it found in ``without`` (indices among the video streams)."""
     av = _av()
     Disposition = av.stream.Disposition
     videos = list(container.streams.video)
     best, best_score = None, -1
-    for s in videos:
-        if s.disposition & Disposition.attached_pic:
+    for i, s in enumerate(videos):
+        if s.disposition & Disposition.attached_pic or i in without:
             continue
         ctx = s.codec_context
         score = int(ctx.width or 0) * int(ctx.height or 0) + 5_000_000 * bool(s.disposition & Disposition.default)
         if score > best_score:
             best, best_score = s, score
     if best is None:
+        if without:
+            raise BadVideoError(path, "the video stream has no frames")
         raise BadVideoError(path, "no video stream (only a cover image)" if videos else "no video stream")
     return best
 
@@ -129,14 +133,14 @@ def _open(av, path: str):
     return av.open(os.path.abspath(path))
 
 
-def probe(path: str) -> VideoProbe:
+def probe(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     """Demux ``path`` (no decode). Raises BadVideoError for files that cannot be videos."""
     av = _av()
     path = os.fsdecode(path)  # str, bytes or PathLike; str(b'x') would be "b'x'"
     check_file(path)
     try:
         with _open(av, path) as container:
-            stream = _video_stream(container, path)
+            stream = _video_stream(container, path, _empty)
             index = list(container.streams.video).index(stream)
             ctx = stream.codec_context
             codec = ctx.codec.canonical_name
@@ -166,8 +170,8 @@ def probe(path: str) -> VideoProbe:
         raise
     except Exception as e:  # av.error.* (InvalidDataError, ...), OSError, UnicodeDecodeError
         raise _wrap(path, e, "cannot open as a video") from e
-    if not pts:
-        raise BadVideoError(path, "the video stream has no frames")
+    if not pts:  # another video stream may have them (ffmpeg would take that one)
+        return probe(path, _empty | {index})
     if tb is None:
         raise BadVideoError(path, "the video stream has no time base")
     # Real B-frame timestamps are out of order in decode order; sorted ones from

@@ -211,9 +211,17 @@ _BWD.chooser = lambda device_type, grad_out, qkv, out, lse, axis, num_heads, *re
 def _spacetime_attention_op(
     qkv: torch.Tensor, axis: str, num_heads: int, softcap: float, frame_paddings: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _finite_softcap(softcap)
     impl = _REG.select(qkv.device.type, qkv, axis, num_heads, softcap, frame_paddings)
     out, lse = impl.fn(qkv, axis, num_heads, softcap, frame_paddings)
     return out, lse
+
+
+def _finite_softcap(softcap: float) -> None:
+    # The wrapper's check cannot run while torch.compile traces a symbolic
+    # softcap; the kernels run with the real value, so check it here too.
+    if not math.isfinite(softcap):
+        raise ValueError(f"softcap must be a finite number (0 or less: no cap); got {softcap!r}")
 
 
 @_spacetime_attention_op.register_fake
@@ -248,6 +256,7 @@ def _spacetime_attention_bwd_fake(grad_out, qkv, out, lse, axis, num_heads, soft
 def _infer_impl(qkv, axis, num_heads, softcap, frame_paddings):
     """Forward only (no gradient wanted): the ref backend skips the row
     log-sum-exp that only backward needs (about 40% of its time on CPU)."""
+    _finite_softcap(softcap)
     impl = _REG.select(qkv.device.type, qkv, axis, num_heads, softcap, frame_paddings)
     if impl.name == "ref":
         return spacetime_attention_ref(qkv, axis, num_heads, softcap, frame_paddings).contiguous()

@@ -29,7 +29,6 @@ Everything stays on the device; nothing syncs with the host.
 """
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import torch
@@ -42,10 +41,13 @@ class TokenMask(NamedTuple):
 
 def num_kept(num_tokens: int, mask_ratio: float) -> int:
     """``round(num_tokens * (1 - mask_ratio))``: tokens kept out of ``num_tokens``."""
-    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, numbers.Real) or not (
-            0.0 <= float(mask_ratio) <= 1.0):  # float("0.5") would parse; NaN fails the comparison
+    try:  # numbers, NumPy scalars, 0-d arrays and tensors; not "0.5" or True
+        ratio = None if isinstance(mask_ratio, (str, bytes, bool)) else float(mask_ratio)
+    except (TypeError, ValueError):
+        ratio = None
+    if ratio is None or not 0.0 <= ratio <= 1.0:  # NaN fails the comparison
         raise ValueError(f"mask_ratio must be a number in [0, 1]; got {mask_ratio!r}")
-    return int(round(num_tokens * (1.0 - float(mask_ratio))))
+    return int(round(num_tokens * (1.0 - ratio)))
 
 
 def _device(generator: torch.Generator | None, device) -> torch.device:
