@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import site
 import sys
 import sysconfig
@@ -49,10 +50,12 @@ def _gencode_flags(archs: str) -> list[str]:
         item = item.strip()
         if not item:
             continue
-        ptx = item.endswith("+PTX")
-        num = item.removesuffix("+PTX").replace(".", "")
-        if not num[:2].isdigit():
+        # "8.0", "9.0a", "10.0f", "8.6+PTX", or the same without the dot ("90a").
+        m = re.fullmatch(r"(\d{1,2})\.(\d)([af]?)(\+PTX)?|(\d{2,3})([af]?)(\+PTX)?", item, flags=re.IGNORECASE)
+        if m is None:
             raise SystemExit(f"VPENGINE_CUDA_ARCHS: cannot read {item!r}; use e.g. '8.0;9.0a' or '90a'")
+        num = (m[1] + m[2] + m[3] if m[1] else m[5] + m[6]).lower()
+        ptx = bool(m[4] or m[7])
         flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
         if ptx:
             flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
@@ -73,6 +76,18 @@ def _nvidia_include_dirs() -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _compiles_nothing(commands: list[str]) -> bool:
+    """Whether this setup.py run only packs sources or writes metadata
+    (``python -m build --sdist`` runs egg_info and sdist without torch)."""
+    packing = {"sdist", "egg_info", "dist_info", "check"}
+    building = {"build", "build_ext", "build_py", "bdist_wheel", "bdist_egg", "install", "develop",
+                "editable_wheel"}
+    if any(c in building for c in commands):
+        return False
+    return any(c in packing for c in commands) or any(c in ("--name", "--version", "--help", "-h")
+                                                      for c in commands)
+
+
 def _extensions():
     if _env("VPENGINE_BUILD_EXT", "1", ("1", "0")) == "0":
         return [], {}
@@ -80,6 +95,8 @@ def _extensions():
         import torch
         from torch.utils import cpp_extension
     except ImportError as e:
+        if _compiles_nothing(sys.argv[1:]):  # an sdist or metadata: the sources are shipped, not built
+            return [], {}
         raise SystemExit(
             f"building vpengine's extensions needs torch in the build environment ({e}).\n"
             "Install torch first and use `pip install --no-build-isolation .`, "

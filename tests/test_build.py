@@ -243,3 +243,48 @@ def test_plain_wheel_ships_kernels(tmp_path):
     subprocess.run([*pip, "install", "--no-deps", "--target", target, wheel], env=env, check=True, timeout=300)
     out = _run(_WHERE, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)})
     assert Path(out.strip()) == target / "vpengine" / "kernels" / "__init__.py"
+
+
+def _setup_namespace() -> dict:
+    """setup.py's helpers, without running setup()."""
+    src = (REPO / "setup.py").read_text().split("ext_modules, cmdclass = _extensions()")[0]
+    ns = {"__file__": str(REPO / "setup.py"), "__name__": "setup_helpers"}
+    exec(compile(src, "setup.py", "exec"), ns)
+    return ns
+
+
+def test_cuda_arch_list_is_read_strictly():
+    gencode = _setup_namespace()["_gencode_flags"]
+    assert gencode("8.0;9.0a") == ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a"]
+    assert gencode("8.6+ptx")[1] == "-gencode=arch=compute_86,code=compute_86"
+    for bad in ("9", "8.0.1", "sm_90", "Hopper"):
+        with pytest.raises(SystemExit, match="cannot read"):
+            gencode(bad)
+
+
+def test_sdist_needs_no_torch(tmp_path):
+    """``python -m build --sdist`` runs setup.py in an environment without torch."""
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info", "build")
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "LICENSE"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, src / name)
+    for name in ("vpengine", "kernels", "csrc"):
+        shutil.copytree(REPO / name, src / name, ignore=skip)
+    fake = tmp_path / "no_torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no torch in this environment')\n")
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+    out = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")], cwd=src,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (sdist,) = (tmp_path / "dist").glob("vpengine-*.tar.gz")
+    import tarfile
+
+    names = tarfile.open(sdist).getnames()
+    assert any(n.endswith("csrc/cpu/output_pool.cpp") for n in names)
+    assert any(n.endswith("kernels/attention_math.py") for n in names)
+    build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext"], cwd=src, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode != 0 and "needs torch" in build.stderr  # building still says what is missing

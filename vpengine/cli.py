@@ -120,7 +120,11 @@ def _main(argv=None) -> int:
     if args.command == "info":
         from .info import main as info_main
 
-        return info_main()
+        try:
+            return info_main()
+        except ValueError as e:  # VPENGINE_BACKEND set to no backend, say
+            print(f"vpengine info: {e}", file=sys.stderr)
+            return 2
     if args.command == "convert":
         from .model.convert import CheckpointError
 

@@ -238,6 +238,12 @@ def test_bench_outputs_checked_before_the_run(tmp_path, capsys):
         assert main(["bench", "--quick", "--suite", "patchify", "--device", "cuda"]) == 2
         assert "no usable CUDA device" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.png", "notes", "notes.txt"]
+    import sys
+
+    with pytest.MonkeyPatch.context() as mp:  # no matplotlib: said before the run
+        mp.setitem(sys.modules, "matplotlib", None)
+        assert main(["bench", "--quick", "--suite", "patchify", "--plot", str(tmp_path / "m.png")]) == 2
+        assert "--plot needs matplotlib" in capsys.readouterr().err
     # A missing folder for the chart is made, as for --json.
     assert main(["bench", "--quick", "--suite", "patchify", "--budget-s", "0",
                  "--plot", str(tmp_path / "new" / "q.png")]) == 0

@@ -16,6 +16,12 @@ LVT = VideoTextConfig(encoder=ENC, num_auxiliary_layers=1, pooler_num_heads=2, p
                       text=TextConfig(vocab_size=20, num_layers=1, num_heads=2, width=32, mlp_dim=64))
 
 
+def test_info_with_a_bad_backend_variable(monkeypatch, capsys):
+    monkeypatch.setenv("VPENGINE_BACKEND", "bogus")
+    assert main(["info"]) == 2
+    assert "VPENGINE_BACKEND='bogus' is not a backend" in capsys.readouterr().err
+
+
 def test_info_lists_every_backend(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out

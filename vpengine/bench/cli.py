@@ -73,6 +73,10 @@ def _check_args(args: argparse.Namespace) -> None:
         if not args.plot.lower().endswith(".png"):
             raise ValueError(f"--plot writes a PNG; name a .png file (got {args.plot})")
         _check_output("--plot", args.plot)
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as e:
+            raise ValueError(f"--plot needs matplotlib ({e}); pip install matplotlib") from None
     if args.json and args.plot and os.path.abspath(args.json) == os.path.abspath(args.plot):
         raise ValueError(f"--json and --plot name the same file {args.json}; the chart would replace the results")
 
