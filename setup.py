@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import site
 import sys
 import sysconfig
@@ -45,6 +44,8 @@ def _sources(pattern: str) -> list[str]:
 
 def _gencode_flags(archs: str) -> list[str]:
     """'8.0;9.0a+PTX' -> nvcc -gencode flags (sm code, plus PTX where asked)."""
+    import re  # here, not at the top: .ci/cuda_compile_check.sh runs this function on its own
+
     flags = []
     for item in archs.replace(",", ";").replace(" ", ";").split(";"):
         item = item.strip()
