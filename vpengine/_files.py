@@ -31,13 +31,20 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> N
         raise
 
 
-def check_writable(path: str | os.PathLike) -> None:
-    """ValueError, before any work, when ``path`` cannot be written as a file."""
+def check_writable(path: str | os.PathLike, what: str = "output", make_folders: bool = False) -> None:
+    """ValueError, before any work, when ``path`` cannot be written as a file.
+    With ``make_folders`` missing folders are fine (the writer creates them)."""
     path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ValueError(f"output folder {parent} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"output {path} is a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"output folder {parent} is not writable")
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise ValueError(f"{what} {path} is a directory")
+    folder = os.path.dirname(full)
+    if make_folders:
+        while not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        if not os.path.isdir(folder):
+            raise ValueError(f"{what} {path}: {folder} is a file, not a folder")
+    elif not os.path.isdir(folder):
+        raise ValueError(f"{what} folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(full) and not os.access(full, os.W_OK)):
+        raise ValueError(f"{what} {path} cannot be written: {folder} or the file is not writable")

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from .._files import check_writable
 from .suites import SUITES
 
 
@@ -38,20 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start no new case after S seconds; the rest are recorded as skipped")
 
 
-def _check_output(flag: str, path: str) -> None:
-    """A file ``path`` can be created (folders included) and written."""
-    full = os.path.abspath(path)
-    if os.path.isdir(full):
-        raise ValueError(f"{flag} {path} is a directory; name a file")
-    folder = os.path.dirname(full)
-    while not os.path.exists(folder):  # the run creates missing folders
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(full) and not os.access(full, os.W_OK)):
-        raise ValueError(f"{flag} {path} cannot be written here")
-
-
 def _check_args(args: argparse.Namespace) -> None:
     """Everything that can be wrong with the arguments, before any measurement."""
     import math
@@ -65,14 +52,14 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: this machine has no usable CUDA device")
     if args.json:
-        _check_output("--json", args.json)
+        check_writable(args.json, "--json", make_folders=True)
         from . import record
 
         record.check_jsonl_target(args.json)
     if args.plot:
         if not args.plot.lower().endswith(".png"):
             raise ValueError(f"--plot writes a PNG; name a .png file (got {args.plot})")
-        _check_output("--plot", args.plot)
+        check_writable(args.plot, "--plot", make_folders=True)
         try:
             import matplotlib  # noqa: F401
         except ImportError as e:

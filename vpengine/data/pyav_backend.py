@@ -181,7 +181,11 @@ def probe(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     pts.sort()
     fps = float(rate) if rate else (len(pts) - 1) / max(float((pts[-1] - pts[0]) * tb), 1e-9)
     _check_complete(path, declared, demuxed, float(end * tb), fps)
-    by_order = suspect and in_order and _output_reorders(av, path, index)
+    if suspect and in_order:
+        st = os.stat(path)
+        by_order = _output_reorders(path, st.st_size, st.st_mtime_ns, index)
+    else:
+        by_order = False
     dup = next((p for p, q in zip(pts, pts[1:]) if p == q), None)
     if dup is not None:
         raise BadVideoError(path, f"two frames share the timestamp {float(dup * tb):.3f} s; cannot index frames")
@@ -189,10 +193,12 @@ def probe(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                       colorspace)
 
 
-def _output_reorders(av, path: str, index: int, limit: int = 64) -> bool:
-    """Whether the decoder gives frames with falling timestamps within the first ``limit``."""
+@lru_cache(maxsize=65536)
+def _output_reorders(path: str, size: int, mtime_ns: int, index: int, limit: int = 64) -> bool:
+    """Whether the decoder gives frames with falling timestamps within the first
+    ``limit`` (remembered per file: a loader probes it every epoch)."""
     try:
-        with _open(av, path) as container:
+        with _open(_av(), path) as container:
             last = None
             for n, frame in enumerate(container.decode(container.streams.video[index])):
                 if frame.pts is not None:
