@@ -10,12 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vpengine.data.synthetic import encode_video, frame_index, index_frames, pattern_frames
+from clip_facts import FPS, QUIET_X265, VFR_PTS_MS
 
-FPS = 10
-VFR_PTS_MS = [0, 100, 150, 400, 410, 500, 900, 1000, 1100, 1500]
-QUIET_X265 = {"x265-params": "log-level=error"}
-gray_index = frame_index
+from vpengine.data.synthetic import encode_video, index_frames, pattern_frames
 
 
 @pytest.fixture(scope="session")

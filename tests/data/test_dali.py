@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import gray_index
+from clip_facts import gray_index
 
 from vpengine.data import BackendUnsupported, BadVideoError, ClipLoader, ClipSpec, read_clip
 

@@ -6,7 +6,7 @@ checks the decoded pixels against the indices and timestamps it was told.
 import numpy as np
 import pytest
 import torch
-from conftest import FPS, VFR_PTS_MS, gray_index
+from clip_facts import FPS, VFR_PTS_MS, gray_index
 
 from vpengine.data import ClipSpec, read_clip, resize_frames, uniform_indices
 

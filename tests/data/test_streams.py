@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import FPS, gray_index
+from clip_facts import FPS, gray_index
 from vpengine.data import BadVideoError, ClipSpec, read_clip
 from vpengine.data.synthetic import encode_video, index_frames
 

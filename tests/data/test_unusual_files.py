@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import FPS, gray_index
+from clip_facts import FPS, gray_index
 from vpengine.data import BadVideoError, ClipLoader, ClipSpec, read_clip, read_manifest
 from vpengine.data.synthetic import encode_video, index_frames
 
