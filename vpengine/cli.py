@@ -152,7 +152,8 @@ def _main(argv=None) -> int:
         import torch
 
         from .data import BadVideoError, ClipSpec
-        from .embed import embed_manifest, load_any
+        from .embed import embed_manifest
+        from .model.api import load_any
         from .model.convert import CheckpointError
 
         try:

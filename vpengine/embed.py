@@ -19,20 +19,7 @@ import torch
 
 from ._files import write_atomically
 from .data import ClipLoader, ClipSpec
-from .model.api import from_pretrained, load, load_official
-from .model.config import PRESETS
 from .model.video_text import VideoTextModel
-
-
-def load_any(model: str) -> torch.nn.Module:
-    """A preset name (official weights), an official ``.npz`` or a vpengine ``.safetensors``."""
-    if model in PRESETS:
-        return from_pretrained(model)
-    if model.endswith(".npz"):
-        return load_official(model)
-    if model.endswith(".safetensors"):
-        return load(model)
-    raise ValueError(f"--model must be a preset ({', '.join(PRESETS)}), an .npz or a .safetensors file; got {model!r}")
 
 
 @torch.inference_mode()

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import gray_index
+from clip_facts import gray_index
 
 from vpengine.data import ClipLoader, ClipSpec, read_manifest
 
@@ -97,6 +97,26 @@ def test_deterministic_for_a_seed(manifest):
     d = list(loader)
     assert sorted(r for x in d for r in x.rows) == list(range(len(GOOD)))
     assert [x.rows for x in c] != [x.rows for x in d]
+
+
+def test_start_resumes_mid_epoch(manifest):
+    """set_epoch(e, start=k) yields what a full pass yields after its first k
+    shard rows (the same clips: row seeds do not depend on the start)."""
+    loader = ClipLoader(manifest, SPEC, 2, seed=3, num_workers=2)
+    loader.set_epoch(1)
+    full = list(loader)
+    shard = loader.shard_rows()
+    loader.set_epoch(1, start=4)
+    assert len(loader) == -(-(len(shard) - 4) // 2)
+    rest = list(loader)
+    assert [r for x in rest for r in x.rows] == shard[4:]
+    tail = [(r, x.frames[i]) for x in full for i, r in enumerate(x.rows) if r in shard[4:]]
+    got = [(r, x.frames[i]) for x in rest for i, r in enumerate(x.rows)]
+    assert [r for r, _ in tail] == [r for r, _ in got] and all(torch.equal(a, b) for (_, a), (_, b) in zip(tail, got))
+    loader.set_epoch(2)
+    assert loader.start == 0
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        loader.set_epoch(1, start=-1)
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])

@@ -141,13 +141,19 @@ class ClipLoader:
                 raise BackendUnsupported(f"backend {backend!r} cannot run here: " + "; ".join(why))
         if self.dali_device is not None and spec.resize == "area":
             raise ValueError("spec.resize='area' has no DALI equivalent; use lanczos, bicubic, bilinear or nearest")
-        self.epoch = 0
+        self.epoch = self.start = 0
         self.bad_files: list[BadFile] = []
         self._lock = threading.Lock()
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's permutation and sampling seeds (call before iterating)."""
-        self.epoch = _integer("epoch", epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's permutation and sampling seeds (call before iterating).
+        ``start`` skips the first ``start`` rows of this rank's shard
+        (:meth:`shard_rows`): a resumed run starts where its checkpoint stopped
+        without decoding the rows before."""
+        epoch, start = _integer("epoch", epoch), _integer("start", start)
+        if start < 0:
+            raise ValueError(f"start must be >= 0; got {start}")
+        self.epoch, self.start = epoch, start
 
     @property
     def num_bad(self) -> int:
@@ -167,7 +173,7 @@ class ClipLoader:
         return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        rows = len(self.shard_rows())
+        rows = max(len(self.shard_rows()) - self.start, 0)
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
     def _row_seed(self, row: int) -> int:
@@ -286,7 +292,8 @@ class ClipLoader:
             self.bad_files = []
         out: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
-        producer = threading.Thread(target=self._produce, args=(self.shard_rows(), out, stop), daemon=True)
+        rows = self.shard_rows()[self.start:]
+        producer = threading.Thread(target=self._produce, args=(rows, out, stop), daemon=True)
         producer.start()
         try:
             while True:

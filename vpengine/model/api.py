@@ -157,3 +157,14 @@ def cached_official_path(name: str) -> str | None:
     repo, filename = HUB_FILES[name]
     p = try_to_load_from_cache(repo, filename)
     return p if isinstance(p, str) else None
+
+
+def load_any(model: str) -> torch.nn.Module:
+    """A preset name (official weights), an official ``.npz`` or a vpengine ``.safetensors``."""
+    if model in PRESETS:
+        return from_pretrained(model)
+    if model.endswith(".npz"):
+        return load_official(model)
+    if model.endswith(".safetensors"):
+        return load(model)
+    raise ValueError(f"model must be a preset ({', '.join(PRESETS)}), an .npz or a .safetensors file; got {model!r}")

@@ -11,6 +11,8 @@ time-major order (token index ``t*S + s``).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -121,18 +123,27 @@ class VideoEncoder(nn.Module):
         temporal = resize_table(self.temporal_pos_emb.view(T0, 1, D), (num_frames, 1)).reshape(-1, D)
         return spatial, temporal
 
-    def embed(self, video: torch.Tensor, spatial_pos_SD: torch.Tensor) -> torch.Tensor:
-        """Validated video -> patch embeddings plus spatial positions, ``[B, T, S, D]``."""
+    def patches(self, video: torch.Tensor) -> torch.Tensor:
+        """Validated video -> patch vectors ``[B, T, S, P*P*3]`` for the projection."""
         P = self.config.patch_size
         w = self.patch_projection.weight
         if video.dtype == torch.uint8:
-            patches = ops.patchify(video, P, dtype=w.dtype)
-        else:
-            patches = patchify_float(video, P)
-            if not torch.is_autocast_enabled(video.device.type):
-                patches = patches.to(w.dtype)
-        x = self.patch_projection(patches)
+            return ops.patchify(video, P, dtype=w.dtype)
+        patches = patchify_float(video, P)
+        return patches if torch.is_autocast_enabled(video.device.type) else patches.to(w.dtype)
+
+    def embed(self, video: torch.Tensor, spatial_pos_SD: torch.Tensor) -> torch.Tensor:
+        """Validated video -> patch embeddings plus spatial positions, ``[B, T, S, D]``."""
+        x = self.patch_projection(self.patches(video))
         return x + spatial_pos_SD.to(x.dtype)
+
+    def _stacks(self, x_BTSD: torch.Tensor, temporal_TD: torch.Tensor, pad):
+        """Spatial stack, ``spatial_ln``, temporal positions, temporal stack, ``temporal_ln``."""
+        x = self.spatial(x_BTSD, "space", pad)
+        spatial_features = self.spatial_ln(x)
+        x = spatial_features + temporal_TD.to(spatial_features.dtype)[None, :, None, :]
+        x = self.temporal(x, "time", pad)
+        return self.temporal_ln(x), spatial_features
 
     def forward(self, video: torch.Tensor, frame_paddings: torch.Tensor | None = None, *, return_spatial_features: bool = False):
         """``video [B, T, H, W, 3]`` float in [0, 1] (or uint8), optional
@@ -143,14 +154,58 @@ class VideoEncoder(nn.Module):
         pad = check_frame_paddings(frame_paddings, B, T, video.device)
         P = self.config.patch_size
         spatial, temporal = self.position_tables(T, (H // P, W // P))
-        x = self.embed(video, spatial)
-        x = self.spatial(x, "space", pad)
-        spatial_features = self.spatial_ln(x)
-        x = spatial_features + temporal.to(spatial_features.dtype)[None, :, None, :]
-        x = self.temporal(x, "time", pad)
-        x = self.temporal_ln(x)
+        x, spatial_features = self._stacks(self.embed(video, spatial), temporal, pad)
         D = self.config.width
         tokens = x.reshape(B, -1, D)
         if return_spatial_features:
             return tokens, spatial_features.reshape(B, -1, D)
         return tokens
+
+    def forward_visible(self, video: torch.Tensor, keep_idx: torch.Tensor,
+                        frame_paddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens of the visible patches only: the stage-2 student's encoder.
+
+        ``keep_idx [B, K]`` is a tube mask (:func:`vpengine.train.tube_mask`):
+        token indices ``t*S + s`` holding the same ``Ks = K/T`` spatial
+        positions s (ascending) on every frame t, frame-major. The masked
+        patches are never embedded; the kept ones keep their own spatial
+        positions, so the spatial stack attends among the ``Ks`` visible
+        tokens of each frame and the temporal stack along the T frames of each
+        kept position. Returns ``[B, K, D]`` in ``keep_idx`` order; with every
+        token kept it equals :meth:`forward`.
+        """
+        check_video(video, self.config.patch_size)
+        B, T, H, W, _ = video.shape
+        pad = check_frame_paddings(frame_paddings, B, T, video.device)
+        P = self.config.patch_size
+        S = (H // P) * (W // P)
+        ks = _tube_width(keep_idx, B, T, S, video.device)
+        spatial, temporal = self.position_tables(T, (H // P, W // P))
+        kept = ops.token_gather(self.patches(video).reshape(B, T * S, -1), keep_idx)
+        x = self.patch_projection(kept).view(B, T, ks, -1)
+        x = x + spatial[keep_idx[:, :ks]].to(x.dtype)[:, None]  # frame 0's positions serve every frame
+        x, _ = self._stacks(x, temporal, pad)
+        return x.reshape(B, T * ks, -1)
+
+
+def _tube_width(keep_idx, B: int, T: int, S: int, device) -> int:
+    """Spatial positions per frame of a tube mask; ValueError when keep_idx is not one."""
+    if not isinstance(keep_idx, torch.Tensor) or keep_idx.dtype != torch.int64 or keep_idx.dim() != 2:
+        got = f"{keep_idx.dtype} {tuple(keep_idx.shape)}" if isinstance(keep_idx, torch.Tensor) else type(keep_idx).__name__
+        raise ValueError(f"keep_idx must be a 2-D int64 tensor [B, K]; got {got}")
+    if keep_idx.device != device:
+        raise ValueError(f"keep_idx is on {keep_idx.device} but the video is on {device}")
+    K = keep_idx.shape[1]
+    if keep_idx.shape[0] != B or K == 0 or K % T or K // T > S:
+        raise ValueError(f"keep_idx has shape {tuple(keep_idx.shape)}; a tube mask of this video is "
+                         f"[{B}, T*Ks] with T = {T} frames and 1 <= Ks <= {S} positions per frame")
+    ks = K // T
+    # Checked where it costs no device sync (CPU), or when asked (as the token ops do).
+    if device.type == "cpu" or os.environ.get("VPENGINE_CHECK_INDICES", "") == "1":
+        s = keep_idx[:, :ks]
+        frames = torch.arange(T, device=device)[None, :, None] * S
+        sorted_in_range = bool(((s >= 0) & (s < S)).all()) and bool((s[:, 1:] > s[:, :-1]).all())
+        if not sorted_in_range or not torch.equal(keep_idx.view(B, T, ks), s[:, None, :] + frames):
+            raise ValueError("keep_idx is not a tube mask: every frame t must hold t*S + s for the same "
+                             f"ascending spatial positions s in [0, {S}) (see vpengine.train.tube_mask)")
+    return ks

@@ -78,10 +78,8 @@ class VideoTextModel(nn.Module):
         ``(embedding, dict)`` holding ``spatiotemporal_features``,
         ``spatial_features``, ``auxiliary`` and ``frame_embeddings [B, T, D]``.
         The auxiliary stack and the pooler ignore frame paddings (official)."""
-        tokens, spatial = self.encoder(video, frame_paddings, return_spatial_features=True)
+        tokens, spatial, aux, emb = self.video_features(video, frame_paddings)
         B, TS, D = tokens.shape
-        aux = self.auxiliary(tokens.view(B, 1, TS, D), "space").view(B, TS, D)
-        emb = self.pooler(aux)
         if normalize:
             emb = l2_normalize(emb)
         if not return_intermediate:
@@ -95,6 +93,15 @@ class VideoTextModel(nn.Module):
             "frame_embeddings": l2_normalize(frames) if normalize else frames,
         }
         return emb, extras
+
+    def video_features(self, video: torch.Tensor, frame_paddings: torch.Tensor | None = None):
+        """``(tokens, spatial_features, auxiliary, pooled)``: the encoder's
+        ``[B, T*S, D]`` tokens and ``spatial_ln`` output, the auxiliary stack's
+        output and the pooled, unnormalized video embedding ``[B, D]``."""
+        tokens, spatial = self.encoder(video, frame_paddings, return_spatial_features=True)
+        B, TS, D = tokens.shape
+        aux = self.auxiliary(tokens.view(B, 1, TS, D), "space").view(B, TS, D)
+        return tokens, spatial, aux, self.pooler(aux)
 
     def encode_text(self, ids: torch.Tensor, paddings: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
         """Token ids ``[Bt, L]`` and paddings ``[Bt, L]`` (1 = pad) -> ``[Bt, D]``."""
