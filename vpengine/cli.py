@@ -1,4 +1,4 @@
-"""The ``vpengine`` command: info, convert, demo, bench."""
+"""The ``vpengine`` command: info, convert, demo, embed, train, bench."""
 from __future__ import annotations
 
 import argparse
@@ -108,6 +108,10 @@ def _main(argv=None) -> int:
     p.add_argument("--strict", action="store_true", help="stop at the first bad file instead of skipping it")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model: fastest on a GPU; the first batch pays the compile")
+    p = sub.add_parser("train", help="pretrain: stage 1 (video-text contrastive) or stage 2 (masked distillation)")
+    from .train.cli import add_arguments as add_train_arguments
+
+    add_train_arguments(p)
     bench = sub.add_parser("bench", help="benchmark suite (see benchmarks/)")
     try:
         from .bench.cli import add_arguments
@@ -172,6 +176,15 @@ def _main(argv=None) -> int:
                   f"listed in {args.out})", file=sys.stderr)
             return 1
         return 0
+    if args.command == "train":
+        from .train.cli import run as train_run
+
+        try:
+            device = _device(args.device)
+        except ValueError as e:
+            print(f"vpengine train: {e}", file=sys.stderr)
+            return 2
+        return train_run(args, device)
     if args.command == "bench":
         if have_bench is not True:
             print(f"vpengine bench is unavailable: {have_bench}", file=sys.stderr)

@@ -20,8 +20,11 @@ Both maskers return a :class:`TokenMask` ``(keep_idx, perm)``:
   - ``ops.decoder_input(enc_kept_BKD, keep_idx, mask_token, perm, pos_emb)``
     is the same shuffle applied to the full sequence with ``mask_token`` on
     every masked token (``token_scatter`` + ``token_shuffle`` in one pass);
-  - ``ops.token_unshuffle(dec_out_BND, perm)[b, n]`` is the decoder output for
-    token ``n``: it lines predictions up with the teacher's ``[B, N, D]`` targets.
+  - ``ops.token_unshuffle(y_BND, perm)[b, n]`` is the row at the position
+    where token ``n`` went: the inverse of the shuffle. The stage-2 trainer
+    does not need it: the decoder's position ``i`` carries the embedding of
+    location ``i`` and predicts the teacher's token ``i``
+    (:mod:`vpengine.train.stage2`).
 
 Randomness is drawn on ``device`` from ``generator`` (or the default generator
 of that device): the same seed gives the same masks on the same device type.

@@ -1,0 +1,113 @@
+"""The training loop end to end on real (tiny) video files: both stages through
+the command line, exact resume, and the refusals that protect a user's run."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vpengine
+from vpengine.cli import main
+from vpengine.model import VideoEncoder, VideoTextModel
+from vpengine.train import TrainConfig, train
+
+
+def _args(d, out, stage=1, **extra):
+    args = ["train", "--stage", str(stage), "--model", str(d / "lvt.safetensors"), "--manifest", str(d / "m.jsonl"),
+            "--out", str(out), "--frames", "4", "--size", "32", "--batch-size", "3", "--dtype", "float32",
+            "--num-workers", "2", "--decoder", "pyav"]
+    if stage == 1:
+        args += ["--tokenizer", str(d / "spm.model")]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+def _cfg(d, out, stage, **kw):
+    base = dict(stage=stage, model=str(d / "lvt.safetensors"), manifest=str(d / "m.jsonl"), out_dir=str(out),
+                tokenizer=str(d / "spm.model") if stage == 1 else None, frames=4, size=32, batch_size=3,
+                dtype="float32", num_workers=2, decoder="pyav", lr=1e-3, decoder_layers=1, mask_ratio=0.5)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_cli_trains_and_writes_a_loadable_model(train_data, tmp_path, capsys, stage):
+    out = tmp_path / "run"
+    rc = main(_args(train_data, out, stage, steps=4, log_every=2, checkpoint_every=3, lr=1e-3, decoder_layers=1))
+    assert rc == 0, capsys.readouterr().err
+    said = capsys.readouterr().out
+    assert "4 steps" in said and "1 bad file skipped" in said and "broken.mp4" in said
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [2, 4]
+    key = "video_to_text_acc" if stage == 1 else "global_cos"
+    assert all(key in x and x["loss"] == x["loss"] for x in lines)
+    model = vpengine.load(out / "model.safetensors")
+    assert isinstance(model, VideoTextModel if stage == 1 else VideoEncoder)
+    start = load_file(train_data / "lvt.safetensors")
+    prefix = "" if stage == 1 else "encoder."
+    moved = [k for k, v in model.state_dict().items() if not torch.equal(v, start[prefix + k])]
+    assert moved, "training changed no weight"
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_resume_reproduces_an_uninterrupted_run(train_data, tmp_path, stage):
+    """5 steps of 2 clips (6 good clips: 3 steps an epoch), checkpoints at steps
+    2 and 4: a run stopped after step 3 and resumed from its step-2 checkpoint
+    (mid-epoch, then into the next epoch) ends with the weights of one
+    uninterrupted run, bit for bit."""
+    whole = _cfg(train_data, tmp_path / "whole", stage, steps=5, checkpoint_every=2, log_every=1, batch_size=2)
+    train(whole, log=lambda s: None)
+
+    def stop_at_3(line):
+        if line.startswith("step 3 "):
+            raise _Stop
+
+    cut = _cfg(train_data, tmp_path / "cut", stage, steps=5, checkpoint_every=2, log_every=1, batch_size=2)
+    with pytest.raises(_Stop):
+        train(cut, log=stop_at_3)
+    assert json.loads((tmp_path / "cut" / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
+    train(cut, resume=True, log=lambda s: None)
+    a = load_file(tmp_path / "whole" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]  # the lost step 3 is logged once, by the resumed run
+
+
+def test_refusals_protect_the_run(train_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(train_data, out, 1, steps=1)) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    assert main(_args(train_data, out, 1, steps=2)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(_args(train_data, out, 1, steps=2, lr=0.5) + ["--resume"]) == 2
+    assert "lr: 0.0001 -> 0.5" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert main(_args(train_data, tmp_path / "empty", 1, steps=1) + ["--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_bad_setups_are_clear_errors(train_data, tmp_path, capsys):
+    args = _args(train_data, tmp_path / "a", 1, steps=1)
+    i = args.index("--tokenizer")
+    assert main(args[:i] + args[i + 2:]) == 2
+    assert "stage 1 needs tokenizer" in capsys.readouterr().err
+    (tmp_path / "nocap.jsonl").write_text(json.dumps({"path": str(train_data / "v0.webm")}) + "\n")
+    args = _args(train_data, tmp_path / "b", 1, steps=1)
+    args[args.index("--manifest") + 1] = str(tmp_path / "nocap.jsonl")
+    assert main(args) == 2
+    assert "needs a caption on every row" in capsys.readouterr().err
+    vpengine.save(vpengine.load(train_data / "lvt.safetensors").encoder, tmp_path / "enc.safetensors")
+    args = _args(train_data, tmp_path / "c", 2, steps=1)
+    args[args.index("--model") + 1] = str(tmp_path / "enc.safetensors")
+    assert main(args) == 2
+    assert "needs a video-text (LvT) model" in capsys.readouterr().err
+    assert main(_args(train_data, tmp_path / "d", 1, steps=1, batch_size=50)) == 2
+    assert "gave no batch of 50 clips" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(_args(train_data, tmp_path / "file", 1, steps=1)) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

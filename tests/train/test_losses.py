@@ -1,0 +1,114 @@
+"""The training losses against their formulas, on one process and across two
+(Gloo) ranks with unequal batch sizes."""
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from vpengine.train import contrastive_loss, gather_rows, global_distillation_loss, token_distillation_loss
+
+
+def _unit(*shape, seed=0):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), dim=-1)
+
+
+def _explicit_contrastive(v, t, scale, rows=None):
+    """Mean over ``rows`` of the symmetric cross-entropy, written out with logsumexp."""
+    sim = scale * v @ t.T
+    rows = range(v.shape[0]) if rows is None else rows
+    terms = [0.5 * (torch.logsumexp(sim[i], 0) - sim[i, i]) + 0.5 * (torch.logsumexp(sim[:, i], 0) - sim[i, i])
+             for i in rows]
+    return torch.stack(terms).mean()
+
+
+def test_contrastive_loss_matches_formula():
+    v, t = _unit(5, 8, seed=1), _unit(5, 8, seed=2)
+    out = contrastive_loss(v, t, torch.tensor(7.0))
+    want = _explicit_contrastive(v.float(), t.float(), 7.0)
+    torch.testing.assert_close(out["loss"], want, rtol=1e-6, atol=1e-6)
+    assert out["loss"].dtype == torch.float32
+
+
+def test_contrastive_loss_perfect_pairs_and_accuracy():
+    v = _unit(4, 16, seed=3)
+    out = contrastive_loss(v, v.clone(), torch.tensor(100.0))
+    assert float(out["loss"]) < 1e-6
+    assert float(out["video_to_text_acc"]) == 1.0 and float(out["text_to_video_acc"]) == 1.0
+    shuffled = contrastive_loss(v, v[[1, 0, 3, 2]], torch.tensor(100.0))
+    assert float(shuffled["video_to_text_acc"]) == 0.0 and float(shuffled["loss"]) > 10
+
+
+def test_contrastive_loss_bad_inputs():
+    with pytest.raises(ValueError, match="same shape"):
+        contrastive_loss(_unit(4, 8), _unit(3, 8), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="video_BD must be a 2-D"):
+        contrastive_loss(_unit(4, 8)[None], _unit(4, 8), torch.tensor(1.0))
+
+
+def test_token_loss_weights():
+    pred, target = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    err = (pred - target).square().mean(-1)
+    torch.testing.assert_close(token_distillation_loss(pred, target), err.mean())
+    w = torch.tensor([[1.0, 0, 0, 1, 0], [0, 0, 0, 0, 1]])
+    torch.testing.assert_close(token_distillation_loss(pred, target, w), (err * w).sum() / 3)
+    assert float(token_distillation_loss(pred, target, torch.zeros(2, 5))) == 0.0  # no division by zero
+    with pytest.raises(ValueError, match="differ"):
+        token_distillation_loss(pred, target[:, :4])
+
+
+def test_global_loss_is_cosine_distance():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    b = torch.tensor([[3.0, 0.0], [2.0, 0.0]])
+    torch.testing.assert_close(global_distillation_loss(a, b), torch.tensor(0.5))
+
+
+def test_gather_rows_without_distributed_is_identity():
+    x = torch.randn(3, 4)
+    rows, first = gather_rows(x)
+    assert rows is x and first == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world, port, sizes, result):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        v_all, t_all = _unit(sum(sizes), 8, seed=10).float(), _unit(sum(sizes), 8, seed=11).float()
+        lo = sum(sizes[:rank])
+        v = v_all[lo:lo + sizes[rank]].clone().requires_grad_()
+        t = t_all[lo:lo + sizes[rank]].clone().requires_grad_()
+        out = contrastive_loss(v, t, torch.tensor(5.0))
+        out["loss"].backward()
+        result[rank] = (float(out["loss"]), v.grad.clone(), t.grad.clone())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_unequal_batches_match_one_process():
+    """Rank r's loss is the global loss restricted to its rows, and each row's
+    gradient is that of the sum of the ranks' losses (what DDP then averages)."""
+    sizes = [3, 2]
+    with mp.Manager() as manager:
+        result = manager.dict()
+        mp.spawn(_rank_main, args=(2, _free_port(), sizes, result), nprocs=2, join=True)
+        result = dict(result)
+    v = _unit(5, 8, seed=10).float().requires_grad_()
+    t = _unit(5, 8, seed=11).float().requires_grad_()
+    losses = [_explicit_contrastive(v, t, 5.0, rows=range(0, 3)), _explicit_contrastive(v, t, 5.0, rows=range(3, 5))]
+    sum(losses).backward()
+    for r, (lo, hi) in enumerate([(0, 3), (3, 5)]):
+        loss, gv, gt = result[r]
+        assert math.isclose(loss, float(losses[r].detach()), rel_tol=1e-5)
+        torch.testing.assert_close(gv, v.grad[lo:hi], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gt, t.grad[lo:hi], rtol=1e-4, atol=1e-6)

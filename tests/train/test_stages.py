@@ -1,0 +1,132 @@
+"""Stage 1 and stage 2 task modules: the student's visible-token encoder, the
+frozen teacher, and both losses going down on a fixed batch."""
+import pytest
+import torch
+
+from vpengine.model.api import build
+from vpengine.model.config import EncoderConfig
+from vpengine.train import ContrastiveTask, MaskedDistillation, tube_mask
+
+
+def _video(B=2, T=3, H=24, W=32, seed=0):
+    return torch.rand(B, T, H, W, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def _encoder():
+    cfg = EncoderConfig(width=32, num_spatial_layers=2, num_temporal_layers=1, num_heads=2, mlp_dim=64,
+                        patch_size=8, pos_emb_shape=(4, 2, 2))
+    return build(cfg)
+
+
+def test_forward_visible_with_every_token_equals_forward():
+    enc, video = _encoder(), _video()
+    keep = tube_mask(2, 3, 12, 0.0, generator=torch.Generator().manual_seed(0)).keep_idx
+    pads = torch.tensor([[0.0, 0, 1], [0, 0, 0]])
+    assert torch.equal(enc.forward_visible(video, keep, pads), enc(video, pads))
+
+
+def test_forward_visible_ignores_masked_patches():
+    """Kept tokens depend on the kept patches only, and equal the encoder run on
+    a video holding just those patch columns (positions kept)."""
+    enc, video = _encoder(), _video()
+    keep = tube_mask(2, 3, 12, 0.5, generator=torch.Generator().manual_seed(1)).keep_idx  # 6 of 12 per frame
+    out = enc.forward_visible(video, keep)
+    assert out.shape == (2, 18, 32)
+    noisy = video.clone()
+    P = 8
+    for b in range(2):
+        kept = set(keep[b, :6].tolist())
+        for s in set(range(12)) - kept:  # scribble over every masked patch
+            r, c = divmod(s, 4)
+            noisy[b, :, r * P:(r + 1) * P, c * P:(c + 1) * P] = torch.rand(3, P, P, 3)
+    assert torch.equal(enc.forward_visible(noisy, keep), out)
+
+
+def test_forward_visible_refuses_a_non_tube_mask():
+    enc, video = _encoder(), _video()
+    keep = tube_mask(2, 3, 12, 0.5, generator=torch.Generator().manual_seed(1)).keep_idx
+    bad = keep.clone()
+    bad[0, 7] = (bad[0, 7] + 1) % 12 + 12  # frame 1 holds another position than frame 0
+    with pytest.raises(ValueError, match="not a tube mask"):
+        enc.forward_visible(video, bad)
+    with pytest.raises(ValueError, match="a tube mask of this video"):
+        enc.forward_visible(video, keep[:, :17])
+    with pytest.raises(ValueError, match="int64"):
+        enc.forward_visible(video, keep.int())
+
+
+def _steps(task, batch_fn, n=40, lr=1e-3):
+    opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(n):
+        out = batch_fn()
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    return losses, out
+
+
+def test_stage1_learns_pairs(lvt_config):
+    torch.manual_seed(0)
+    task = ContrastiveTask(build(lvt_config, seed=0).train())
+    video = _video(4, 2, 16, 16, seed=3)
+    ids = torch.randint(1, 64, (4, 6), generator=torch.Generator().manual_seed(4))
+    pads = torch.zeros(4, 6)
+    losses, out = _steps(task, lambda: task(video, ids, pads), n=100)
+    assert losses[0] > 1.2 and losses[-1] < 0.3, losses[::10]
+    assert float(out["video_to_text_acc"]) == 1.0
+    with pytest.raises(ValueError, match="one caption per clip"):
+        task(video, ids[:3], pads[:3])
+
+
+def test_stage2_teacher_frozen_student_from_teacher_and_loss_falls(lvt_config):
+    teacher = build(lvt_config, seed=0)
+    task = MaskedDistillation(teacher, decoder_layers=1, mask_ratio=0.5).train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    for k, v in teacher.encoder.state_dict().items():
+        assert torch.equal(task.student.state_dict()[k], v)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    video, g = _video(2, 2, 16, 16, seed=5), torch.Generator().manual_seed(0)
+    losses, out = _steps(task, lambda: task(video, generator=g), n=30)
+    assert losses[-1] < 0.2 * losses[0], losses[::5]
+    assert set(out) == {"loss", "token_loss", "global_loss", "global_cos"}
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_stage2_masks_come_from_the_generator(lvt_config):
+    task = MaskedDistillation(build(lvt_config, seed=0), decoder_layers=1, mask_ratio=0.75)
+    video = _video(2, 2, 16, 16)
+    a = task(video, generator=torch.Generator().manual_seed(7))["loss"]
+    b = task(video, generator=torch.Generator().manual_seed(7))["loss"]
+    c = task(video, generator=torch.Generator().manual_seed(8))["loss"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_stage2_masked_only_and_padded_frames(lvt_config):
+    task = MaskedDistillation(build(lvt_config, seed=0), decoder_layers=1, mask_ratio=0.5,
+                              token_loss_on="masked")
+    keep = torch.tensor([[0, 2, 4, 6], [1, 3, 5, 7]])  # T=2, S=4: positions {0, 2} and {1, 3}
+    w = task._token_weights(keep, torch.tensor([[0.0, 1.0], [0.0, 0.0]]), 2, 2, 4, torch.device("cpu"))
+    assert w.tolist() == [[0, 1, 0, 1, 0, 0, 0, 0], [1, 0, 1, 0, 1, 0, 1, 0]]
+
+
+def test_stage2_bf16_autocast_runs_and_backprops(lvt_config):
+    task = MaskedDistillation(build(lvt_config, seed=0), decoder_layers=1).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = task((_video(2, 2, 16, 16) * 255).to(torch.uint8), generator=torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and task.mask_token.grad is not None
+
+
+def test_bad_task_arguments(lvt_config):
+    enc_only = _encoder()
+    with pytest.raises(ValueError, match="video-text"):
+        ContrastiveTask(enc_only)
+    with pytest.raises(ValueError, match="teacher must be"):
+        MaskedDistillation(enc_only)
+    lvt = build(lvt_config)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        MaskedDistillation(lvt, mask_ratio=1.5)
+    with pytest.raises(ValueError, match="token_loss_on"):
+        MaskedDistillation(lvt, token_loss_on="visible")

@@ -1,0 +1,277 @@
+"""The training loop of both stages: ``vpengine train`` and :func:`train`.
+
+One process per GPU (``torchrun --nproc-per-node G -m vpengine train ...``):
+with ``WORLD_SIZE`` > 1 the process group is set up here (NCCL on CUDA, Gloo
+on CPU), the task is wrapped in DistributedDataParallel, each rank reads its
+shard of the manifest, and stage 1 gathers its negatives from every rank.
+
+Per step: a batch of uint8 clips on the device, the task's loss under bf16
+autocast (fp32 master weights), backward, global-norm clipping, AdamW, the LR
+schedule. Every ``log_every`` steps one JSON line goes to
+``<out_dir>/log.jsonl``; every ``checkpoint_every`` steps and at the end the
+checkpoint and the exported model are replaced (see checkpoint.py). A resumed
+run continues the same data order, masks and schedule: on one CPU process it
+reproduces an uninterrupted run bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from .._files import write_atomically
+from ..data import ClipLoader, ClipSpec
+from ..data.loader import _mix
+from ..data.manifest import read_manifest
+from ..model.api import build, load_any
+from ..model.config import get_config
+from ..model.video_text import VideoTextModel
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .config import TrainConfig, lr_factor
+from .stage1 import ContrastiveTask
+from .stage2 import MaskedDistillation
+
+
+def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, this rank's device), starting the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), device
+    return 0, 1, device
+
+
+def build_task(cfg: TrainConfig) -> torch.nn.Module:
+    """The stage's task module (model + loss) from the config, on the CPU."""
+    if cfg.random_init:
+        model = build(get_config(cfg.model), seed=cfg.seed)
+    else:
+        model = load_any(cfg.model)
+    if not isinstance(model, VideoTextModel):
+        what = "train" if cfg.stage == 1 else "distill from"
+        raise ValueError(f"stage {cfg.stage} needs a video-text (LvT) model to {what}; {cfg.model} is a "
+                         "video encoder")
+    if cfg.stage == 1:
+        return ContrastiveTask(model)
+    return MaskedDistillation(model, decoder_layers=cfg.decoder_layers, mask_ratio=cfg.mask_ratio,
+                              token_loss_on=cfg.token_loss_on, seed=cfg.seed)
+
+
+def _optimizer(task: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; no weight decay on vectors (biases, norms, mask token, temperature),
+    position tables and the poolers' learned queries."""
+    decay, no_decay = [], []
+    for name, p in task.named_parameters():
+        if p.requires_grad:
+            vector_like = p.dim() < 2 or "_pos" in name or name.endswith(".query")
+            (no_decay if vector_like else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+
+
+def _check_manifest(cfg: TrainConfig) -> None:
+    entries = read_manifest(cfg.manifest)
+    if not entries:
+        raise ValueError(f"manifest {cfg.manifest} lists no clips")
+    if cfg.stage == 1:
+        missing = [i for i, e in enumerate(entries) if not e.caption]
+        if missing:
+            raise ValueError(f"stage 1 needs a caption on every row; {len(missing)} of {len(entries)} rows of "
+                             f"{cfg.manifest} have none (first: row {missing[0]}, {entries[missing[0]].path})")
+
+
+def _prepare_out_dir(cfg: TrainConfig, resume: bool) -> None:
+    path = checkpoint_path(cfg.out_dir)
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise ValueError(f"out_dir {cfg.out_dir} is a file, not a folder")
+    if resume and not os.path.exists(path):
+        raise ValueError(f"nothing to resume: {path} does not exist")
+    if not resume and os.path.exists(path):
+        raise ValueError(f"{cfg.out_dir} already holds a run ({path}); resume it (--resume) or choose "
+                         "another out_dir: its checkpoint is never overwritten by a new run")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    if not os.access(cfg.out_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"out_dir {cfg.out_dir} is not writable")
+
+
+class _Run:
+    """The state of one training process: task, optimizer, data position."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool, device: torch.device, log):
+        self.cfg, self.log = cfg, log
+        self.rank, self.world, self.device = _distributed(device)
+        _check_manifest(cfg)
+        if self.rank == 0:
+            _prepare_out_dir(cfg, resume)
+        if self.world > 1:
+            dist.barrier()
+        state = load_checkpoint(cfg.out_dir, cfg, self.world) if resume else None
+        self.tokenizer = None
+        if cfg.stage == 1:
+            from ..data.tokenizer import Tokenizer
+
+            self.tokenizer = Tokenizer(cfg.tokenizer)
+        self.task = build_task(cfg).to(self.device).train()
+        self.params = [p for p in self.task.parameters() if p.requires_grad]
+        self.opt = _optimizer(self.task, cfg, self.device)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
+        self.masks = torch.Generator(device=self.device).manual_seed(_mix(cfg.seed, self.rank))
+        self.step, self.epoch, self.cursor = 0, 0, 0
+        if state is not None:
+            self.task.load_state_dict(state["task"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.masks.set_state(state["mask_rng"][self.rank])
+            self.step, self.epoch, self.cursor = state["step"], state["epoch"][self.rank], state["cursor"][self.rank]
+        self.log_path = os.path.join(cfg.out_dir, "log.jsonl")
+        if state is not None and self.rank == 0:
+            _drop_log_after(self.log_path, self.step)  # those steps are about to run again
+        self.model = self.task
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.task, device_ids=ids)
+        spec = ClipSpec(cfg.frames, sampling="random", size=(cfg.size, cfg.size))
+        self.loader = ClipLoader(cfg.manifest, spec, cfg.batch_size, device=self.device, backend=cfg.decoder,
+                                 seed=cfg.seed, drop_last=True, num_workers=cfg.num_workers)
+
+    def loss(self, batch) -> dict:
+        cfg = self.cfg
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
+            if cfg.stage == 1:
+                ids, pads = self.tokenizer(batch.captions, cfg.text_max_length)
+                return self.model(batch.frames, ids.to(self.device), pads.to(self.device), batch.frame_paddings)
+            return self.model(batch.frames, batch.frame_paddings, generator=self.masks)
+
+    def optimize(self, out: dict) -> torch.Tensor:
+        """Backward, clip, AdamW, schedule; returns the gradient norm before clipping."""
+        loss = out["loss"]
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        if not torch.isfinite(loss) or not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"step {self.step + 1}: loss {float(loss):.4g}, gradient norm "
+                                     f"{float(grad_norm):.4g}; the last checkpoint in {self.cfg.out_dir} is intact")
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        return grad_norm
+
+    def record(self, out: dict, grad_norm, clips_per_s: float) -> dict:
+        line = {"step": self.step, "epoch": self.epoch, **{k: float(v.detach()) for k, v in out.items()},
+                "grad_norm": float(grad_norm), "lr": self.sched.get_last_lr()[0], "clips_per_s": clips_per_s,
+                "bad_files_this_epoch": self.loader.num_bad}
+        if self.rank == 0:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            self.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in line.items()))
+        return line
+
+    def checkpoint(self) -> None:
+        world = self.world
+        cursors, epochs = _all_ranks(self.cursor, world), _all_ranks(self.epoch, world)
+        rngs = _all_ranks(self.masks.get_state(), world)
+        if self.rank == 0:
+            save_checkpoint(self.cfg.out_dir, {
+                "config": self.cfg.to_dict(), "step": self.step, "world_size": world, "epoch": epochs,
+                "cursor": cursors, "task": self.task.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "mask_rng": rngs}, self.task.exported())
+
+    def epoch_steps(self) -> tuple[int, dict]:
+        """Steps through the rest of the current epoch (or until ``cfg.steps``)."""
+        cfg, loader = self.cfg, self.loader
+        loader.set_epoch(self.epoch, start=self.cursor)
+        shard = loader.shard_rows()
+        batches = iter(loader)
+        done, last, clips, t0 = 0, {}, 0, time.perf_counter()
+        try:
+            while self.step < cfg.steps:
+                batch = next(batches, None)
+                if not _all_have(batch is not None, self.world, self.device):
+                    break
+                self.cursor = shard.index(batch.rows[-1], self.cursor) + 1
+                out = self.loss(batch)
+                grad_norm = self.optimize(out)
+                done, clips = done + 1, clips + batch.frames.shape[0]
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    last = self.record(out, grad_norm, clips * self.world / (time.perf_counter() - t0))
+                    clips, t0 = 0, time.perf_counter()
+                if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                    self.checkpoint()
+        finally:
+            batches.close()  # stops the loader's producer threads
+        return done, last
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device | None = None,
+          log=print) -> dict:
+    """Run (or resume) ``cfg``; returns ``{"steps", "last" (the last logged
+    line), "bad_files" [(path, reason)]}``."""
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"cfg must be a TrainConfig; got {type(cfg).__name__}")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = _Run(cfg, resume, device, log)
+    last, bad = {}, {}
+    while run.step < cfg.steps:
+        done, logged = run.epoch_steps()
+        last = logged or last
+        bad.update((b.path, b.reason) for b in run.loader.bad_files)  # a bad file fails again every epoch
+        if run.step < cfg.steps:
+            if not done:  # the same on every rank: they stop an epoch together
+                raise ValueError(f"epoch {run.epoch} gave no batch of {cfg.batch_size} clips: the manifest has "
+                                 f"{len(run.loader.entries)} rows and {run.loader.num_bad} could not be read")
+            run.epoch, run.cursor = run.epoch + 1, 0
+    run.checkpoint()
+    return {"steps": run.step, "last": last, "bad_files": sorted(bad.items())}
+
+
+def _drop_log_after(path: str, step: int) -> None:
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [ln for ln in lines if _logged_step(ln) <= step]
+    if len(kept) != len(lines):
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+
+        write_atomically(path, write)
+
+
+def _logged_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 0  # a line cut off by a crash: kept as it was
+
+
+def _all_ranks(value, world: int) -> list:
+    if world == 1:
+        return [value]
+    out = [None] * world
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _all_have(flag: bool, world: int, device: torch.device) -> bool:
+    """Whether every rank has ``flag``: ranks stop an epoch together when one
+    runs out of batches (skipped bad files can leave ranks uneven)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+__all__ = ["build_task", "train"]

@@ -1,0 +1,105 @@
+"""Losses of both pretraining stages.
+
+Legend: B clips on this rank, G clips on all ranks, D embedding width, N tokens.
+
+Stage 1 is CLIP-style: a symmetric cross-entropy over the similarities of
+every video with every caption, negatives gathered from all ranks. Each rank
+scores its own B rows against all G columns (the "local" form: B x G logits
+instead of G x G), and autograd carries the gradient of the gathered columns
+back to the rank that owns them, so the sum over ranks is the full G x G loss.
+Ranks may hold different batch sizes (a bad file leaves one short).
+
+Stage 2 regresses the frozen stage-1 teacher: its tokens (token-wise) and its
+pooled video embedding (global).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(x_BD: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Rows of every rank, concatenated in rank order, ``[G, D]``, and the index
+    of this rank's first row in it. Differentiable: the gradient of each row
+    returns to its rank. Without torch.distributed: ``(x_BD, 0)``."""
+    rank, world = _rank_world()
+    if world == 1:
+        return x_BD, 0
+    from torch.distributed.nn.functional import all_gather
+
+    count = torch.tensor([x_BD.shape[0]], device=x_BD.device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    most = max(counts)
+    padded = F.pad(x_BD, (0, 0, 0, most - x_BD.shape[0]))  # all_gather needs equal shapes
+    parts = all_gather(padded)
+    rows = torch.cat([p[:c] for p, c in zip(parts, counts)])
+    return rows, sum(counts[:rank])
+
+
+def _check_embeddings(**named: torch.Tensor) -> None:
+    shapes = {}
+    for name, e in named.items():
+        if not isinstance(e, torch.Tensor) or e.dim() != 2 or not e.dtype.is_floating_point:
+            got = f"{tuple(e.shape)} {e.dtype}" if isinstance(e, torch.Tensor) else type(e).__name__
+            raise ValueError(f"{name} must be a 2-D floating-point tensor [B, D]; got {got}")
+        shapes[name] = tuple(e.shape)
+    if len(set(shapes.values())) > 1:
+        raise ValueError("embeddings must have the same shape [B, D]; got "
+                         + ", ".join(f"{k} {v}" for k, v in shapes.items()))
+
+
+def contrastive_loss(video_BD: torch.Tensor, text_BD: torch.Tensor, logit_scale: torch.Tensor) -> dict:
+    """Symmetric InfoNCE of paired, L2-normalized video and text embeddings.
+
+    Row b of ``video_BD`` and of ``text_BD`` are a positive pair; every other
+    caption (video) of the global batch is a negative. ``logit_scale`` is the
+    inverse temperature (a scalar tensor). Returns ``loss`` (the mean of the
+    video-to-text and text-to-video cross-entropies, float32) and the two
+    top-1 retrieval accuracies of this rank's rows (detached).
+    """
+    _check_embeddings(video_BD=video_BD, text_BD=text_BD)
+    v, t = video_BD.float(), text_BD.float()
+    v_all, first = gather_rows(v)
+    t_all, _ = gather_rows(t)
+    labels = torch.arange(first, first + v.shape[0], device=v.device)
+    logits_vt = logit_scale * v @ t_all.T  # [B, G]: this rank's videos against every caption
+    logits_tv = logit_scale * t @ v_all.T
+    loss = 0.5 * (F.cross_entropy(logits_vt, labels) + F.cross_entropy(logits_tv, labels))
+    with torch.no_grad():
+        acc_vt = (logits_vt.argmax(1) == labels).float().mean()
+        acc_tv = (logits_tv.argmax(1) == labels).float().mean()
+    return {"loss": loss, "video_to_text_acc": acc_vt, "text_to_video_acc": acc_tv}
+
+
+def token_distillation_loss(pred_BND: torch.Tensor, target_BND: torch.Tensor,
+                            weight_BN: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error per token (averaged over D), then the ``weight_BN``-weighted
+    mean over tokens (all tokens equally without weights), float32."""
+    if pred_BND.shape != target_BND.shape:
+        raise ValueError(f"predicted tokens {tuple(pred_BND.shape)} and targets {tuple(target_BND.shape)} differ")
+    err_BN = (pred_BND.float() - target_BND.float()).square().mean(-1)
+    if weight_BN is None:
+        return err_BN.mean()
+    if weight_BN.shape != err_BN.shape:
+        raise ValueError(f"weight_BN must be {tuple(err_BN.shape)}; got {tuple(weight_BN.shape)}")
+    w = weight_BN.float()
+    return (err_BN * w).sum() / w.sum().clamp_min(1.0)
+
+
+def global_distillation_loss(pred_BD: torch.Tensor, target_BD: torch.Tensor) -> torch.Tensor:
+    """Cosine distance ``1 - cos(pred, target)`` averaged over clips, float32
+    (the teacher's embedding is L2-normalized, so only the direction counts)."""
+    _check_embeddings(pred_BD=pred_BD, target_BD=target_BD)
+    return (1.0 - F.cosine_similarity(pred_BD.float(), target_BD.float(), dim=-1)).mean()
+
+
+__all__ = ["contrastive_loss", "gather_rows", "global_distillation_loss", "token_distillation_loss"]
