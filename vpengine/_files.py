@@ -24,11 +24,19 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> N
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
+        # Some writers (safetensors) replace the file with a private (0600) one.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def check_writable(path: str | os.PathLike, what: str = "output", make_folders: bool = False) -> None:

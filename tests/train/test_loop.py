@@ -1,6 +1,8 @@
 """The training loop end to end on real (tiny) video files: both stages through
 the command line, exact resume, and the refusals that protect a user's run."""
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -111,3 +113,51 @@ def test_bad_setups_are_clear_errors(train_data, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(_args(train_data, tmp_path / "file", 1, steps=1)) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def _clean_manifest(d, tmp_path, n=6):
+    rows = [json.loads(x) for x in (d / "m.jsonl").read_text().splitlines()][:n]
+    p = tmp_path / "clean.jsonl"
+    p.write_text("".join(json.dumps({**r, "path": str(d / r["path"])}) + "\n" for r in rows))
+    return p
+
+
+def test_clean_run_exit_code_lr_log_and_file_mode(train_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = _args(train_data, out, 1, steps=3, log_every=1, lr=0.002, warmup_steps=2)
+    args[args.index("--manifest") + 1] = str(_clean_manifest(train_data, tmp_path))
+    old = os.umask(0o022)
+    try:
+        assert main(args) == 0, capsys.readouterr().err
+    finally:
+        os.umask(old)
+    assert "bad file" not in capsys.readouterr().out
+    lrs = [json.loads(x)["lr"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.001, 0.002, 0.002])  # the rate each step used: warm-up, then the cosine from 1
+    assert stat.S_IMODE(os.stat(out / "model.safetensors").st_mode) == 0o644
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_resume_from_an_epoch_end_checkpoint(train_data, tmp_path, stage):
+    """6 good clips, batch 3: the step-2 checkpoint ends epoch 0; the resume starts epoch 1."""
+    manifest = str(_clean_manifest(train_data, tmp_path))
+    whole = _cfg(train_data, tmp_path / "whole", stage, steps=4, checkpoint_every=2, manifest=manifest)
+    train(whole, log=lambda s: None)
+    first = _cfg(train_data, tmp_path / "cut", stage, steps=2, manifest=manifest)
+    train(first, log=lambda s: None)
+    # the same folder, named another way; the run continues with more steps
+    again = _cfg(train_data, str(tmp_path / "cut") + "/", stage, steps=4, checkpoint_every=2, manifest=manifest)
+    train(again, resume=True, log=lambda s: None)
+    state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and state["epoch"] == [1]
+
+
+def test_refused_inputs_leave_no_out_dir(train_data, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(_args(train_data, out, 2, steps=1, size=36)) == 2
+    assert "size 36 is not a multiple of the model's patch size 8" in capsys.readouterr().err
+    assert main(_args(train_data, out, 2, steps=1, mask_ratio=0.99)) == 2
+    assert "keeps none of the 16 patches" in capsys.readouterr().err
+    assert main(_args(train_data, out, 2, steps=1, mask_ratio=0, token_loss_on="masked")) == 2
+    assert "no token to predict" in capsys.readouterr().err
+    assert not out.exists()

@@ -53,8 +53,10 @@ def run(args, device) -> int:
         print(f"vpengine train: {e}", file=sys.stderr)
         return 2
     bad = summary["bad_files"]
-    skipped = f"; {len(bad)} bad file{'s' if len(bad) > 1 else ''} skipped (first: {bad[0][0]}: {bad[0][1]})"
-    print(f"vpengine train: {summary['steps']} steps; model in {args.out_dir}" + (skipped if bad else ""))
+    said = f"vpengine train: {summary['steps']} steps; model in {args.out_dir}"
+    if bad:
+        said += f"; {len(bad)} bad file{'s' if len(bad) > 1 else ''} skipped (first: {bad[0][0]}: {bad[0][1]})"
+    print(said)
     return 0
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
-RESUMABLE = ("steps", "log_every", "checkpoint_every", "num_workers", "decoder")
+RESUMABLE = ("out_dir", "steps", "log_every", "checkpoint_every", "num_workers", "decoder")
+_PATHS = ("model", "manifest", "tokenizer")  # compared as the files they name
 
 
 def _int(name: str, value, low: int) -> None:
@@ -101,6 +103,8 @@ class TrainConfig:
         _real("mask_ratio", self.mask_ratio, 0.0, 1.0)
         if self.stage == 2 and self.mask_ratio == 1.0:
             raise ValueError("TrainConfig.mask_ratio 1.0 leaves the student nothing to see")
+        if self.stage == 2 and self.mask_ratio == 0.0 and self.token_loss_on == "masked":
+            raise ValueError("TrainConfig: token_loss_on='masked' with mask_ratio 0 leaves no token to predict")
         if self.dtype not in ("bfloat16", "float32"):
             raise ValueError(f"TrainConfig.dtype must be 'bfloat16' or 'float32'; got {self.dtype!r}")
         if self.token_loss_on not in ("all", "masked"):
@@ -120,7 +124,13 @@ class TrainConfig:
     def differences(self, other: TrainConfig) -> list[str]:
         """Fields that differ from ``other``, except the ones a resume may change."""
         a, b = self.to_dict(), other.to_dict()
-        return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in RESUMABLE and a[k] != b[k]]
+        return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a
+                if k not in RESUMABLE and (_file(a[k]) != _file(b[k]) if k in _PATHS else a[k] != b[k])]
+
+
+def _file(path: str | None) -> str | None:
+    """A path as the file it names (a preset name stays a name)."""
+    return os.path.realpath(path) if path is not None and os.path.exists(path) else path
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

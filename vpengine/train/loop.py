@@ -23,7 +23,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from .._files import write_atomically
+from .._files import check_writable, write_atomically
 from ..data import ClipLoader, ClipSpec
 from ..data.loader import _mix
 from ..data.manifest import read_manifest
@@ -33,6 +33,7 @@ from ..model.video_text import VideoTextModel
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig, lr_factor
 from .stage1 import ContrastiveTask
+from .masking import num_kept
 from .stage2 import MaskedDistillation
 
 
@@ -88,7 +89,9 @@ def _check_manifest(cfg: TrainConfig) -> None:
                              f"{cfg.manifest} have none (first: row {missing[0]}, {entries[missing[0]].path})")
 
 
-def _prepare_out_dir(cfg: TrainConfig, resume: bool) -> None:
+def _check_out_dir(cfg: TrainConfig, resume: bool) -> None:
+    """Before any work; the folder itself is made once the run is set up, so a
+    run refused for its inputs leaves nothing behind."""
     path = checkpoint_path(cfg.out_dir)
     if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
         raise ValueError(f"out_dir {cfg.out_dir} is a file, not a folder")
@@ -97,9 +100,18 @@ def _prepare_out_dir(cfg: TrainConfig, resume: bool) -> None:
     if not resume and os.path.exists(path):
         raise ValueError(f"{cfg.out_dir} already holds a run ({path}); resume it (--resume) or choose "
                          "another out_dir: its checkpoint is never overwritten by a new run")
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    if not os.access(cfg.out_dir, os.W_OK | os.X_OK):
-        raise ValueError(f"out_dir {cfg.out_dir} is not writable")
+    check_writable(os.path.join(cfg.out_dir, "log.jsonl"), "out_dir", make_folders=True)
+
+
+def _check_clip_shape(cfg: TrainConfig, task: torch.nn.Module) -> None:
+    enc = task.model.encoder if cfg.stage == 1 else task.student
+    P = enc.config.patch_size
+    if cfg.size % P:
+        raise ValueError(f"size {cfg.size} is not a multiple of the model's patch size {P}")
+    S = (cfg.size // P) ** 2
+    if cfg.stage == 2 and num_kept(S, cfg.mask_ratio) == 0:
+        raise ValueError(f"mask_ratio {cfg.mask_ratio} keeps none of the {S} patches of a frame "
+                         f"({cfg.size}x{cfg.size} pixels, patch {P}): the student would see nothing")
 
 
 class _Run:
@@ -109,10 +121,7 @@ class _Run:
         self.cfg, self.log = cfg, log
         self.rank, self.world, self.device = _distributed(device)
         _check_manifest(cfg)
-        if self.rank == 0:
-            _prepare_out_dir(cfg, resume)
-        if self.world > 1:
-            dist.barrier()
+        _check_out_dir(cfg, resume)  # on every rank: a refusal must not leave the others waiting
         state = load_checkpoint(cfg.out_dir, cfg, self.world) if resume else None
         self.tokenizer = None
         if cfg.stage == 1:
@@ -120,6 +129,7 @@ class _Run:
 
             self.tokenizer = Tokenizer(cfg.tokenizer)
         self.task = build_task(cfg).to(self.device).train()
+        _check_clip_shape(cfg, self.task)
         self.params = [p for p in self.task.parameters() if p.requires_grad]
         self.opt = _optimizer(self.task, cfg, self.device)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
@@ -143,6 +153,9 @@ class _Run:
         spec = ClipSpec(cfg.frames, sampling="random", size=(cfg.size, cfg.size))
         self.loader = ClipLoader(cfg.manifest, spec, cfg.batch_size, device=self.device, backend=cfg.decoder,
                                  seed=cfg.seed, drop_last=True, num_workers=cfg.num_workers)
+        if self.rank == 0:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        self.lr = cfg.lr
 
     def loss(self, batch) -> dict:
         cfg = self.cfg
@@ -162,6 +175,7 @@ class _Run:
         if not torch.isfinite(loss) or not torch.isfinite(grad_norm):
             raise FloatingPointError(f"step {self.step + 1}: loss {float(loss):.4g}, gradient norm "
                                      f"{float(grad_norm):.4g}; the last checkpoint in {self.cfg.out_dir} is intact")
+        self.lr = self.sched.get_last_lr()[0]  # the rate this step used
         self.opt.step()
         self.sched.step()
         self.step += 1
@@ -169,8 +183,7 @@ class _Run:
 
     def record(self, out: dict, grad_norm, clips_per_s: float) -> dict:
         line = {"step": self.step, "epoch": self.epoch, **{k: float(v.detach()) for k, v in out.items()},
-                "grad_norm": float(grad_norm), "lr": self.sched.get_last_lr()[0], "clips_per_s": clips_per_s,
-                "bad_files_this_epoch": self.loader.num_bad}
+                "grad_norm": float(grad_norm), "lr": self.lr, "clips_per_s": clips_per_s}
         if self.rank == 0:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(line) + "\n")
@@ -188,7 +201,9 @@ class _Run:
                 "scheduler": self.sched.state_dict(), "mask_rng": rngs}, self.task.exported())
 
     def epoch_steps(self) -> tuple[int, dict]:
-        """Steps through the rest of the current epoch (or until ``cfg.steps``)."""
+        """Steps through the rest of the current epoch (or until ``cfg.steps``).
+        A checkpoint taken at an epoch's last batch resumes with nothing left
+        of that epoch: 0 steps, and the caller moves on."""
         cfg, loader = self.cfg, self.loader
         loader.set_epoch(self.epoch, start=self.cursor)
         shard = loader.shard_rows()
@@ -227,7 +242,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
         last = logged or last
         bad.update((b.path, b.reason) for b in run.loader.bad_files)  # a bad file fails again every epoch
         if run.step < cfg.steps:
-            if not done:  # the same on every rank: they stop an epoch together
+            # `done` is the same on every rank (they stop an epoch together); so is
+            # resumed: every rank of a resumed epoch has consumed at least one batch.
+            resumed = run.cursor > 0
+            if not done and not resumed:
                 raise ValueError(f"epoch {run.epoch} gave no batch of {cfg.batch_size} clips: the manifest has "
                                  f"{len(run.loader.entries)} rows and {run.loader.num_bad} could not be read")
             run.epoch, run.cursor = run.epoch + 1, 0
