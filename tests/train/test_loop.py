@@ -110,6 +110,16 @@ def test_bad_setups_are_clear_errors(train_data, tmp_path, capsys):
     assert "needs a video-text (LvT) model" in capsys.readouterr().err
     assert main(_args(train_data, tmp_path / "d", 1, steps=1, batch_size=50)) == 2
     assert "gave no batch of 50 clips" in capsys.readouterr().err
+    import sentencepiece as spm
+
+    (tmp_path / "many.txt").write_text("\n".join(" ".join(f"{a}{b}" for b in "klmnopqrst") for a in "abcdefghij"))
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "many.txt"), model_prefix=str(tmp_path / "big"),
+                                   vocab_size=70, model_type="word", bos_id=-1, eos_id=1, pad_id=0, unk_id=2,
+                                   minloglevel=2)
+    args = _args(train_data, tmp_path / "e", 1, steps=1)
+    args[args.index("--tokenizer") + 1] = str(tmp_path / "big.model")
+    assert main(args) == 2
+    assert "has 70 pieces but the text tower embeds 64" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main(_args(train_data, tmp_path / "file", 1, steps=1)) == 2
     assert "is a file, not a folder" in capsys.readouterr().err

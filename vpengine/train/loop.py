@@ -128,8 +128,12 @@ class _Run:
             from ..data.tokenizer import Tokenizer
 
             self.tokenizer = Tokenizer(cfg.tokenizer)
-        self.task = build_task(cfg).to(self.device).train()
-        _check_clip_shape(cfg, self.task)
+        task = build_task(cfg)
+        _check_clip_shape(cfg, task)
+        if self.tokenizer is not None and self.tokenizer.vocab_size > task.model.config.text.vocab_size:
+            raise ValueError(f"tokenizer {cfg.tokenizer} has {self.tokenizer.vocab_size} pieces but the text "
+                             f"tower embeds {task.model.config.text.vocab_size}: not the model's tokenizer")
+        self.task = task.to(self.device).train()
         self.params = [p for p in self.task.parameters() if p.requires_grad]
         self.opt = _optimizer(self.task, cfg, self.device)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
