@@ -11,7 +11,8 @@
 #      CPU venv would find it), built with VPENGINE_BUILD_CUDA=1 and CUDA_HOME
 #      = the real toolkit root behind `nvcc` (which may be a wrapper script);
 #   3. in that venv: vpengine._C and vpengine._C_cuda load through
-#      vpengine._ext, the CUDA kernel is registered, the CPU kernel works.
+#      vpengine._ext, the CUDA kernel is registered, the CPU kernel works, and
+#      a C++ exception from the CUDA library reaches Python as ValueError.
 #
 # Usage: .ci/cuda_build_check.sh [venv_dir]
 # Env:   CUDA_HOME (default: found from nvcc), VPENGINE_CUDA_ARCHS, MAX_JOBS (default 2),
@@ -83,6 +84,15 @@ assert info["cuda_archs"].startswith("sm_") and info["cuda_runtime"], info
 x = torch.randn(2, 6, 8)
 idx = torch.tensor([[5, 0], [2, 2]])
 assert torch.equal(torch.ops.vpengine.token_gather_native(x, idx), x.gather(1, idx[..., None].expand(-1, -1, 8)))
+# A C++ exception thrown inside _C_cuda reaches Python as ValueError (an H100
+# run saw SIGSEGV there). The CUDA kernel is called through the dispatcher with
+# CPU tensors: its argument check throws before any CUDA call, so no GPU is needed.
+cuda_key = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+try:
+    torch.ops.vpengine.token_gather_native.default.redispatch(cuda_key, x[0], idx)
+    raise AssertionError("_C_cuda accepted a 2-D x")
+except ValueError as e:
+    assert "x must be 3-D" in str(e), e
 print("cuda_build_check: _C and _C_cuda load; CUDA kernel registered;", info)
 EOF
 )
