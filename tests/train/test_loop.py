@@ -171,3 +171,14 @@ def test_refused_inputs_leave_no_out_dir(train_data, tmp_path, capsys):
     assert main(_args(train_data, out, 2, steps=1, mask_ratio=0, token_loss_on="masked")) == 2
     assert "no token to predict" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_compiled_run_matches_eager(train_data, tmp_path):
+    """--compile trains the same model (first steps' losses within float rounding)."""
+    manifest = str(_clean_manifest(train_data, tmp_path))
+    losses = {}
+    for compiled in (False, True):
+        out = tmp_path / f"run{int(compiled)}"
+        train(_cfg(train_data, out, 2, steps=2, log_every=1, manifest=manifest, compile=compiled), log=lambda s: None)
+        losses[compiled] = [json.loads(x)["loss"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

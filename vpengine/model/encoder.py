@@ -200,8 +200,10 @@ def _tube_width(keep_idx, B: int, T: int, S: int, device) -> int:
         raise ValueError(f"keep_idx has shape {tuple(keep_idx.shape)}; a tube mask of this video is "
                          f"[{B}, T*Ks] with T = {T} frames and 1 <= Ks <= {S} positions per frame")
     ks = K // T
-    # Checked where it costs no device sync (CPU), or when asked (as the token ops do).
-    if device.type == "cpu" or os.environ.get("VPENGINE_CHECK_INDICES", "") == "1":
+    # Checked where it costs no device sync (CPU), or when asked (as the token ops
+    # do); not inside a compiled graph, where reading the values would break it.
+    checking = device.type == "cpu" or os.environ.get("VPENGINE_CHECK_INDICES", "") == "1"
+    if checking and not torch.compiler.is_compiling():
         s = keep_idx[:, :ks]
         frames = torch.arange(T, device=device)[None, :, None] * S
         sorted_in_range = bool(((s >= 0) & (s < S)).all()) and bool((s[:, 1:] > s[:, :-1]).all())

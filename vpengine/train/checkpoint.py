@@ -14,7 +14,7 @@ import torch
 
 from .._files import write_atomically
 from ..model.api import save as save_model
-from .config import TrainConfig
+from .config import RESUMABLE, TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.safetensors"
@@ -45,8 +45,7 @@ def load_checkpoint(out_dir: str, cfg: TrainConfig, world_size: int) -> dict:
     changed = stored.differences(cfg)
     if changed:
         raise ValueError(f"{path} belongs to a run with another config; a resume may change only "
-                         f"steps, log_every, checkpoint_every, num_workers, decoder (and the out_dir path); changed: "
-                         + "; ".join(changed))
+                         f"{', '.join(RESUMABLE)}; changed: " + "; ".join(changed))
     if state["world_size"] != world_size:
         raise ValueError(f"{path} was written by {state['world_size']} ranks; resume it with as many "
                          f"(this run has {world_size}), so every rank continues its own data shard")

@@ -21,7 +21,8 @@ _REQUIRED = {"stage": "1 (video-text contrastive) or 2 (masked distillation from
 _HELP = {"tokenizer": "stage 1: SentencePiece model of the text tower",
          "random_init": "stage 1: the preset's architecture with random weights",
          "dtype": "bfloat16 (autocast) or float32",
-         "decoder": "video decoding: auto, pyav, dali-cpu or dali-gpu"}
+         "decoder": "video decoding: auto, pyav, dali-cpu or dali-gpu",
+         "compile": "torch.compile the task (fastest on a GPU; the first steps pay the compile)"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 
-RESUMABLE = ("out_dir", "steps", "log_every", "checkpoint_every", "num_workers", "decoder")
+RESUMABLE = ("out_dir", "steps", "log_every", "checkpoint_every", "num_workers", "decoder", "compile")
 _PATHS = ("model", "manifest", "tokenizer")  # compared as the files they name
 
 
@@ -52,6 +52,7 @@ class TrainConfig:
     text_max_length: stage 1 caption length in tokens.
     seed: weights of new parts, data order and masks.
     decoder: video decoding backend (``auto``, ``pyav``, ``dali-cpu``, ``dali-gpu``).
+    compile: run the task through ``torch.compile`` (the first steps pay the compile).
     """
 
     stage: int
@@ -79,6 +80,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     num_workers: int = 4
     decoder: str = "auto"
+    compile: bool = False
 
     def __post_init__(self):
         if self.stage not in (1, 2) or isinstance(self.stage, bool):
@@ -88,8 +90,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a non-empty str; got {getattr(self, name)!r}")
         if self.stage == 1 and not isinstance(self.tokenizer, str):
             raise ValueError("stage 1 needs tokenizer: the SentencePiece model file of the text tower")
-        if not isinstance(self.random_init, bool):
-            raise ValueError(f"TrainConfig.random_init must be True or False; got {self.random_init!r}")
+        for name in ("random_init", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig.{name} must be True or False; got {getattr(self, name)!r}")
         if self.random_init and self.stage == 2:
             raise ValueError("TrainConfig.random_init is for stage 1: a stage-2 teacher must be a trained model")
         for name, low in (("steps", 1), ("batch_size", 1), ("warmup_steps", 0), ("frames", 1), ("size", 1),

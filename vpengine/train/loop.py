@@ -154,6 +154,8 @@ class _Run:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.task, device_ids=ids)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
         spec = ClipSpec(cfg.frames, sampling="random", size=(cfg.size, cfg.size))
         self.loader = ClipLoader(cfg.manifest, spec, cfg.batch_size, device=self.device, backend=cfg.decoder,
                                  seed=cfg.seed, drop_last=True, num_workers=cfg.num_workers)
