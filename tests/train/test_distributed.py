@@ -64,3 +64,20 @@ def test_two_ranks_train_checkpoint_and_resume(train_data, tmp_path, stage):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     one = _spawn(more, resume=True, world=1)
     assert one[0][0] == "error" and "written by 2 ranks" in one[0][1]
+
+
+def test_an_epoch_without_a_batch_on_one_rank_is_skipped(train_data, tmp_path):
+    """2 good and 2 broken rows over 2 ranks, batch 1: in some epochs one rank's
+    shard draws both broken files. Both ranks skip such an epoch together and
+    the run goes on (the next epoch reshuffles)."""
+    rows = [json.loads(x) for x in (train_data / "m.jsonl").read_text().splitlines()]
+    good, broken = [r for r in rows if r["path"] != "broken.mp4"][:2], [r for r in rows if r["path"] == "broken.mp4"]
+    manifest = tmp_path / "few.jsonl"
+    manifest.write_text("".join(json.dumps({**r, "path": str(train_data / r["path"])}) + "\n"
+                                for r in good + broken * 2))
+    cfg = TrainConfig(stage=2, model=str(train_data / "lvt.safetensors"), manifest=str(manifest),
+                      out_dir=str(tmp_path / "run"), frames=4, size=32, batch_size=1, dtype="float32",
+                      num_workers=1, decoder="pyav", steps=6, log_every=1, decoder_layers=1, mask_ratio=0.5, seed=5)
+    assert _spawn(cfg) == {0: ("ok", 6), 1: ("ok", 6)}
+    epochs = sorted({json.loads(x)["epoch"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()})
+    assert epochs != list(range(epochs[-1] + 1)), f"seed 5 no longer draws an empty epoch ({epochs}): pick another"

@@ -91,6 +91,11 @@ def test_refusals_protect_the_run(train_data, tmp_path, capsys):
     assert (out / "checkpoint.pt").read_bytes() == before
     assert main(_args(train_data, tmp_path / "empty", 1, steps=1) + ["--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+    (out / "checkpoint.pt").unlink()  # a run stopped before its first checkpoint leaves only its log
+    log = (out / "log.jsonl").read_bytes()
+    assert main(_args(train_data, out, 1, steps=1)) == 2
+    assert "log of an earlier run that stopped before its first checkpoint" in capsys.readouterr().err
+    assert (out / "log.jsonl").read_bytes() == log
 
 
 def test_bad_setups_are_clear_errors(train_data, tmp_path, capsys):
@@ -120,6 +125,10 @@ def test_bad_setups_are_clear_errors(train_data, tmp_path, capsys):
     args[args.index("--tokenizer") + 1] = str(tmp_path / "big.model")
     assert main(args) == 2
     assert "has 70 pieces but the text tower embeds 64" in capsys.readouterr().err
+    args = _args(train_data, tmp_path / "f", 1, steps=1, size=32) + ["--random-init"]
+    args[args.index("--model") + 1] = "videoprism_lvt_public_v1_base"
+    assert main(args) == 2
+    assert "size 32 is not a multiple of the model's patch size 18" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main(_args(train_data, tmp_path / "file", 1, steps=1)) == 2
     assert "is a file, not a folder" in capsys.readouterr().err

@@ -77,7 +77,8 @@ class TextEncoder(nn.Module):
             if not bool(((p >= 0) & (p <= 1)).all()):
                 raise ValueError("text paddings must lie in [0, 1] (1 = pad, 0 = token); got values in "
                                  f"[{p.min().item()}, {p.max().item()}]")
-        if ids_BL.numel() and (int(ids_BL.min()) < 0 or int(ids_BL.max()) >= c.vocab_size):
+        in_graph = torch.compiler.is_compiling()  # reading values would break the graph
+        if ids_BL.numel() and not in_graph and (int(ids_BL.min()) < 0 or int(ids_BL.max()) >= c.vocab_size):
             raise ValueError(
                 f"text ids must lie in [0, {c.vocab_size}); got [{int(ids_BL.min())}, {int(ids_BL.max())}]"
             )

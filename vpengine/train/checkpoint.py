@@ -26,10 +26,11 @@ def checkpoint_path(out_dir: str) -> str:
 
 
 def save_checkpoint(out_dir: str, state: dict, model: torch.nn.Module) -> None:
-    """Write the training state, then the exported model."""
+    """Write the exported model, then the training state: a failure in between
+    leaves the old checkpoint, which a resume redoes from."""
+    save_model(model, os.path.join(out_dir, MODEL))
     state = {"format": FORMAT, **state}
     write_atomically(checkpoint_path(out_dir), lambda tmp: torch.save(state, tmp))
-    save_model(model, os.path.join(out_dir, MODEL))
 
 
 def load_checkpoint(out_dir: str, cfg: TrainConfig, world_size: int) -> dict:

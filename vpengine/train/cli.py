@@ -53,6 +53,8 @@ def run(args, device) -> int:
     except (ValueError, CheckpointError, BadVideoError, OSError, FloatingPointError) as e:
         print(f"vpengine train: {e}", file=sys.stderr)
         return 2
+    if summary["rank"] != 0:  # one summary per run, from rank 0 (it holds every rank's bad files)
+        return 0
     bad = summary["bad_files"]
     said = f"vpengine train: {summary['steps']} steps; model in {args.out_dir}"
     if bad:

@@ -28,8 +28,7 @@ from ..data import ClipLoader, ClipSpec
 from ..data.loader import _mix
 from ..data.manifest import read_manifest
 from ..model.api import build, load_any
-from ..model.config import get_config
-from ..model.video_text import VideoTextModel
+from ..model.config import VideoTextConfig, get_config
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig, lr_factor
 from .stage1 import ContrastiveTask
@@ -51,15 +50,15 @@ def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
 
 
 def build_task(cfg: TrainConfig) -> torch.nn.Module:
-    """The stage's task module (model + loss) from the config, on the CPU."""
+    """The stage's task module (model + loss) from the config, on the CPU;
+    ValueError when the model does not fit the config."""
     if cfg.random_init:
-        model = build(get_config(cfg.model), seed=cfg.seed)
+        config = get_config(cfg.model)
+        _check_model(cfg, config)  # before building a model of hundreds of MB
+        model = build(config, seed=cfg.seed)
     else:
         model = load_any(cfg.model)
-    if not isinstance(model, VideoTextModel):
-        what = "train" if cfg.stage == 1 else "distill from"
-        raise ValueError(f"stage {cfg.stage} needs a video-text (LvT) model to {what}; {cfg.model} is a "
-                         "video encoder")
+        _check_model(cfg, model.config)
     if cfg.stage == 1:
         return ContrastiveTask(model)
     return MaskedDistillation(model, decoder_layers=cfg.decoder_layers, mask_ratio=cfg.mask_ratio,
@@ -100,12 +99,19 @@ def _check_out_dir(cfg: TrainConfig, resume: bool) -> None:
     if not resume and os.path.exists(path):
         raise ValueError(f"{cfg.out_dir} already holds a run ({path}); resume it (--resume) or choose "
                          "another out_dir: its checkpoint is never overwritten by a new run")
+    log_path = os.path.join(cfg.out_dir, "log.jsonl")
+    if not resume and os.path.exists(log_path):
+        raise ValueError(f"{cfg.out_dir} holds the log of an earlier run that stopped before its first "
+                         f"checkpoint ({log_path}); remove it or choose another out_dir")
     check_writable(os.path.join(cfg.out_dir, "log.jsonl"), "out_dir", make_folders=True)
 
 
-def _check_clip_shape(cfg: TrainConfig, task: torch.nn.Module) -> None:
-    enc = task.model.encoder if cfg.stage == 1 else task.student
-    P = enc.config.patch_size
+def _check_model(cfg: TrainConfig, config) -> None:
+    if not isinstance(config, VideoTextConfig):
+        what = "train" if cfg.stage == 1 else "distill from"
+        raise ValueError(f"stage {cfg.stage} needs a video-text (LvT) model to {what}; {cfg.model} is a "
+                         "video encoder")
+    P = config.encoder.patch_size
     if cfg.size % P:
         raise ValueError(f"size {cfg.size} is not a multiple of the model's patch size {P}")
     S = (cfg.size // P) ** 2
@@ -129,7 +135,6 @@ class _Run:
 
             self.tokenizer = Tokenizer(cfg.tokenizer)
         task = build_task(cfg)
-        _check_clip_shape(cfg, task)
         if self.tokenizer is not None and self.tokenizer.vocab_size > task.model.config.text.vocab_size:
             raise ValueError(f"tokenizer {cfg.tokenizer} has {self.tokenizer.vocab_size} pieces but the text "
                              f"tower embeds {task.model.config.text.vocab_size}: not the model's tokenizer")
@@ -188,7 +193,12 @@ class _Run:
         return grad_norm
 
     def record(self, out: dict, grad_norm, clips_per_s: float) -> dict:
-        line = {"step": self.step, "epoch": self.epoch, **{k: float(v.detach()) for k, v in out.items()},
+        """One log line; losses and accuracies are the mean over ranks."""
+        values = torch.stack([v.detach().float().reshape(()) for v in out.values()])
+        if self.world > 1:
+            dist.all_reduce(values)
+            values /= self.world
+        line = {"step": self.step, "epoch": self.epoch, **dict(zip(out, values.tolist())),
                 "grad_norm": float(grad_norm), "lr": self.lr, "clips_per_s": clips_per_s}
         if self.rank == 0:
             with open(self.log_path, "a") as f:
@@ -234,15 +244,21 @@ class _Run:
         return done, last
 
 
+# Under several ranks an epoch can leave one rank without a batch by chance
+# (its shard drew the bad files); the next epoch reshuffles. One process reads
+# every row each epoch, so there an empty epoch is final.
+_EMPTY_EPOCHS = 10
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device | None = None,
           log=print) -> dict:
     """Run (or resume) ``cfg``; returns ``{"steps", "last" (the last logged
-    line), "bad_files" [(path, reason)]}``."""
+    line), "bad_files" [(path, reason)] of every rank, "rank"}``."""
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig; got {type(cfg).__name__}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     run = _Run(cfg, resume, device, log)
-    last, bad = {}, {}
+    last, bad, empty = {}, {}, 0
     while run.step < cfg.steps:
         done, logged = run.epoch_steps()
         last = logged or last
@@ -251,12 +267,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
             # `done` is the same on every rank (they stop an epoch together); so is
             # resumed: every rank of a resumed epoch has consumed at least one batch.
             resumed = run.cursor > 0
-            if not done and not resumed:
-                raise ValueError(f"epoch {run.epoch} gave no batch of {cfg.batch_size} clips: the manifest has "
-                                 f"{len(run.loader.entries)} rows and {run.loader.num_bad} could not be read")
+            empty = 0 if done or resumed else empty + 1
+            if empty >= (_EMPTY_EPOCHS if run.world > 1 else 1):
+                unreadable = sum(_all_ranks(run.loader.num_bad, run.world))
+                rows = f"the manifest has {len(run.loader.entries)} rows and {unreadable} could not be read"
+                if run.world == 1:
+                    raise ValueError(f"epoch {run.epoch} gave no batch of {cfg.batch_size} clips: {rows}")
+                raise ValueError(f"{empty} epochs in a row gave no step (a batch of {cfg.batch_size} clips on "
+                                 f"each of {run.world} ranks): {rows} in the last one")
             run.epoch, run.cursor = run.epoch + 1, 0
     run.checkpoint()
-    return {"steps": run.step, "last": last, "bad_files": sorted(bad.items())}
+    everyone = {}
+    for part in _all_ranks(bad, run.world):
+        everyone.update(part)
+    return {"steps": run.step, "last": last, "bad_files": sorted(everyone.items()), "rank": run.rank}
 
 
 def _drop_log_after(path: str, step: int) -> None:

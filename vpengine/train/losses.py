@@ -32,17 +32,27 @@ def gather_rows(x_BD: torch.Tensor) -> tuple[torch.Tensor, int]:
     rank, world = _rank_world()
     if world == 1:
         return x_BD, 0
-    from torch.distributed.nn.functional import all_gather
-
     count = torch.tensor([x_BD.shape[0]], device=x_BD.device)
     counts = [torch.empty_like(count) for _ in range(world)]
     dist.all_gather(counts, count)
     counts = [int(c) for c in counts]
     most = max(counts)
     padded = F.pad(x_BD, (0, 0, 0, most - x_BD.shape[0]))  # all_gather needs equal shapes
-    parts = all_gather(padded)
+    parts = _all_gather_autograd(padded).view(world, most, -1)
     rows = torch.cat([p[:c] for p, c in zip(parts, counts)])
     return rows, sum(counts[:rank])
+
+
+def _all_gather_autograd(x: torch.Tensor) -> torch.Tensor:
+    """``[world * len(x), ...]`` with a backward that returns each rank its rows'
+    gradient: the functional collective of this torch (named
+    ``all_gather_single_autograd`` since 2.12, ``all_gather_tensor_autograd``
+    before)."""
+    from torch.distributed import _functional_collectives as fc
+
+    gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd
+    out = gather(x.contiguous(), 0, dist.group.WORLD)
+    return out.wait() if isinstance(out, fc.AsyncCollectiveTensor) else out
 
 
 def _check_embeddings(**named: torch.Tensor) -> None:
