@@ -2,8 +2,9 @@
 as task modules, their losses, masking, the training loop and checkpoints."""
 from .config import TrainConfig
 from .losses import contrastive_loss, gather_rows, global_distillation_loss, token_distillation_loss
-from .loop import build_task, train
+from .loop import train
 from .masking import TokenMask, random_mask, tube_mask
+from .prepare import build_task
 from .stage1 import ContrastiveTask
 from .stage2 import MaskedDistillation
 

@@ -1,7 +1,7 @@
 """The training loop of both stages: ``vpengine train`` and :func:`train`.
 
 One process per GPU (``torchrun --nproc-per-node G -m vpengine train ...``):
-with ``WORLD_SIZE`` > 1 the process group is set up here (NCCL on CUDA, Gloo
+with ``WORLD_SIZE`` > 1 the process group is set up (prepare.py: NCCL on CUDA, Gloo
 on CPU), the task is wrapped in DistributedDataParallel, each rank reads its
 shard of the manifest, and stage 1 gathers its negatives from every rank.
 
@@ -23,101 +23,12 @@ import time
 import torch
 import torch.distributed as dist
 
-from .._files import check_writable, write_atomically
+from .._files import write_atomically
 from ..data import ClipLoader, ClipSpec
 from ..data.loader import _mix
-from ..data.manifest import read_manifest
-from ..model.api import build, load_any
-from ..model.config import VideoTextConfig, get_config
-from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, lr_factor
-from .stage1 import ContrastiveTask
-from .masking import num_kept
-from .stage2 import MaskedDistillation
-
-
-def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
-    """(rank, world size, this rank's device), starting the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), device
-    return 0, 1, device
-
-
-def build_task(cfg: TrainConfig) -> torch.nn.Module:
-    """The stage's task module (model + loss) from the config, on the CPU;
-    ValueError when the model does not fit the config."""
-    if cfg.random_init:
-        config = get_config(cfg.model)
-        _check_model(cfg, config)  # before building a model of hundreds of MB
-        model = build(config, seed=cfg.seed)
-    else:
-        model = load_any(cfg.model)
-        _check_model(cfg, model.config)
-    if cfg.stage == 1:
-        return ContrastiveTask(model)
-    return MaskedDistillation(model, decoder_layers=cfg.decoder_layers, mask_ratio=cfg.mask_ratio,
-                              token_loss_on=cfg.token_loss_on, seed=cfg.seed)
-
-
-def _optimizer(task: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; no weight decay on vectors (biases, norms, mask token, temperature),
-    position tables and the poolers' learned queries."""
-    decay, no_decay = [], []
-    for name, p in task.named_parameters():
-        if p.requires_grad:
-            vector_like = p.dim() < 2 or "_pos" in name or name.endswith(".query")
-            (no_decay if vector_like else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
-
-
-def _check_manifest(cfg: TrainConfig) -> None:
-    entries = read_manifest(cfg.manifest)
-    if not entries:
-        raise ValueError(f"manifest {cfg.manifest} lists no clips")
-    if cfg.stage == 1:
-        missing = [i for i, e in enumerate(entries) if not e.caption]
-        if missing:
-            raise ValueError(f"stage 1 needs a caption on every row; {len(missing)} of {len(entries)} rows of "
-                             f"{cfg.manifest} have none (first: row {missing[0]}, {entries[missing[0]].path})")
-
-
-def _check_out_dir(cfg: TrainConfig, resume: bool) -> None:
-    """Before any work; the folder itself is made once the run is set up, so a
-    run refused for its inputs leaves nothing behind."""
-    path = checkpoint_path(cfg.out_dir)
-    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
-        raise ValueError(f"out_dir {cfg.out_dir} is a file, not a folder")
-    if resume and not os.path.exists(path):
-        raise ValueError(f"nothing to resume: {path} does not exist")
-    if not resume and os.path.exists(path):
-        raise ValueError(f"{cfg.out_dir} already holds a run ({path}); resume it (--resume) or choose "
-                         "another out_dir: its checkpoint is never overwritten by a new run")
-    log_path = os.path.join(cfg.out_dir, "log.jsonl")
-    if not resume and os.path.exists(log_path):
-        raise ValueError(f"{cfg.out_dir} holds the log of an earlier run that stopped before its first "
-                         f"checkpoint ({log_path}); remove it or choose another out_dir")
-    check_writable(os.path.join(cfg.out_dir, "log.jsonl"), "out_dir", make_folders=True)
-
-
-def _check_model(cfg: TrainConfig, config) -> None:
-    if not isinstance(config, VideoTextConfig):
-        what = "train" if cfg.stage == 1 else "distill from"
-        raise ValueError(f"stage {cfg.stage} needs a video-text (LvT) model to {what}; {cfg.model} is a "
-                         "video encoder")
-    P = config.encoder.patch_size
-    if cfg.size % P:
-        raise ValueError(f"size {cfg.size} is not a multiple of the model's patch size {P}")
-    S = (cfg.size // P) ** 2
-    if cfg.stage == 2 and num_kept(S, cfg.mask_ratio) == 0:
-        raise ValueError(f"mask_ratio {cfg.mask_ratio} keeps none of the {S} patches of a frame "
-                         f"({cfg.size}x{cfg.size} pixels, patch {P}): the student would see nothing")
+from .prepare import build_task, check_manifest, check_out_dir, distributed, optimizer
 
 
 class _Run:
@@ -125,9 +36,9 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, resume: bool, device: torch.device, log):
         self.cfg, self.log = cfg, log
-        self.rank, self.world, self.device = _distributed(device)
-        _check_manifest(cfg)
-        _check_out_dir(cfg, resume)  # on every rank: a refusal must not leave the others waiting
+        self.rank, self.world, self.device = distributed(device)
+        check_manifest(cfg)
+        check_out_dir(cfg, resume)  # on every rank: a refusal must not leave the others waiting
         state = load_checkpoint(cfg.out_dir, cfg, self.world) if resume else None
         self.tokenizer = None
         if cfg.stage == 1:
@@ -140,7 +51,7 @@ class _Run:
                              f"tower embeds {task.model.config.text.vocab_size}: not the model's tokenizer")
         self.task = task.to(self.device).train()
         self.params = [p for p in self.task.parameters() if p.requires_grad]
-        self.opt = _optimizer(self.task, cfg, self.device)
+        self.opt = optimizer(self.task, cfg, self.device)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
         self.masks = torch.Generator(device=self.device).manual_seed(_mix(cfg.seed, self.rank))
         self.step, self.epoch, self.cursor = 0, 0, 0
@@ -322,4 +233,4 @@ def _all_have(flag: bool, world: int, device: torch.device) -> bool:
     return bool(t.item())
 
 
-__all__ = ["build_task", "train"]
+__all__ = ["train"]
