@@ -37,7 +37,10 @@ class _Run:
     def __init__(self, cfg: TrainConfig, resume: bool, device: torch.device, log):
         self.cfg, self.log = cfg, log
         self.rank, self.world, self.device = distributed(device)
-        check_manifest(cfg)
+        spec = ClipSpec(cfg.frames, sampling="random", size=(cfg.size, cfg.size))
+        self.loader = ClipLoader(cfg.manifest, spec, cfg.batch_size, device=self.device, backend=cfg.decoder,
+                                 seed=cfg.seed, drop_last=True, num_workers=cfg.num_workers)
+        check_manifest(cfg, self.loader.entries)
         check_out_dir(cfg, resume)  # on every rank: a refusal must not leave the others waiting
         state = load_checkpoint(cfg.out_dir, cfg, self.world) if resume else None
         self.tokenizer = None
@@ -72,9 +75,6 @@ class _Run:
             self.model = DistributedDataParallel(self.task, device_ids=ids)
         if cfg.compile:
             self.model = torch.compile(self.model)
-        spec = ClipSpec(cfg.frames, sampling="random", size=(cfg.size, cfg.size))
-        self.loader = ClipLoader(cfg.manifest, spec, cfg.batch_size, device=self.device, backend=cfg.decoder,
-                                 seed=cfg.seed, drop_last=True, num_workers=cfg.num_workers)
         if self.rank == 0:
             os.makedirs(cfg.out_dir, exist_ok=True)
         self.lr = cfg.lr

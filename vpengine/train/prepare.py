@@ -9,7 +9,6 @@ import torch
 import torch.distributed as dist
 
 from .._files import check_writable
-from ..data.manifest import read_manifest
 from ..model.api import build, load_any
 from ..model.config import VideoTextConfig, get_config
 from .checkpoint import checkpoint_path
@@ -60,8 +59,9 @@ def optimizer(task: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> 
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
 
 
-def check_manifest(cfg: TrainConfig) -> None:
-    entries = read_manifest(cfg.manifest)
+def check_manifest(cfg: TrainConfig, entries: list) -> None:
+    """``entries``: the manifest as the loader read it (read once: pretraining
+    manifests hold tens of millions of rows)."""
     if not entries:
         raise ValueError(f"manifest {cfg.manifest} lists no clips")
     if cfg.stage == 1:
