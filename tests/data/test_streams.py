@@ -183,3 +183,21 @@ def test_intra_refresh_seek_points_are_not_trusted(tmp_path):
     assert info.frame_indices == [245, 248, 251, 254]
     for i, frame in zip(info.frame_indices, clip.numpy()):
         assert np.array_equal(frame, linear[i]), i
+
+
+def test_mpegts_seeks_by_decode_time(tmp_path):
+    """MPEG-TS demuxers seek by decode time: with B-frames a seek by a
+    keyframe's pts lands on the packet after it, and decoding then restarted
+    only at the next GOP. The seek is retried by the keyframe's dts, so late
+    frames cost a few GOPs, not a linear decode of the whole file."""
+    from vpengine.data import pyav_backend, pyav_decode
+
+    path = encode_video(tmp_path / "gop.ts", index_frames(32), "libx264", fps=FPS, gop=4)
+    vp = pyav_backend.probe(path)
+    assert len(vp.keyframe_pts) >= 6
+    assert any(p != d for p, d in zip(vp.keyframe_pts, vp.keyframe_dts))  # the premise: B-frames delay pts
+    want = [vp.pts[i] for i in (1, 13, 25, 30)]  # seeks over whole GOPs
+    got = pyav_decode._decode(av, vp, want, True, 0)  # raised _SeekPointNotIntra before
+    assert [gray_index(got[p][None])[0] for p in want] == [1, 13, 25, 30]
+    clip, info = read_clip(path, ClipSpec(4, size=None), backend="pyav")
+    assert gray_index(clip.numpy()) == info.frame_indices == [0, 8, 16, 24]

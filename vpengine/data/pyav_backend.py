@@ -57,6 +57,9 @@ class VideoProbe:
     # B-frames in AVI): display index k is then the decoder's k-th output.
     display_by_output_order: bool = False
     colorspace: int = 2  # FFmpeg's AVColorSpace of the YUV->RGB matrix: 2 unspecified, 1 BT.709, 5/6 BT.601
+    # Decode timestamp of each keyframe of ``keyframe_pts`` (its pts where the
+    # demuxer gives none): MPEG-TS/PS demuxers seek by decode time.
+    keyframe_dts: tuple[int, ...] = ()
 
     @property
     def num_frames(self) -> int:
@@ -160,7 +163,7 @@ def probe(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                 if packet.pts is None:
                     raise BadVideoError(path, "a packet has no timestamp; cannot index frames")
                 if packet.is_keyframe:  # a discarded keyframe is still a seek point
-                    key.append(int(packet.pts))
+                    key.append((int(packet.pts), int(packet.pts if packet.dts is None else packet.dts)))
                 if packet.is_discard:
                     continue
                 pts.append(int(packet.pts))
@@ -189,8 +192,9 @@ def probe(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     dup = next((p for p, q in zip(pts, pts[1:]) if p == q), None)
     if dup is not None:
         raise BadVideoError(path, f"two frames share the timestamp {float(dup * tb):.3f} s; cannot index frames")
-    return VideoProbe(path, tuple(pts), tuple(sorted(key)), Fraction(tb), fps, height, width, codec, index, by_order,
-                      colorspace)
+    key.sort()
+    return VideoProbe(path, tuple(pts), tuple(k for k, _ in key), Fraction(tb), fps, height, width, codec, index,
+                      by_order, colorspace, tuple(d for _, d in key))
 
 
 @lru_cache(maxsize=65536)

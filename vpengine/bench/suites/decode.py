@@ -1,7 +1,8 @@
 """Video input: decode + sample + resize to 16x288x288, clips/s and frames/s.
 
 Sources are H.264 clips at 360p and 720p (and VP9 for DALI's CPU decoder,
-which refuses H.264), encoded once with PyAV and cached in a temp folder
+which refuses H.264), and 30 s of 360p H.264 in MP4 and MPEG-TS with a
+keyframe a second (sampling it needs seeks), encoded once with PyAV and cached in a temp folder
 (``VPENGINE_BENCH_VIDEO_DIR`` overrides it: a machine without PyAV, like the
 GPU box, can be handed fixtures made elsewhere). vpengine's ``read_clip`` on
 each backend, with the official Lanczos resize and with bilinear, against the
@@ -22,11 +23,16 @@ from . import Case, SkipCase, SuiteContext
 SUITE = "decode"
 OP = "read_clip"
 NUM_FRAMES, SIZE = 16, 288
-# name -> (width, height, codec, container, source frames)
+# name -> (width, height, codec, container, source frames, keyframe interval)
 SOURCES = {
-    "360p_h264": (640, 360, "libx264", "mp4", 64),
-    "720p_h264": (1280, 720, "libx264", "mp4", 64),
-    "360p_vp9": (640, 360, "libvpx-vp9", "webm", 64),
+    "360p_h264": (640, 360, "libx264", "mp4", 64, None),
+    "720p_h264": (1280, 720, "libx264", "mp4", 64, None),
+    "360p_vp9": (640, 360, "libvpx-vp9", "webm", 64, None),
+    # 30 s with a keyframe a second, as cameras and streams write them: 16
+    # frames spread over it need seeks, in MP4 and in MPEG-TS, whose demuxer
+    # seeks by decode time.
+    "360p_h264_30s": (640, 360, "libx264", "mp4", 900, 30),
+    "360p_h264_30s_ts": (640, 360, "libx264", "ts", 900, 30),
 }
 
 
@@ -37,7 +43,7 @@ def video_dir() -> pathlib.Path:
 
 def fixture(name: str, num_frames: int | None = None) -> pathlib.Path:
     """The cached source clip ``name`` (encoded on first use)."""
-    W, H, codec, ext, n = SOURCES[name]
+    W, H, codec, ext, n, gop = SOURCES[name]
     n = num_frames or n
     path = video_dir() / f"{name}_{n}f.{ext}"
     if path.exists():
@@ -58,7 +64,7 @@ def fixture(name: str, num_frames: int | None = None) -> pathlib.Path:
         s = c.add_stream(codec, rate=30)
         s.width, s.height, s.pix_fmt = W, H, "yuv420p"
         if codec == "libx264":
-            s.options = {"preset": "veryfast", "crf": "23"}
+            s.options = {"preset": "veryfast", "crf": "23"} | ({"g": str(gop), "keyint_min": str(gop)} if gop else {})
         else:
             s.options = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}
         for i in range(n):
@@ -119,7 +125,7 @@ def _make_setup(ctx, source, num_src, backend, resize):
 def cases(ctx: SuiteContext) -> list[Case]:
     num_src = 32 if ctx.quick else None
     plan = []  # (source, backend, resize filter)
-    sources = ["360p_h264"] if ctx.quick else ["360p_h264", "720p_h264"]
+    sources = ["360p_h264"] if ctx.quick else ["360p_h264", "720p_h264", "360p_h264_30s", "360p_h264_30s_ts"]
     for src in sources:
         plan += [(src, "pyav", "lanczos"), (src, "pyav", "bilinear"), (src, "pyav+interpolate", "bilinear")]
         if ctx.cuda:
