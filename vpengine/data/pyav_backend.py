@@ -58,7 +58,7 @@ class VideoProbe:
     display_by_output_order: bool = False
     colorspace: int = 2  # FFmpeg's AVColorSpace of the YUV->RGB matrix: 2 unspecified, 1 BT.709, 5/6 BT.601
     # Decode timestamp of each keyframe of ``keyframe_pts`` (its pts where the
-    # demuxer gives none): MPEG-TS/PS demuxers seek by decode time.
+    # demuxer gives none): the MPEG-TS demuxer seeks by decode time.
     keyframe_dts: tuple[int, ...] = ()
 
     @property

@@ -81,9 +81,9 @@ class _SeekPointNotIntra(Exception):
 class _Seeker:
     """Seeks one open stream to its keyframes and checks where it landed.
 
-    Demuxers disagree on the timestamp a seek targets: MP4, Matroska and
-    WebM take the keyframe's presentation time, MPEG-TS and MPEG-PS its
-    decode time, and with B-frames (pts > dts) a seek by pts lands on the
+    Demuxers disagree on the timestamp a seek targets: MP4, MOV, Matroska,
+    WebM and FLV take the keyframe's presentation time, MPEG-TS its decode
+    time, and with B-frames (pts > dts) a seek by pts lands on the
     packet after the keyframe there, so decoding would restart only at the
     next GOP. A late landing is retried once by dts, which is then kept for
     the rest of the file. On a 2-core CPU, 30 s of 360p H.264 with B-frames
