@@ -7,6 +7,7 @@ import stat
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.checkpoint import checkpoint
 
 import vpengine
 from vpengine.cli import main
@@ -191,3 +192,29 @@ def test_compiled_run_matches_eager(train_data, tmp_path):
         train(_cfg(train_data, out, 2, steps=2, log_every=1, manifest=manifest, compile=compiled), log=lambda s: None)
         losses[compiled] = [json.loads(x)["loss"] for x in (out / "log.jsonl").read_text().splitlines()]
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_activation_checkpointing_trains_the_same_model(train_data, tmp_path, capsys, monkeypatch, stage):
+    """--activation-checkpointing recomputes blocks in the backward: the same
+    losses and weights, bit for bit on one CPU process. Checkpointed: stage 1
+    the encoder and the auxiliary stack, stage 2 the student and the decoder
+    (the frozen teacher runs without gradients)."""
+    from vpengine.model import layers
+
+    calls = []
+    monkeypatch.setattr(layers, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    config = vpengine.load(train_data / "lvt.safetensors").config
+    enc = config.encoder
+    blocks = enc.num_spatial_layers + enc.num_temporal_layers + (config.num_auxiliary_layers if stage == 1 else 1)
+    losses, weights = {}, {}
+    for on in (False, True):
+        out = tmp_path / f"run{int(on)}"
+        args = _args(train_data, out, stage, steps=2, log_every=1, decoder_layers=1)
+        calls.clear()
+        assert main(args + (["--activation-checkpointing"] if on else [])) == 0, capsys.readouterr().err
+        assert len(calls) == on * 2 * blocks
+        losses[on] = [json.loads(x)["loss"] for x in (out / "log.jsonl").read_text().splitlines()]
+        weights[on] = load_file(out / "model.safetensors")
+    assert losses[True] == losses[False]
+    assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[False])

@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .. import ops
 
@@ -102,17 +103,46 @@ class SpaceTimeBlock(nn.Module):
 
 
 class SpaceTimeStack(nn.Module):
+    """Blocks along one axis. With ``checkpoint_activations`` (see
+    :func:`activation_checkpointing`) a block keeps only its input for the
+    backward pass and runs its forward again there."""
+
     def __init__(self, num_layers: int, dim: int, num_heads: int, mlp_dim: int, softcap: float):
         super().__init__()
         self.blocks = nn.ModuleList(SpaceTimeBlock(dim, num_heads, mlp_dim, softcap) for _ in range(num_layers))
+        self.checkpoint_activations = False
 
     def forward(self, x_BTSD, axis: str, frame_paddings=None):
         keep = None
         if frame_paddings is not None:
             keep = (1 - frame_paddings).to(x_BTSD.dtype)[:, :, None, None]
+        recompute = self.checkpoint_activations and torch.is_grad_enabled()
         for blk in self.blocks:
-            x_BTSD = blk(x_BTSD, axis, frame_paddings, keep)
+            if recompute:
+                # Non-reentrant: works with the ops' registered autograd,
+                # torch.compile and DDP, and replays the autocast state.
+                x_BTSD = checkpoint(blk, x_BTSD, axis, frame_paddings, keep, use_reentrant=False)
+            else:
+                x_BTSD = blk(x_BTSD, axis, frame_paddings, keep)
         return x_BTSD
+
+
+def activation_checkpointing(module: nn.Module, enabled: bool = True) -> int:
+    """Turn activation checkpointing on (or off) in every space-time stack of
+    ``module`` (encoder, LvT auxiliary stack, stage-2 decoder); returns how
+    many blocks it covers. Training then keeps one ``[B, T, S, D]`` tensor per
+    block (its input) instead of every intermediate (13 such tensors' worth on
+    the CPU in fp32, the ``3*D``-wide QKV and ``4*D``-wide MLP ones among
+    them), for a second forward pass of each block in the backward. Outputs
+    and gradients are unchanged; without gradients nothing changes."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"enabled must be True or False; got {enabled!r}")
+    blocks = 0
+    for m in module.modules():
+        if isinstance(m, SpaceTimeStack):
+            m.checkpoint_activations = enabled
+            blocks += len(m.blocks)
+    return blocks
 
 
 class MaskedSelfAttention(FusedQKVAttention):

@@ -11,7 +11,8 @@ import math
 import os
 from dataclasses import dataclass
 
-RESUMABLE = ("out_dir", "steps", "log_every", "checkpoint_every", "num_workers", "decoder", "compile")
+RESUMABLE = ("out_dir", "steps", "log_every", "checkpoint_every", "num_workers", "decoder", "compile",
+             "activation_checkpointing")
 _PATHS = ("model", "manifest", "tokenizer")  # compared as the files they name
 
 
@@ -53,6 +54,10 @@ class TrainConfig:
     seed: weights of new parts, data order and masks.
     decoder: video decoding backend (``auto``, ``pyav``, ``dali-cpu``, ``dali-gpu``).
     compile: run the task through ``torch.compile`` (the first steps pay the compile).
+    activation_checkpointing: recompute each transformer block's forward in
+        the backward instead of keeping its activations (see
+        :func:`vpengine.model.activation_checkpointing`): larger batches or
+        models per GPU for about one more forward pass per step.
     """
 
     stage: int
@@ -81,6 +86,7 @@ class TrainConfig:
     num_workers: int = 4
     decoder: str = "auto"
     compile: bool = False
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         if self.stage not in (1, 2) or isinstance(self.stage, bool):
@@ -90,7 +96,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a non-empty str; got {getattr(self, name)!r}")
         if self.stage == 1 and not isinstance(self.tokenizer, str):
             raise ValueError("stage 1 needs tokenizer: the SentencePiece model file of the text tower")
-        for name in ("random_init", "compile"):
+        for name in ("random_init", "compile", "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name} must be True or False; got {getattr(self, name)!r}")
         if self.random_init and self.stage == 2:

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from .._files import check_writable
 from ..model.api import build, load_any
 from ..model.config import VideoTextConfig, get_config
+from ..model.layers import activation_checkpointing
 from .checkpoint import checkpoint_path
 from .config import TrainConfig
 from .masking import num_kept
@@ -42,9 +43,12 @@ def build_task(cfg: TrainConfig) -> torch.nn.Module:
         model = load_any(cfg.model)
         _check_model(cfg, model.config)
     if cfg.stage == 1:
-        return ContrastiveTask(model)
-    return MaskedDistillation(model, decoder_layers=cfg.decoder_layers, mask_ratio=cfg.mask_ratio,
-                              token_loss_on=cfg.token_loss_on, seed=cfg.seed)
+        task = ContrastiveTask(model)
+    else:
+        task = MaskedDistillation(model, decoder_layers=cfg.decoder_layers, mask_ratio=cfg.mask_ratio,
+                                  token_loss_on=cfg.token_loss_on, seed=cfg.seed)
+    activation_checkpointing(task, cfg.activation_checkpointing)  # the frozen teacher runs without grad: unaffected
+    return task
 
 
 def optimizer(task: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:

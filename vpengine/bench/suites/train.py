@@ -97,11 +97,13 @@ def _stage_configs(ctx: SuiteContext):
 def _make_stage_setup(ctx, stage: int, cfg, T, size, batch, dtype, backend):
     def setup():
         from ...model.api import build
+        from ...model.layers import activation_checkpointing
         from ...train import ContrastiveTask, MaskedDistillation
 
         model = build(cfg)
         task = ContrastiveTask(model) if stage == 1 else MaskedDistillation(model, decoder_layers=4, mask_ratio=0.8)
         task = task.to(ctx.device).train()
+        activation_checkpointing(task, backend.endswith("+ckpt"))
         opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-4, fused=ctx.cuda)
         gen = torch.Generator(device=ctx.device).manual_seed(0)
         video = (torch.rand(batch, T, size, size, 3, generator=gen, device=ctx.device) * 255).to(torch.uint8)
@@ -123,7 +125,7 @@ def _make_stage_setup(ctx, stage: int, cfg, T, size, batch, dtype, backend):
             opt.step()
             return value
 
-        return with_backend(backend, None, step)
+        return with_backend(backend.removesuffix("+ckpt"), None, step)
 
     return setup
 
@@ -131,11 +133,13 @@ def _make_stage_setup(ctx, stage: int, cfg, T, size, batch, dtype, backend):
 def _stage_cases(ctx: SuiteContext) -> list[Case]:
     """Stage 1 (LvT, captions of 64 tokens) and stage 2 (frozen LvT teacher,
     80% tube mask, 4 decoder layers) steps of the built-in trainer, as
-    ``vpengine train`` runs them; clips/s, no FLOP count."""
+    ``vpengine train`` runs them; clips/s, no FLOP count. ``auto+ckpt``: with
+    ``--activation-checkpointing`` (the price of the recomputed forward)."""
     out = []
+    backends = ("auto", "ref") + (("auto+ckpt",) if ctx.cuda and not ctx.quick else ())
     for label, cfg, T, size, batch, dtype in _stage_configs(ctx):
         for stage in (2, 1):
-            for backend in ("auto", "ref"):
+            for backend in backends:
                 out.append(Case(
                     suite=SUITE, op=f"stage{stage}_step/{label}", backend=backend, mode="fwd+bwd+adamw",
                     shape=f"B={batch} {T}x{size}x{size}", dtype=dtype_name(dtype),
