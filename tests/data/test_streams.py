@@ -201,3 +201,6 @@ def test_mpegts_seeks_by_decode_time(tmp_path):
     assert [gray_index(got[p][None])[0] for p in want] == [1, 13, 25, 30]
     clip, info = read_clip(path, ClipSpec(4, size=None), backend="pyav")
     assert gray_index(clip.numpy()) == info.frame_indices == [0, 8, 16, 24]
+    # In the last GOP a seek by pts gives no frame at all (no next keyframe to restart at).
+    got = pyav_decode._decode(av, vp, [vp.pts[-1]], True, 0)
+    assert gray_index(got[vp.pts[-1]][None]) == [31]

@@ -81,12 +81,13 @@ class _SeekPointNotIntra(Exception):
 class _Seeker:
     """Seeks one open stream to its keyframes and checks where it landed.
 
-    Demuxers disagree on the timestamp a seek targets: MP4, MOV, Matroska,
-    WebM and FLV take the keyframe's presentation time, MPEG-TS its decode
+    Demuxers disagree on the timestamp a seek targets: MP4, MOV, Matroska
+    and WebM take the keyframe's presentation time, MPEG-TS its decode
     time, and with B-frames (pts > dts) a seek by pts lands on the
     packet after the keyframe there, so decoding would restart only at the
-    next GOP. A late landing is retried once by dts, which is then kept for
-    the rest of the file. On a 2-core CPU, 30 s of 360p H.264 with B-frames
+    next GOP (or, in the last GOP, give nothing; FLV's last keyframe is
+    found by dts only too). A late or empty landing is retried once by dts,
+    which is then kept for the rest of the file. On a 2-core CPU, 30 s of 360p H.264 with B-frames
     in MPEG-TS, 16 uniform frames took 3.4 s when a seek by pts fell back to
     a linear decode and 1.4 s by dts (the same video in MP4: 1.2 s).
     """
@@ -106,8 +107,8 @@ class _Seeker:
             self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
             frames = self.container.decode(self.stream)
             first = next((f for f in frames if f.pts is not None and f.pts >= kf), None)
-            if first is None:
-                break
+            if first is None:  # landed late in the last GOP, or past the end (FLV): nothing came out
+                continue
             if first.pts == kf:
                 # Decoding must begin at the keyframe, an intra picture. x264's
                 # intra refresh flags P-frames with recovery points as
