@@ -101,6 +101,24 @@ def use_backend(name: str, ops: tuple[str, ...] | None = None) -> Iterator[None]
         stack.pop()
 
 
+def backend_choices() -> tuple:
+    """The ``use_backend`` blocks active on this thread, for :func:`replay_choices`."""
+    return tuple(getattr(_local, "stack", None) or ())
+
+
+@contextlib.contextmanager
+def replay_choices(choices: tuple) -> Iterator[None]:
+    """Run a block under ``choices`` (from :func:`backend_choices`) instead of
+    this thread's own: a forward recomputed in the backward (activation
+    checkpointing) may run on autograd's thread, outside the caller's blocks."""
+    saved = getattr(_local, "stack", None)
+    _local.stack = list(choices)
+    try:
+        yield
+    finally:
+        _local.stack = saved
+
+
 @dataclass
 class Impl:
     name: str

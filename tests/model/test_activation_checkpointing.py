@@ -65,7 +65,7 @@ def test_saves_each_blocks_input_only():
     one_tensor = 4 * 64 * 32 * 4  # [B, T, S, D] fp32
     patches = 4 * 64 * 18 * 18 * 3 * 4  # the patch projection's input, saved outside the blocks
     assert kept < patches + 2 * 6 * one_tensor  # about one tensor per block (6 blocks)
-    assert plain - patches > 5 * (kept - patches)  # 13 tensors a block without, measured
+    assert plain - patches > 5 * (kept - patches)  # 13 a block without at this 2*D MLP
     activation_checkpointing(model, False)
     assert _saved_activation_bytes(model, video) == plain
 
@@ -90,6 +90,38 @@ def test_covers_every_stack_of_a_video_text_model():
     assert activation_checkpointing(model) == 2 + 1 + 2
     with pytest.raises(ValueError, match="True or False"):
         activation_checkpointing(model, 1)
+
+
+def test_recomputation_keeps_a_forced_backend(monkeypatch):
+    """use_backend() is thread-local and the backward may run outside its
+    block (or on autograd's thread): the recomputed forward must still use
+    the backend the forward was forced to."""
+    from vpengine import backends
+    from vpengine.model.layers import SpaceTimeAttention
+    from vpengine.ops import use_backend
+
+    seen = []
+    forward = SpaceTimeAttention.forward
+
+    def spy(self, *args):
+        seen.append(backends.forced_backend("spacetime_attention"))
+        return forward(self, *args)
+
+    monkeypatch.setattr(SpaceTimeAttention, "forward", spy)
+    model = vpengine.build(_encoder_config(), seed=0).train()
+    activation_checkpointing(model)
+    video, pads = _inputs()
+    with use_backend("ref"):
+        out = model(video, pads)
+    assert seen == ["ref"] * 3
+    out.square().mean().backward()  # outside the block: the 3 blocks run again
+    assert seen == ["ref"] * 6
+    assert backends.backend_choices() == ()  # the replay left this thread as it was
+
+
+def test_refuses_what_is_not_a_module():
+    with pytest.raises(ValueError, match="torch.nn.Module"):
+        activation_checkpointing(None)
 
 
 def test_compiled_matches_eager():

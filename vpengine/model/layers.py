@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .. import ops
+from .. import backends, ops
 
 LN_EPS = 1e-6
 
@@ -117,24 +117,39 @@ class SpaceTimeStack(nn.Module):
         if frame_paddings is not None:
             keep = (1 - frame_paddings).to(x_BTSD.dtype)[:, :, None, None]
         recompute = self.checkpoint_activations and torch.is_grad_enabled()
+        # The recomputation replays the autocast state but not the caller's
+        # use_backend() blocks, which are thread-local: they are replayed
+        # here (in eager mode; a compiled graph calls the ops as traced).
+        choices = None if not recompute or torch.compiler.is_compiling() else backends.backend_choices()
         for blk in self.blocks:
-            if recompute:
-                # Non-reentrant: works with the ops' registered autograd,
-                # torch.compile and DDP, and replays the autocast state.
+            if not recompute:
+                x_BTSD = blk(x_BTSD, axis, frame_paddings, keep)
+            elif choices is None:
+                # Non-reentrant: works with the ops' registered autograd, torch.compile and DDP.
                 x_BTSD = checkpoint(blk, x_BTSD, axis, frame_paddings, keep, use_reentrant=False)
             else:
-                x_BTSD = blk(x_BTSD, axis, frame_paddings, keep)
+                x_BTSD = checkpoint(_replaying, choices, blk, x_BTSD, axis, frame_paddings, keep, use_reentrant=False)
         return x_BTSD
+
+
+def _replaying(choices, blk, *args):
+    with backends.replay_choices(choices):
+        return blk(*args)
 
 
 def activation_checkpointing(module: nn.Module, enabled: bool = True) -> int:
     """Turn activation checkpointing on (or off) in every space-time stack of
-    ``module`` (encoder, LvT auxiliary stack, stage-2 decoder); returns how
-    many blocks it covers. Training then keeps one ``[B, T, S, D]`` tensor per
-    block (its input) instead of every intermediate (13 such tensors' worth on
-    the CPU in fp32, the ``3*D``-wide QKV and ``4*D``-wide MLP ones among
-    them), for a second forward pass of each block in the backward. Outputs
-    and gradients are unchanged; without gradients nothing changes."""
+    ``module`` (encoder, LvT auxiliary stack, stage-2 decoder; not the text
+    tower or the poolers); returns how many blocks it set, frozen ones
+    included (a block that runs without gradients, like a stage-2 teacher's,
+    is not affected). Training then keeps one ``[B, T, S, D]`` tensor per
+    block (its input) instead of every intermediate (16 such tensors' worth
+    with the presets' ``4*D`` MLP in fp32: the QKV output counts 3, the MLP
+    hidden ones 4 each), for a second forward pass of each block in the
+    backward. Outputs and gradients are unchanged; without gradients nothing
+    changes."""
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"module must be a torch.nn.Module; got {type(module).__name__}")
     if not isinstance(enabled, bool):
         raise ValueError(f"enabled must be True or False; got {enabled!r}")
     blocks = 0
