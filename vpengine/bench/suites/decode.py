@@ -22,6 +22,7 @@ from . import Case, SkipCase, SuiteContext
 
 SUITE = "decode"
 OP = "read_clip"
+_REMEMBERED = "+probe-cache"  # a backend label: the file's probe is reused across calls
 NUM_FRAMES, SIZE = 16, 288
 # name -> (width, height, codec, container, source frames, keyframe interval)
 SOURCES = {
@@ -33,6 +34,9 @@ SOURCES = {
     # seeks by decode time.
     "360p_h264_30s": (640, 360, "libx264", "mp4", 900, 30),
     "360p_h264_30s_ts": (640, 360, "libx264", "ts", 900, 30),
+    # 10 minutes, read a 2 s window at a time: what a probe costs on long videos.
+    "180p_h264_10min": (320, 180, "libx264", "mp4", 18000, 30),
+    "180p_h264_10min_ts": (320, 180, "libx264", "ts", 18000, 30),
 }
 
 
@@ -94,7 +98,7 @@ def naive_read(path: str, num_frames: int = NUM_FRAMES, size: int = SIZE) -> tor
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def _make_setup(ctx, source, num_src, backend, resize):
+def _make_setup(ctx, source, num_src, backend, resize, window=None):
     def setup():
         path = str(fixture(source, num_src))
         if backend == "pyav+interpolate":
@@ -104,16 +108,21 @@ def _make_setup(ctx, source, num_src, backend, resize):
                 raise SkipCase(f"PyAV is not installed ({e})") from None
             return lambda: naive_read(path)
         try:
-            from ...data import ClipSpec, read_clip
+            from ...data import ClipSpec, pyav_backend, read_clip
             from ...data.errors import BackendUnsupported
         except ImportError as e:
             raise SkipCase(f"vpengine.data is not available yet ({e})") from None
-        spec = ClipSpec(NUM_FRAMES, size=(SIZE, SIZE), resize=resize)
+        start, end = window or (None, None)
+        spec = ClipSpec(NUM_FRAMES, size=(SIZE, SIZE), resize=resize, start_time=start, end_time=end)
         device = ctx.device if backend == "dali-gpu" else None
+        remember = backend.endswith(_REMEMBERED)
+        name = backend.removesuffix(_REMEMBERED)
 
         def run():
+            if not remember:
+                pyav_backend.forget_probes()  # a file's first read, as in an epoch: the probe's demux counts
             try:
-                return read_clip(path, spec, backend=backend, device=device)[0]
+                return read_clip(path, spec, backend=name, device=device)[0]
             except BackendUnsupported as e:  # e.g. DALI missing or refusing the codec here
                 raise SkipCase(str(e)) from None
 
@@ -140,4 +149,15 @@ def cases(ctx: SuiteContext) -> list[Case]:
             setup=_make_setup(ctx, src, num_src, backend, resize), clips=1, frames_per_clip=NUM_FRAMES,
             baseline=backend == "pyav+interpolate",
         ))
+    if not ctx.quick:
+        # One 2 s window of a 10 min file, as a manifest of windows of long
+        # videos reads them: every read probes the file again, or reuses its probe.
+        for src in ("180p_h264_10min", "180p_h264_10min_ts"):
+            for backend in ("pyav", "pyav" + _REMEMBERED):
+                out.append(Case(
+                    suite=SUITE, op=OP, backend=backend, mode="window+bilinear",
+                    shape=f"{src} [300 s, 302 s) -> {NUM_FRAMES}x{SIZE}x{SIZE}", dtype="uint8",
+                    setup=_make_setup(ctx, src, None, backend, "bilinear", window=(300.0, 302.0)), clips=1,
+                    frames_per_clip=NUM_FRAMES, baseline=backend == "pyav",
+                ))
     return out
