@@ -23,7 +23,7 @@ _HELP = {"tokenizer": "stage 1: SentencePiece model of the text tower",
          "dtype": "bfloat16 (autocast) or float32",
          "decoder": "video decoding: auto, pyav, dali-cpu or dali-gpu",
          "compile": "torch.compile the task (fastest on a GPU; the first steps pay the compile)",
-         "activation_checkpointing": "recompute each block's forward in the backward: far less activation "
+         "activation_checkpointing": "recompute each video block's forward in the backward: far less activation "
                                      "memory (larger batches or models) for about one more forward pass"}
 
 

@@ -54,8 +54,8 @@ class TrainConfig:
     seed: weights of new parts, data order and masks.
     decoder: video decoding backend (``auto``, ``pyav``, ``dali-cpu``, ``dali-gpu``).
     compile: run the task through ``torch.compile`` (the first steps pay the compile).
-    activation_checkpointing: recompute each transformer block's forward in
-        the backward instead of keeping its activations (see
+    activation_checkpointing: recompute the forward of each block of the
+        video stacks in the backward instead of keeping its activations (see
         :func:`vpengine.model.activation_checkpointing`): larger batches or
         models per GPU for about one more forward pass per step.
     """
