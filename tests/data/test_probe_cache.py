@@ -1,6 +1,8 @@
 """Probes are remembered per unchanged file: a manifest of many windows of one
 long video demuxes it once, not once per window."""
 import os
+import threading
+import time
 
 import pytest
 
@@ -50,6 +52,31 @@ def test_a_changed_file_is_probed_again(tmp_path, demuxes):
     assert len(demuxes) == 2
 
 
+def _padded(data: bytes, size: int) -> bytes:
+    """An MP4 grown to ``size`` bytes by a trailing ``free`` box (ignored by readers)."""
+    n = size - len(data)
+    assert n >= 8
+    return data + n.to_bytes(4, "big") + b"free" + bytes(n - 8)
+
+
+def test_same_size_contents_with_the_old_mtime_are_probed_again(tmp_path, demuxes):
+    """``cp -p``, ``rsync -t`` and ``tar x`` restore an old mtime on new
+    contents; with the same size only the ctime tells them apart."""
+    short = open(encode_video(tmp_path / "a.mp4", index_frames(5), "libx264", fps=FPS), "rb").read()
+    long = open(encode_video(tmp_path / "b.mp4", index_frames(15), "libx264", fps=FPS), "rb").read()
+    size = max(len(short), len(long)) + 64
+    path = tmp_path / "v.mp4"
+    path.write_bytes(_padded(short, size))
+    assert pyav_backend.probe(path).num_frames == 5
+    before = os.stat(path)
+    with open(path, "r+b") as f:  # same inode, same size
+        f.write(_padded(long, size))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert pyav_backend.probe(path).num_frames == 15
+
+
 def test_bad_files_are_never_remembered(tmp_path, demuxes):
     path = tmp_path / "v.mp4"
     path.write_text("not a video yet")
@@ -61,14 +88,57 @@ def test_bad_files_are_never_remembered(tmp_path, demuxes):
     assert pyav_backend.probe(path).num_frames == 4
 
 
-def test_frame_budget_keeps_the_most_recent(tmp_path, demuxes, monkeypatch):
-    monkeypatch.setattr(pyav_backend, "PROBE_CACHE_FRAMES", 10)
+def test_threads_asking_at_once_share_one_demux(tmp_path, demuxes, monkeypatch):
+    path = encode_video(tmp_path / "v.mp4", index_frames(5), "libx264", fps=FPS)
+    counted = pyav_backend._demux
+    monkeypatch.setattr(pyav_backend, "_demux", lambda p, *a: time.sleep(0.3) or counted(p, *a))
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(pyav_backend.probe(path))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(demuxes) == 1 and len(out) == 4 and all(vp.pts == out[0].pts for vp in out)
+    # A failed read is not shared: each waiter reads (and fails) itself, none hangs.
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    errors = []
+
+    def fail():
+        with pytest.raises(BadVideoError) as e:
+            pyav_backend.probe(bad)
+        errors.append(e.value)
+
+    threads = [threading.Thread(target=fail) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(errors) == 3 and demuxes.count(str(bad)) == 3
+    assert not pyav_backend._probes._pending
+
+
+def test_budget_keeps_the_most_recent(tmp_path, demuxes, monkeypatch):
     a, b, c = (encode_video(tmp_path / f"{n}.mp4", index_frames(4), "libx264", fps=FPS) for n in "abc")
-    big = encode_video(tmp_path / "big.mp4", index_frames(11), "libx264", fps=FPS)
-    for p in (a, b, a, c):  # 12 frames > 10: the least recently used (b) goes
+    cache = pyav_backend._probes
+    cost = cache._cost(pyav_backend.probe(a))
+    pyav_backend.forget_probes()
+    demuxes.clear()
+    monkeypatch.setattr(cache, "budget", 3 * cost - 1)
+    for p in (a, b, a, c):  # three do not fit: the least recently used (b) goes
         pyav_backend.probe(p)
-    assert demuxes == [a, b, c]
+    assert demuxes == [a, b, c] and cache.total <= cache.budget
     pyav_backend.probe(a), pyav_backend.probe(c), pyav_backend.probe(b)
     assert demuxes == [a, b, c, b]
-    pyav_backend.probe(big), pyav_backend.probe(big)  # over the budget alone: never kept
-    assert demuxes == [a, b, c, b, big, big]
+    monkeypatch.setattr(cache, "budget", cost - 1)
+    pyav_backend.forget_probes()
+    pyav_backend.probe(a), pyav_backend.probe(a)  # over the budget alone: never kept
+    assert demuxes == [a, b, c, b, a, a] and len(cache) == 0
+
+
+def test_a_file_removed_after_its_probe_is_missing(tmp_path, demuxes):
+    path = encode_video(tmp_path / "v.mp4", index_frames(4), "libx264", fps=FPS)
+    pyav_backend.probe(path)
+    os.remove(path)
+    with pytest.raises(BadVideoError, match="missing"):
+        pyav_backend.probe(path)

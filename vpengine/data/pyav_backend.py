@@ -26,13 +26,12 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property, lru_cache
 
 from .errors import BackendUnsupported, BadVideoError, check_file
+from .file_cache import FileCache
 
 
 def _av():
@@ -79,7 +78,7 @@ class VideoProbe:
         remembered per file across epochs). DALI needs it; the PyAV path reads
         it from every frame it decodes anyway."""
         st = os.stat(self.path)
-        return _quarter_turns(self.path, st.st_size, st.st_mtime_ns, self.stream)
+        return _quarter_turns(self.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.stream)
 
     def window(self, start_time: float | None, end_time: float | None) -> tuple[int, int]:
         """Index range [i0, i1) of the frames with start_time <= t < end_time."""
@@ -121,7 +120,7 @@ def _video_stream(container, path: str, without: frozenset[int] = frozenset()):
 
 
 @lru_cache(maxsize=65536)
-def _quarter_turns(path: str, size: int, mtime_ns: int, index: int) -> int:  # size, mtime: a changed file is read again
+def _quarter_turns(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int) -> int:  # a changed file is read again
     try:
         with _open(_av(), path) as container:
             stream = container.streams.video[index]
@@ -139,48 +138,34 @@ def _open(av, path: str):
     return av.open(os.path.abspath(path))
 
 
-# Probes of unchanged files are remembered up to this many frames in all
-# (about 40 MB of timestamps; 9 hours of 30 fps video): a demux reads the whole
-# file (measured here: 9 us a packet in MP4, 29 in MPEG-TS, so 0.3-1 s for an
-# hour of video), and a manifest of windows of one long video would pay it
-# for every window.
-PROBE_CACHE_FRAMES = 1 << 20
-_probes: OrderedDict[tuple, VideoProbe] = OrderedDict()
-_probes_frames = 0
-_probes_lock = threading.Lock()
+# Probes of unchanged files are remembered (file_cache.py): a demux reads the
+# whole file (measured here: 9 us a packet in MP4, 29 in MPEG-TS, so 0.3-1 s
+# for an hour of video), and a manifest of windows of one long video would pay
+# it for every window. The budget counts timestamps (about 40 bytes each): a
+# probe costs its frames, its keyframes twice (pts and dts) and 20 for the
+# rest, so about 40 MB in all, or 9 hours of 30 fps video.
+PROBE_CACHE_TIMESTAMPS = 1 << 20
+_probes: FileCache[VideoProbe] = FileCache(
+    PROBE_CACHE_TIMESTAMPS, lambda vp: vp.num_frames + 2 * len(vp.keyframe_pts) + 20)
 
 
 def probe(path: str) -> VideoProbe:
     """Demux ``path`` (no decode), or reuse the probe of the same unchanged
-    file (same real path, size, modification time and inode). Raises
-    BadVideoError for files that cannot be videos (never remembered)."""
-    global _probes_frames
+    file (see :mod:`.file_cache`). Raises BadVideoError for files that cannot
+    be videos (never remembered)."""
     _av()
     path = os.fsdecode(path)  # str, bytes or PathLike; str(b'x') would be "b'x'"
     check_file(path)
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    with _probes_lock:
-        vp = _probes.get(key)
-        if vp is not None:
-            _probes.move_to_end(key)
-    if vp is None:
-        vp = _demux(path)
-        with _probes_lock:
-            if key not in _probes and vp.num_frames <= PROBE_CACHE_FRAMES:
-                _probes[key] = vp
-                _probes_frames += vp.num_frames
-                while _probes_frames > PROBE_CACHE_FRAMES:
-                    _probes_frames -= _probes.popitem(last=False)[1].num_frames
+    try:
+        vp = _probes.get(path, _demux)
+    except OSError as e:  # its stat failed: removed since check_file, say
+        raise BadVideoError(path, f"cannot stat: {e.strerror or e}") from None
     return vp if vp.path == path else dataclasses.replace(vp, path=path)
 
 
 def forget_probes() -> None:
     """Drop every remembered probe (benchmarks time a first read with it)."""
-    global _probes_frames
-    with _probes_lock:
-        _probes.clear()
-        _probes_frames = 0
+    _probes.clear()
 
 
 def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
@@ -230,7 +215,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     _check_complete(path, declared, demuxed, float(end * tb), fps)
     if suspect and in_order:
         st = os.stat(path)
-        by_order = _output_reorders(path, st.st_size, st.st_mtime_ns, index)
+        by_order = _output_reorders(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, index)
     else:
         by_order = False
     dup = next((p for p, q in zip(pts, pts[1:]) if p == q), None)
@@ -242,7 +227,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
 
 
 @lru_cache(maxsize=65536)
-def _output_reorders(path: str, size: int, mtime_ns: int, index: int, limit: int = 64) -> bool:
+def _output_reorders(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int, limit: int = 64) -> bool:
     """Whether the decoder gives frames with falling timestamps within the first
     ``limit`` (remembered per file: a loader probes it every epoch)."""
     try:
