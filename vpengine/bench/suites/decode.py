@@ -1,8 +1,10 @@
 """Video input: decode + sample + resize to 16x288x288, clips/s and frames/s.
 
 Sources are H.264 clips at 360p and 720p (and VP9 for DALI's CPU decoder,
-which refuses H.264), and 30 s of 360p H.264 in MP4 and MPEG-TS with a
-keyframe a second (sampling it needs seeks), encoded once with PyAV and cached in a temp folder
+which refuses H.264); without ``--quick`` also 30 s of 360p H.264 in MP4
+and MPEG-TS with a keyframe a second (sampling it needs seeks), and 10 min
+at 180p read a 2 s window at a time (first reads, and reads that reuse the
+file's probe). Encoded once with PyAV and cached in a temp folder
 (``VPENGINE_BENCH_VIDEO_DIR`` overrides it: a machine without PyAV, like the
 GPU box, can be handed fixtures made elsewhere). vpengine's ``read_clip`` on
 each backend, with the official Lanczos resize and with bilinear, against the
