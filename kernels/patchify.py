@@ -3,11 +3,18 @@
 Legend: B batch, T frames, H/W frame height/width, P patch, gh = H/P,
 gw = W/P, S = gh*gw, Q = P*3 (one pixel row of a patch, in elements).
 
-    out[b, t, rb*gw + cb, (pr*P + pc)*3 + c] = lut[frames[b, t, rb*P + pr, cb*P + pc, c]]
+    out[b, t, rb*gw + cb, (pr*P + pc)*3 + c] = scale(frames[b, t, rb*P + pr, cb*P + pc, c])
 
-with ``lut[v] = (float32(v) / 255).to(dtype)`` computed by PyTorch on the host:
-a 256-entry gather makes the kernel bit-identical to ``frames.float() / 255``
-then ``.to(dtype)`` whatever division Triton would emit, and costs one L1 hit.
+where ``scale(v)`` must equal ``(float32(v) / 255).to(dtype)`` bit for bit.
+Triton's ``/`` is ``div.full.f32`` (approximate), so fp32 output uses
+``div_rn``, IEEE division. For fp16 and bf16 output one fp32 multiply by
+``float32(1/255)`` is enough: it is off by an ulp of fp32 for 126 of the 256
+values, and the rounding to 16 bits absorbs every one of them (checked for
+all 256 values in tests/ops/test_patchify.py; the interpreter's fp32
+multiply is the same IEEE operation, and its truncating bf16 cast is
+replaced there by the GPU's round-to-nearest-even, done on the bits). Both
+replace a 256-entry table gather, which cost a second load instruction per
+element.
 
 Layout: a strip of P frame rows is contiguous in the input as [P, gw, Q] and
 its gw patches are contiguous in the output as [gw, P, Q] at the same element
@@ -26,18 +33,16 @@ import torch
 import triton
 import triton.language as tl
 
-_LUTS: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-
 
 @triton.jit
 def _patchify_kernel(
     src_ptr,
-    lut_ptr,
     out_ptr,
     strip_len,
     gw,
     P: tl.constexpr,  # compile-time: the // and % by P and 3*P become multiplies
     BLOCK: tl.constexpr,
+    ROUND_BY_HAND: tl.constexpr,
 ):
     strip = tl.program_id(0).to(tl.int64)
     o = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -49,16 +54,19 @@ def _patchify_kernel(
     cb = r // P
     i = (pr * gw + cb) * Q + q
     base = strip * strip_len
-    v = tl.load(src_ptr + base + i, mask=mask, other=0).to(tl.int32)
-    y = tl.load(lut_ptr + v, mask=mask)
-    tl.store(out_ptr + base + o, y, mask=mask)
-
-
-def _lut(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (dtype, device)
-    if key not in _LUTS:
-        _LUTS[key] = (torch.arange(256, dtype=torch.float32) / 255).to(dtype).to(device)
-    return _LUTS[key]
+    v = tl.load(src_ptr + base + i, mask=mask, other=0).to(tl.float32)
+    if out_ptr.dtype.element_ty == tl.float32:
+        y = tl.math.div_rn(v, 255.0)
+    else:
+        y = v * (1.0 / 255.0)  # Triton rounds the constant to float32
+    if ROUND_BY_HAND:
+        # The interpreter's float32 -> bfloat16 cast truncates; the GPU's
+        # (cvt.rn) rounds to nearest even, as this does for y in [0, 1].
+        bits = y.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        tl.store(out_ptr + base + o, bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+    else:
+        tl.store(out_ptr + base + o, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def patchify(frames_BTHW3: torch.Tensor, patch: int, dtype: torch.dtype) -> torch.Tensor:
@@ -74,5 +82,6 @@ def patchify(frames_BTHW3: torch.Tensor, patch: int, dtype: torch.dtype) -> torc
     # The interpreter's cost grows with the number of programs: one block per strip there.
     block = triton.next_power_of_2(strip_len) if frames.device.type == "cpu" else 1024
     grid = (B * T * gh, triton.cdiv(strip_len, block))
-    _patchify_kernel[grid](frames, _lut(dtype, frames.device), out, strip_len, gw, P=P, BLOCK=block)
+    round_by_hand = dtype == torch.bfloat16 and frames.device.type == "cpu"
+    _patchify_kernel[grid](frames, out, strip_len, gw, P=P, BLOCK=block, ROUND_BY_HAND=round_by_hand)
     return out

@@ -1,7 +1,8 @@
 """Compile the Triton attention kernels ahead of time for an H100 (sm_90),
 without a GPU, and report each pass's shared memory and global memory ops as
 JSON (run by tests/ops/test_attention_codegen.py in a process without
-TRITON_INTERPRET, which would turn the kernels into interpreted functions).
+TRITON_INTERPRET, which would turn the kernels into interpreted functions);
+``patchify DTYPE`` reports the patchify kernel's PTX arithmetic instead.
 
 Triton's launcher tells the compiler which integer arguments are multiples of
 16 (and turns those equal to 1 into constants); the signatures below say the
@@ -107,7 +108,24 @@ def _passes(dtype: torch.dtype, E: int, L: int):
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def patchify_ptx(dtype: str) -> dict:
+    """The patchify kernel at VideoPrism's patch (18) and the launcher's
+    block: its global memory ops and its float ops (``div.full`` is
+    approximate, ``div.rn`` exact: the interpreter cannot tell them apart)."""
+    kernel = importlib.import_module("vpengine.kernels.patchify")._patchify_kernel
+    sig = {"src_ptr": "*u8", "out_ptr": f"*{dtype}", "strip_len": "i32", "gw": "i32",
+           "P": "constexpr", "BLOCK": "constexpr", "ROUND_BY_HAND": "constexpr"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(4)}  # 288-pixel rows: every int a multiple of 16
+    src = ASTSource(fn=kernel, signature=sig, constexprs={"P": 18, "BLOCK": 1024, "ROUND_BY_HAND": False},
+                    attrs=attrs)
+    ptx = triton.compile(src, target=SM90, options={"num_warps": 4}).asm["ptx"]
+    return dict(ops=memory_ops(ptx), float_ops=sorted(set(re.findall(r"\b(?:div|mul|cvt\.rn)\.[\w.]*f\w*", ptx))))
+
+
 def main(argv) -> None:
+    if argv[0] == "patchify":
+        print(json.dumps(patchify_ptx(argv[1])))
+        return
     """argv: DTYPE E L [TILE_KEY=VALUE ...] -> one JSON object per pass on
     stdout; each TILE_KEY=VALUE (a Python literal) is set in every row of the
     GPU tile table first, e.g. poly_exp=True."""

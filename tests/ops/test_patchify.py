@@ -2,6 +2,12 @@
 
 Legend: B batch, T frames, H/W height/width, P patch, S patches per frame.
 """
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -70,6 +76,38 @@ def test_backends_exact(backend, dtype, shape):
         out = patchify(x, P, dtype)
     # Exact in every dtype: fp32 division, then one rounding, as the spec.
     _compare(out, (patchify_ref(x, P, torch.float32)).to(dtype))
+
+
+@pytest.mark.parametrize("backend", ["ref", "cpu", "triton"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_byte_value_scales_exactly(backend, dtype):
+    # Kernels may compute v/255 another way than one fp32 division (the Triton
+    # one multiplies by 1/255 for 16-bit outputs): every one of the 256 values
+    # must still round to the spec's result.
+    x = (torch.arange(2 * 16 * 24 * 3) % 256).to(torch.uint8).reshape(1, 2, 16, 24, 3)
+    _backend_or_skip(backend, x, dtype)
+    with use_backend(backend, ops=("patchify",)):
+        out = patchify(x, 8, dtype)
+    spec = (torch.arange(256, dtype=torch.float32) / 255).to(dtype)
+    _compare(out, spec[patchify_ref(x, 8, torch.float64).mul(255).round().long()])
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_sm90_code_scales_exactly_with_one_load_per_byte_pair(dtype):
+    """The H100 code, compiled here: fp32 output divides with IEEE rounding
+    (Triton's ``/`` is an approximate division, and the interpreter, whose
+    division is exact, cannot see the difference); no table lookup, so the
+    only loads are the frame's bytes, two at a time (54-byte runs at P=18)."""
+    pytest.importorskip("triton.backends.compiler")
+    helper = pathlib.Path(__file__).with_name("_codegen_sm90.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(helper), "patchify", dtype], capture_output=True, text=True,
+                          env=env, cwd=helper.parents[2], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    assert not any(op.startswith("div.") and op != "div.rn.f32" for op in got["float_ops"]), got
+    assert ("div.rn.f32" in got["float_ops"]) == (dtype == "fp32"), got
+    assert got["ops"]["ld.global.b16"] == 4 and len(got["ops"]) == 2, got  # 8 bytes in, one or two 16-byte stores
 
 
 def test_non_contiguous_input():
