@@ -137,6 +137,21 @@ def test_checkpoint_missing_extra_misshaped(tmp_path):
     assert key in msg and "params/unused/thing" in msg and "temporal_ln/scale: expected [48], found [7]" in msg
 
 
+@pytest.mark.parametrize("stack", ["spatial_encoder", "temporal_encoder"])
+def test_one_attention_array_with_swapped_axes_is_the_one_named(tmp_path, stack):
+    # The heads are inferred from the attention weights: one odd array must
+    # not redefine them and get the three consistent ones blamed instead.
+    arrays, path = _official(tmp_path)
+    key = f"params/{stack}/transformers_stack/x_layers/self_attention/query/w"
+    arrays[key] = np.ascontiguousarray(np.swapaxes(arrays[key], 2, 3))  # 16 heads of 3, not 3 of 16
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError) as e:
+        vpengine.load_official(path)
+    L = ENC.num_spatial_layers if stack == "spatial_encoder" else ENC.num_temporal_layers
+    lines = [ln.strip() for ln in str(e.value).splitlines() if "expected" in ln]
+    assert lines == [f"{key}: expected [{L}, 48, 3, 16], found [{L}, 48, 16, 3]"]
+
+
 def test_checkpoint_truncated_and_not_npz(tmp_path):
     arrays, path = _official(tmp_path)
     np.savez(path, **arrays)

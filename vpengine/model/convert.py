@@ -116,13 +116,24 @@ def _t(a):
 # ---------------------------------------------------------------- inference
 
 
+def _heads(A: _Arrays, stack: str) -> tuple[int, int, int]:
+    """(layers, heads, head dim) of a stack, as most of its four attention
+    weights [L, D, H, E] say: one array with swapped axes is then reported as
+    the odd one out, instead of the three that agree with each other."""
+    shapes = [A.shape(stack + "self_attention/query/w", 4)]
+    shapes += [tuple(A.arrays[k].shape) for k in (stack + f"self_attention/{n}/w" for n in ("key", "value", "post"))
+               if k in A.arrays and A.arrays[k].ndim == 4]
+    (L, _, H, E), _ = collections.Counter(shapes).most_common(1)[0]  # ties: the query's
+    return L, H, E
+
+
 def _infer_encoder(A: _Arrays, p: str) -> EncoderConfig:
     rows, D = A.shape(p + "patch_projection/linear/kernel", 2)
     P = int(round(math.sqrt(rows / 3)))
     if 3 * P * P != rows:
         raise CheckpointError(f"{A.source}: patch kernel has {rows} rows, not 3*P*P for any patch size P")
-    Ls, _, H, E = A.shape(p + "spatial_encoder/" + STACK + "self_attention/query/w", 4)
-    Lt = A.shape(p + "temporal_encoder/" + STACK + "self_attention/query/w", 4)[0]
+    Ls, H, E = _heads(A, p + "spatial_encoder/" + STACK)
+    Lt = _heads(A, p + "temporal_encoder/" + STACK)[0]
     mlp = A.shape(p + "spatial_encoder/" + STACK + "ff_layer/ffn_layer1/linear/kernel", 3)[2]
     n_sp = A.shape(p + "spatial_pos_emb/emb_var", 2)[0]
     g = int(round(math.sqrt(n_sp)))
@@ -155,7 +166,7 @@ def infer_config(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> M
     aux = A.shape(aux_key, 4)[0] if has_aux else 0  # no auxiliary stack: the official default
     _, Hp, Ep = A.shape("params/contrastive_vision_pooler/pooling_attention/query/w", 3)
     V = A.shape("params/text_encoder/token_emb/emb_var", 2)[0]
-    Lx, _, Ht, _ = A.shape("params/text_encoder/unimodal_transformer/x_layers/self_attention/query/w", 4)
+    Lx, Ht, _ = _heads(A, "params/text_encoder/unimodal_transformer/x_layers/")
     tmlp = A.shape("params/text_encoder/unimodal_transformer/x_layers/ff_layer/ffn_layer1/linear/kernel", 3)[2]
     text = TextConfig(vocab_size=V, num_layers=Lx, num_heads=Ht, width=D, mlp_dim=tmlp,
                       atten_logit_cap=enc.atten_logit_cap)
