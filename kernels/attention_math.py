@@ -13,6 +13,13 @@ import triton.language as tl
 
 
 @triton.jit
+def _padded(pad):
+    # The official mask keeps a key where pad * NEG >= NEG / 2, i.e. where
+    # pad <= 0.5: a NaN padding drops its frame too.
+    return ~(pad <= 0.5)
+
+
+@triton.jit
 def _tanh(x):
     # (1 - e) / (1 + e) with e = exp(-2|x|) <= 1 never overflows; below
     # |x| = 0.25 (|s| < 12.5 at c = 50) where 1 - e cancels, the Taylor series

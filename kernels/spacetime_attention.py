@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from .attention_fwd_loops import _fwd_loop_split, _fwd_split_e
-from .attention_math import _dot, _iso_dot, _load, _softcap_tanh
+from .attention_math import _dot, _iso_dot, _load, _padded, _softcap_tanh
 
 NEG = -0.7 * 3.4028234663852886e38  # VideoPrism's mask value (fp32-representable)
 LOG2E = 1.4426950408889634
@@ -144,7 +144,7 @@ def _fwd_kernel(
             else:
                 z = _dot(q, kT, PREC, UPCAST) * (qk_scale * 1.4426950408889634)
             if HAS_PAD:
-                padk = tl.load(PAD + b * s_pb + jk * s_pj + ik * s_pi, mask=k_ok, other=0.0) > 0.5
+                padk = _padded(tl.load(PAD + b * s_pb + jk * s_pj + ik * s_pi, mask=k_ok, other=0.0))
                 z = tl.where(padk[None, :], -2.3819764264697e38, z)
             # Keys past J only meet rows past J (never stored): leaving them valid
             # (zeros loaded) keeps those rows finite. Every row then sees at least
@@ -176,8 +176,12 @@ def _fwd_kernel(
         lse = tl.log2(l_i) * 0.6931471805599453
     else:
         # A fully masked row has m = NEG (its logits all equal NEG): its lse is
-        # NEG + log(L), which is NEG in fp32, as the reference computes it.
-        lse = tl.where(m_i < -1.0e38, -2.3819764264697e38, (m_i + tl.log2(l_i)) * 0.6931471805599453)
+        # NEG + log(L), which is NEG in fp32, as the reference computes it. A
+        # NaN logit makes l NaN (and m NaN or, where max skips NaN, -inf):
+        # its lse stays NaN, as the reference's, so the backward does not
+        # take the row for a fully masked one and zero its gradient.
+        lse = tl.where((m_i < -1.0e38) & (l_i == l_i), -2.3819764264697e38,
+                       (m_i + tl.log2(l_i)) * 0.6931471805599453)
     o_ptrs = OUT + b.to(tl.int64) * s_ob + jq.to(tl.int64)[:, None] * s_oj + iq[:, None] * s_oi + h * E + e[None, :]
     l_ptrs = LSE + b.to(tl.int64) * s_lb + jq.to(tl.int64) * s_lj + iq * s_li + h
     if EVEN:

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_math import _dot, _iso_dot, _softcap_tanh
+from .attention_math import _dot, _iso_dot, _padded, _softcap_tanh
 from .spacetime_attention import axis_view, dot_modes, head_pad, tile_config
 
 
@@ -55,12 +55,16 @@ def _probs(q, kT, padk, valid, lse, qk_scale, inv_cap, cap_log2e,
 
 
 @triton.jit
-def _ds(p, dp, delta, th, masked_row, HAS_PAD: tl.constexpr, HAS_CAP: tl.constexpr):
+def _ds(p, dp, delta, th, masked_row, padk, HAS_PAD: tl.constexpr, HAS_CAP: tl.constexpr):
     ds = p * (dp - delta[:, None])
+    if HAS_PAD:
+        # A padded key's capped logit is replaced by a constant (a select):
+        # its gradient is 0 even where delta is NaN (p = 0 there would give
+        # 0 * NaN), and only then meets the tanh factor, as autograd of the
+        # official code orders it (a NaN query's tanh still makes it NaN).
+        ds = tl.where(masked_row[:, None] | padk[None, :], 0.0, ds)
     if HAS_CAP:
         ds = ds * (1.0 - th * th)
-    if HAS_PAD:
-        ds = tl.where(masked_row[:, None], 0.0, ds)
     return ds
 
 
@@ -115,14 +119,14 @@ def _bwd_dq_kernel(
         v = tl.load(vbase[:, None] + ik[:, None] * s_qi + e[None, :] * s_qc, mask=kmask, other=0.0)
         padk = k_ok
         if HAS_PAD:
-            padk = tl.load(PAD + b * s_pb + jk * s_pj + ik * s_pi, mask=k_ok, other=0.0) > 0.5
+            padk = _padded(tl.load(PAD + b * s_pb + jk * s_pj + ik * s_pi, mask=k_ok, other=0.0))
         valid = k_ok[None, :]
         if G > 1:
             valid = valid & (gq[:, None] == gk[None, :])
         p, th = _probs(q, tl.trans(k), padk, valid, lse, qk_scale, inv_cap, cap_log2e,
                        HAS_PAD, HAS_CAP, PREC, UPCAST, FAST_TANH)
         dp = _dot(do, tl.trans(v), PREC, UPCAST)
-        ds = _ds(p, dp, delta, th, masked_row, HAS_PAD, HAS_CAP)
+        ds = _ds(p, dp, delta, th, masked_row, padk, HAS_PAD, HAS_CAP)
         if G > 1 or RAGGED:  # keys past L or of other sequences: 0 * inf in their logits makes NaN
             ds = tl.where(valid, ds, 0.0)
         dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
@@ -166,7 +170,7 @@ def _bwd_dkdv_kernel(
     vT = tl.trans(v)
     padk = k_ok
     if HAS_PAD:
-        padk = tl.load(PAD + b * s_pb + jk * s_pj + ik * s_pi, mask=k_ok, other=0.0) > 0.5
+        padk = _padded(tl.load(PAD + b * s_pb + jk * s_pj + ik * s_pi, mask=k_ok, other=0.0))
 
     r = tl.arange(0, BM)
     gq = r // LPQ
@@ -209,7 +213,7 @@ def _bwd_dkdv_kernel(
         # 0 * NaN = NaN).
         dv += _iso_dot(tl.trans(pv.to(do.dtype)), do, gq, gk, G, PREC, UPCAST)
         dp = _dot(do, vT, PREC, UPCAST)
-        ds = _ds(p, dp, delta, th, masked_row, HAS_PAD, HAS_CAP)
+        ds = _ds(p, dp, delta, th, masked_row, padk, HAS_PAD, HAS_CAP)
         if G > 1 or RAGGED:
             ds = tl.where(valid_m, ds, 0.0)
         dk += _iso_dot(tl.trans(ds.to(q.dtype)), q, gq, gk, G, PREC, UPCAST)

@@ -145,7 +145,7 @@ __device__ __forceinline__ float logit(float s, int64_t b, int j, const Params& 
     *th = tanhf(z * p.inv_cap);
     z = p.cap * *th;
   }
-  if (p.pad != nullptr && p.pad[b * p.T + j] > 0.5f) z = kNeg;
+  if (p.pad != nullptr && !(p.pad[b * p.T + j] <= 0.5f)) z = kNeg;  // official: kept where pad <= 0.5 (NaN drops)
   return z;
 }
 

@@ -28,10 +28,10 @@ def _same_nonfinite(name, got, want):
     torch.testing.assert_close(got[ok], want[ok], rtol=1e-4, atol=1e-4)
 
 
-def _run(backend, qkv, axis, grad_out):
+def _run(backend, qkv, axis, grad_out, pad=None):
     x = qkv.clone().requires_grad_(True)
     with ops.use_backend(backend):
-        out = ops.spacetime_attention(x, axis, H)
+        out = ops.spacetime_attention(x, axis, H, frame_paddings=pad)
         (g,) = torch.autograd.grad(out, x, grad_out)
     return out.detach(), g
 
@@ -39,8 +39,9 @@ def _run(backend, qkv, axis, grad_out):
 @pytest.mark.parametrize("axis,shape", [("space", "packed"), ("time", "packed"), ("space", "ragged")])
 @pytest.mark.parametrize("part", ["q", "k", "v", "grad"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("pads", [None, "zeros", "last"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_nonfinite_stays_in_its_sequence(axis, shape, part, bad, device):
+def test_nonfinite_stays_in_its_sequence(axis, shape, part, bad, pads, device):
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device (run benchmarks/device_check.sh on a GPU machine)")
     B, T, S = SHAPES[shape]
@@ -51,11 +52,37 @@ def test_nonfinite_stays_in_its_sequence(axis, shape, part, bad, device):
         grad_out[0, 0, 0, 3] = bad
     else:
         qkv[0, 0, 0, "qkv".index(part) * H * E + 3] = bad
+    # Paddings switch the kernels to their masked paths (running max, masked
+    # rows and keys); "last" pads the last frame: a key of every time-axis
+    # sequence, a whole space-axis sequence.
+    pad = None if pads is None else torch.zeros(B, T)
+    if pads == "last":
+        pad[:, -1] = 1.0
+    if pad is not None:
+        pad = pad.to(device)
     qkv, grad_out = qkv.to(device), grad_out.to(device)
-    out_t, g_t = _run("triton", qkv, axis, grad_out)
-    out_r, g_r = _run("ref", qkv, axis, grad_out)
+    out_t, g_t = _run("triton", qkv, axis, grad_out, pad)
+    out_r, g_r = _run("ref", qkv, axis, grad_out, pad)
     _same_nonfinite(f"out {axis} {part}", out_t, out_r)
     _same_nonfinite(f"grad {axis} {part}", g_t, g_r)
     # The other sequences of the tile are untouched.
     other = (slice(None), slice(1, None)) if axis == "space" else (slice(None), slice(None), slice(1, None))
     assert torch.isfinite(out_t[other]).all() and torch.isfinite(g_t[other]).all()
+
+
+@pytest.mark.parametrize("axis", ["space", "time"])
+@pytest.mark.parametrize("backend", ["ref", "triton", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_nan_padding_drops_its_frame(axis, backend):
+    # The official mask keeps a key where pad * NEG >= NEG / 2: never for NaN.
+    if backend == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device (run benchmarks/device_check.sh on a GPU machine)")
+        if axis == "space":
+            pytest.skip("the cuda kernel takes the time axis only")
+    device = "cuda" if backend == "cuda" else "cpu"
+    qkv = torch.randn(2, 3, 4, 3 * H * E, generator=torch.Generator().manual_seed(1)).to(device)
+    nan_pad = torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0]], device=device)
+    with ops.use_backend(backend):
+        got = ops.spacetime_attention(qkv, axis, H, frame_paddings=nan_pad)
+        want = ops.spacetime_attention(qkv, axis, H, frame_paddings=torch.nan_to_num(nan_pad, nan=1.0))
+    assert torch.equal(got, want)

@@ -29,9 +29,10 @@ def key_padding_mask(frame_paddings_BT: torch.Tensor, axis: str) -> torch.Tensor
 
     A padded frame drops all of its tokens as keys in the spatial stack (so its
     own queries become uniform) and drops itself as a key in the temporal stack.
-    The official mask is ``pad * NEG`` kept where ``>= NEG/2``, i.e. pad <= 0.5.
+    The official mask is ``pad * NEG`` kept where ``>= NEG/2``, i.e. pad <= 0.5
+    (a NaN padding drops its frame).
     """
-    pad = frame_paddings_BT > 0.5
+    pad = ~(frame_paddings_BT <= 0.5)
     if axis == "space":
         return pad[:, :, None, None, None]
     return pad[:, None, None, None, :]
