@@ -209,6 +209,12 @@ def test_bad_inputs_raise_value_error():
         ops.spacetime_attention(qkv, "space", 2, frame_paddings=torch.zeros(1, 3))
     with pytest.raises(ValueError, match="qkv"):
         ops.spacetime_attention(qkv[0], "space", 2)
+    # Caps at fp32's ends would overflow the kernels' constants (NaN where ref is finite).
+    for cap in (1e-40, 3e38, 1e-7, 2e6):
+        with pytest.raises(ValueError, match=r"softcap must be .*from 1e-06 to 1e\+06\); got"):
+            ops.spacetime_attention(qkv, "space", 2, softcap=cap)
+    for cap in (1e-6, 1e6, 0.0, -1.0):  # the range's ends; 0 or less is the official "no cap"
+        assert ops.spacetime_attention(qkv, "space", 2, softcap=cap).isfinite().all()
 
 
 def test_forced_backend_reasons():

@@ -6,7 +6,6 @@ JSON beside the weights (see :mod:`vpengine.model.io`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import operator
 from dataclasses import dataclass, field
 
@@ -28,9 +27,13 @@ def _counts(obj, names: tuple[str, ...]) -> None:
 
 
 def _cap(cls: str, value) -> None:
-    # Official rule: a cap of 0 or less means no cap; anything else must be a real number.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{cls}.atten_logit_cap must be a finite number (0 or less: no cap); got {value!r}")
+    # Official rule: a cap of 0 or less means no cap; a cap must be one the
+    # attention op takes (checked here, not at the first forward).
+    from ..ops.spacetime_attention import SOFTCAP_RULE, check_softcap
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{cls}.atten_logit_cap must be a number ({SOFTCAP_RULE}); got {value!r}")
+    check_softcap(value, f"{cls}.atten_logit_cap")
 
 
 def _heads(cls: str, width_name: str, width: int, heads_name: str, heads: int) -> None:

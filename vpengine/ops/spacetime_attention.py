@@ -15,6 +15,13 @@ axis with T <= 32, whole sequences on chip). ``auto`` follows the measured
 table in attention_autotune.json when it has a matching rule, else this op's
 default order (triton, cuda, ref on CUDA, as the H100 runs recorded in
 benchmarks/results/ measured; ref on CPU).
+
+Precision: the kernels' backward recomputes the probabilities from the saved
+fp32 log-sum-exp (as FlashAttention does), whose rounding is relative to the
+largest logit: their gradient error grows like |logit| * 2^-24. The soft cap
+bounds the logits (|z| <= 50 in VideoPrism, within the tests' tolerance);
+without a cap, logits of ~1000 make the gradient error ~5e-4 where ``ref``
+(which keeps the probabilities) stays at fp32's 1e-7.
 """
 from __future__ import annotations
 
@@ -51,9 +58,10 @@ def _check(qkv: torch.Tensor, axis: str, num_heads: int, frame_paddings: torch.T
         raise ValueError(f"num_heads must be a positive int; got {num_heads!r}")
     # Under torch.compile a float argument may be symbolic (dynamic=True, or a
     # value that changed between calls), and math.isfinite cannot trace it.
-    if isinstance(softcap, bool) or not isinstance(softcap, (int, float, torch.SymFloat, torch.SymInt)) or (
-            not torch.compiler.is_compiling() and not math.isfinite(softcap)):
-        raise ValueError(f"softcap must be a finite number (0 or less: no cap); got {softcap!r}")
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float, torch.SymFloat, torch.SymInt)):
+        raise ValueError(f"softcap must be a number ({SOFTCAP_RULE}); got {softcap!r}")
+    if not torch.compiler.is_compiling():
+        check_softcap(softcap)
     C = qkv.shape[-1]
     if C == 0:
         raise ValueError("qkv's last dim must be 3 * num_heads * head_dim with head_dim >= 1; got 0")
@@ -217,11 +225,23 @@ def _spacetime_attention_op(
     return out, lse
 
 
+# Positive caps beyond this range overflow the kernels' fp32 constants
+# (scale / cap, cap * log2(e)) near fp32's ends: 1e-40 or 3e38 made NaN where
+# the reference is finite. Real caps are tens (50 in VideoPrism).
+SOFTCAP_RANGE = (1e-6, 1e6)
+SOFTCAP_RULE = f"0 or less: no cap; else from {SOFTCAP_RANGE[0]:g} to {SOFTCAP_RANGE[1]:g}"
+
+
+def check_softcap(softcap: float, name: str = "softcap") -> None:
+    """ValueError unless ``softcap`` is finite and, when positive (a cap), in SOFTCAP_RANGE."""
+    if not math.isfinite(softcap) or (softcap > 0 and not SOFTCAP_RANGE[0] <= softcap <= SOFTCAP_RANGE[1]):
+        raise ValueError(f"{name} must be a finite number ({SOFTCAP_RULE}); got {softcap!r}")
+
+
 def _finite_softcap(softcap: float) -> None:
     # The wrapper's check cannot run while torch.compile traces a symbolic
     # softcap; the kernels run with the real value, so check it here too.
-    if not math.isfinite(softcap):
-        raise ValueError(f"softcap must be a finite number (0 or less: no cap); got {softcap!r}")
+    check_softcap(softcap)
 
 
 @_spacetime_attention_op.register_fake
