@@ -137,6 +137,11 @@ __device__ __forceinline__ Seq sequence_of(int64_t n, const Params& p) {
   return q;
 }
 
+// The official mask keeps key frame j where pad <= 0.5: a NaN padding drops it.
+__device__ __forceinline__ bool padded_key(int64_t b, int j, const Params& p) {
+  return p.pad != nullptr && !(p.pad[b * p.T + j] <= 0.5f);
+}
+
 // Masked (NEG), capped logit of score s for key frame j of sample b; th gets tanh.
 __device__ __forceinline__ float logit(float s, int64_t b, int j, const Params& p, float* th) {
   float z = s * p.scale;
@@ -145,7 +150,7 @@ __device__ __forceinline__ float logit(float s, int64_t b, int j, const Params& 
     *th = tanhf(z * p.inv_cap);
     z = p.cap * *th;
   }
-  if (p.pad != nullptr && !(p.pad[b * p.T + j] <= 0.5f)) z = kNeg;  // official: kept where pad <= 0.5 (NaN drops)
+  if (padded_key(b, j, p)) z = kNeg;
   return z;
 }
 
@@ -283,7 +288,9 @@ __global__ void __launch_bounds__(128)
         float th;
         const float z = logit(sc[j], sq.b, j, p, &th);
         const float pj = masked ? inv_t : expf(z - L);
-        float ds = masked ? 0.f : pj * (dp[j] - delta);
+        // A padded key's logit is a constant: no gradient, even where delta
+        // is NaN (0 * NaN), before the tanh factor, as the reference orders it.
+        float ds = masked || padded_key(sq.b, j, p) ? 0.f : pj * (dp[j] - delta);
         if (p.cap > 0.f) ds *= 1.f - th * th;
         P[lane * PS + j] = pj;
         DS[lane * PS + j] = ds;
