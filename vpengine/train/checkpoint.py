@@ -1,13 +1,17 @@
 """Training checkpoints: one file per run, written atomically, resumed exactly.
 
 ``<out_dir>/checkpoint.pt`` holds the config, the step, the data position of
-every rank (epoch and rows consumed), the task's weights (the teacher's too:
-a checkpoint resumes without its inputs), the optimizer and LR schedule, and
-the random generators. ``<out_dir>/model.safetensors`` is the trained model
+every rank (epoch and rows consumed), the task's weights (the teacher's too)
+and the input model's architecture, so a resume needs no model file; the
+optimizer and LR schedule, the random generators, and digests of the
+manifest's rows and the tokenizer, which a resume must find unchanged
+whatever their paths. ``<out_dir>/model.safetensors`` is the trained model
 alone (:func:`vpengine.load` reads it). Both are replaced whole or not at all.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import torch
@@ -33,17 +37,43 @@ def save_checkpoint(out_dir: str, state: dict, model: torch.nn.Module) -> None:
     write_atomically(checkpoint_path(out_dir), lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(out_dir: str, cfg: TrainConfig, world_size: int) -> dict:
-    """The state saved in ``out_dir``; ValueError when it does not belong to ``cfg``."""
+def input_digests(cfg: TrainConfig, entries: list) -> dict[str, str]:
+    """What a resume must find unchanged, by content: the manifest's rows as
+    the loader read them (the data order follows from them; paths relative
+    to the manifest, so a dataset moved with its manifest is the same) and
+    the tokenizer file."""
+    h = hashlib.sha256()
+    root = os.path.dirname(os.path.abspath(cfg.manifest))
+    for e in entries:
+        h.update(json.dumps([os.path.relpath(e.path, root), e.caption, e.start_time, e.end_time]).encode() + b"\n")
+    out = {"manifest": f"{len(entries)} rows, sha256 {h.hexdigest()[:16]}"}
+    if cfg.tokenizer is not None and os.path.isfile(cfg.tokenizer):
+        with open(cfg.tokenizer, "rb") as f:
+            out["tokenizer"] = f"sha256 {hashlib.sha256(f.read()).hexdigest()[:16]}"
+    return out
+
+
+def load_checkpoint(out_dir: str, cfg: TrainConfig, world_size: int, inputs: dict[str, str] | None = None) -> dict:
+    """The state saved in ``out_dir``; ValueError when it does not belong to
+    ``cfg`` and ``inputs`` (:func:`input_digests` of this run)."""
     path = checkpoint_path(out_dir)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which and why
-        raise ValueError(f"{path} is not a readable vpengine training checkpoint: {e}") from None
+        why = str(e) or type(e).__name__
+        raise ValueError(f"{path} is not a readable vpengine training checkpoint: {why}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a vpengine training checkpoint (format {FORMAT})")
     stored = TrainConfig.from_dict(state["config"])
-    changed = stored.differences(cfg)
+    digests = state.get("inputs") or {}
+    ignore = tuple(digests)  # compared by content below, wherever the files now are
+    if "model_config" in state and not os.path.exists(stored.model):
+        ignore += ("model",)  # the checkpoint holds the model: a resume does not need its file
+    changed = stored.differences(cfg, ignore)
+    for name, digest in digests.items():
+        now = (inputs or {}).get(name)
+        if now != digest:
+            changed.append(f"{name} contents: {digest} -> {now or 'none'}")
     if changed:
         raise ValueError(f"{path} belongs to a run with another config; a resume may change only "
                          f"{', '.join(RESUMABLE)}; changed: " + "; ".join(changed))
@@ -53,4 +83,4 @@ def load_checkpoint(out_dir: str, cfg: TrainConfig, world_size: int) -> dict:
     return state
 
 
-__all__ = ["CHECKPOINT", "MODEL", "checkpoint_path", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT", "MODEL", "checkpoint_path", "input_digests", "load_checkpoint", "save_checkpoint"]

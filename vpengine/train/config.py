@@ -96,6 +96,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a non-empty str; got {getattr(self, name)!r}")
         if self.stage == 1 and not isinstance(self.tokenizer, str):
             raise ValueError("stage 1 needs tokenizer: the SentencePiece model file of the text tower")
+        if self.stage == 2 and self.tokenizer is not None:
+            raise ValueError("TrainConfig.tokenizer is for stage 1: stage 2 trains on video alone")
         for name in ("random_init", "compile", "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name} must be True or False; got {getattr(self, name)!r}")
@@ -130,11 +132,20 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig fields: {', '.join(unknown)}")
         return cls(**d)
 
-    def differences(self, other: TrainConfig) -> list[str]:
-        """Fields that differ from ``other``, except the ones a resume may change."""
+    def differences(self, other: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+        """Fields that differ from ``other``, except the ones a resume may
+        change and those in ``ignore`` (inputs compared by their contents)."""
         a, b = self.to_dict(), other.to_dict()
         return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a
-                if k not in RESUMABLE and (_file(a[k]) != _file(b[k]) if k in _PATHS else a[k] != b[k])]
+                if k not in RESUMABLE and k not in ignore
+                and (_file(a[k]) != _file(b[k]) if k in _PATHS else a[k] != b[k])]
+
+    def with_absolute_inputs(self) -> TrainConfig:
+        """The input files as absolute paths (a preset name stays a name), so
+        the stored config still names them when a resume runs elsewhere."""
+        paths = {k: os.path.abspath(getattr(self, k)) for k in _PATHS
+                 if getattr(self, k) is not None and os.path.exists(getattr(self, k))}
+        return dataclasses.replace(self, **paths)
 
 
 def _file(path: str | None) -> str | None:

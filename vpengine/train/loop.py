@@ -26,7 +26,8 @@ import torch.distributed as dist
 from .._files import write_atomically
 from ..data import ClipLoader, ClipSpec
 from ..data.loader import _mix
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..model.config import config_from_dict, config_to_dict
+from .checkpoint import input_digests, load_checkpoint, save_checkpoint
 from .config import TrainConfig, lr_factor
 from .prepare import build_task, check_manifest, check_out_dir, distributed, optimizer
 
@@ -42,13 +43,20 @@ class _Run:
                                  seed=cfg.seed, drop_last=True, num_workers=cfg.num_workers)
         check_manifest(cfg, self.loader.entries)
         check_out_dir(cfg, resume)  # on every rank: a refusal must not leave the others waiting
-        state = load_checkpoint(cfg.out_dir, cfg, self.world) if resume else None
+        self.inputs = input_digests(cfg, self.loader.entries)
+        state = load_checkpoint(cfg.out_dir, cfg, self.world, self.inputs) if resume else None
+        if cfg.stage == 1 and cfg.batch_size * self.world < 2:
+            raise ValueError(f"stage 1 needs at least 2 clips per step across ranks (batch_size {cfg.batch_size} "
+                             f"on {self.world} rank{'s' if self.world > 1 else ''}): the contrastive loss "
+                             "takes its negatives from the other clips, and one clip alone has none")
         self.tokenizer = None
         if cfg.stage == 1:
             from ..data.tokenizer import Tokenizer
 
             self.tokenizer = Tokenizer(cfg.tokenizer)
-        task = build_task(cfg)
+        stored = config_from_dict(state["model_config"]) if state is not None and "model_config" in state else None
+        task = build_task(cfg, stored)
+        self.model_config = (task.model if cfg.stage == 1 else task.teacher).config  # the input model's
         if self.tokenizer is not None and self.tokenizer.vocab_size > task.model.config.text.vocab_size:
             raise ValueError(f"tokenizer {cfg.tokenizer} has {self.tokenizer.vocab_size} pieces but the text "
                              f"tower embeds {task.model.config.text.vocab_size}: not the model's tokenizer")
@@ -64,6 +72,14 @@ class _Run:
             self.sched.load_state_dict(state["scheduler"])
             self.masks.set_state(state["mask_rng"][self.rank])
             self.step, self.epoch, self.cursor = state["step"], state["epoch"][self.rank], state["cursor"][self.rank]
+            if cfg.steps < self.step:
+                raise ValueError(f"{cfg.out_dir} is at step {self.step}; steps {cfg.steps} is behind it (a resume "
+                                 "can only train on; its model.safetensors is the model at that step)")
+            # The restored rates follow the stored schedule; a resume may change
+            # `steps`, which moves the cosine: the next step takes this run's
+            # rate (the same value, bit for bit, when `steps` is unchanged).
+            for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
+                group["lr"] = base * lr_factor(self.step, cfg)
         self.log_path = os.path.join(cfg.out_dir, "log.jsonl")
         if state is not None and self.rank == 0:
             _drop_log_after(self.log_path, self.step)  # those steps are about to run again
@@ -97,7 +113,7 @@ class _Run:
         if not torch.isfinite(loss) or not torch.isfinite(grad_norm):
             raise FloatingPointError(f"step {self.step + 1}: loss {float(loss):.4g}, gradient norm "
                                      f"{float(grad_norm):.4g}; the last checkpoint in {self.cfg.out_dir} is intact")
-        self.lr = self.sched.get_last_lr()[0]  # the rate this step used
+        self.lr = self.opt.param_groups[0]["lr"]  # the rate this step uses
         self.opt.step()
         self.sched.step()
         self.step += 1
@@ -125,7 +141,8 @@ class _Run:
             save_checkpoint(self.cfg.out_dir, {
                 "config": self.cfg.to_dict(), "step": self.step, "world_size": world, "epoch": epochs,
                 "cursor": cursors, "task": self.task.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "mask_rng": rngs}, self.task.exported())
+                "scheduler": self.sched.state_dict(), "mask_rng": rngs, "inputs": self.inputs,
+                "model_config": config_to_dict(self.model_config)}, self.task.exported())
 
     def epoch_steps(self) -> tuple[int, dict]:
         """Steps through the rest of the current epoch (or until ``cfg.steps``).
@@ -168,7 +185,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig; got {type(cfg).__name__}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    run = _Run(cfg, resume, device, log)
+    run = _Run(cfg.with_absolute_inputs(), resume, device, log)
     last, bad, empty = {}, {}, 0
     while run.step < cfg.steps:
         done, logged = run.epoch_steps()
@@ -200,7 +217,9 @@ def _drop_log_after(path: str, step: int) -> None:
     with open(path) as f:
         lines = f.readlines()
     kept = [ln for ln in lines if _logged_step(ln) <= step]
-    if len(kept) != len(lines):
+    if kept and not kept[-1].endswith("\n"):  # cut off by a crash: the next line must not join it
+        kept[-1] += "\n"
+    if kept != lines:
         def write(tmp: str) -> None:
             with open(tmp, "w") as f:
                 f.writelines(kept)

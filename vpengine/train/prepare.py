@@ -10,9 +10,9 @@ import torch.distributed as dist
 
 from .._files import check_writable
 from ..model.api import build, load_any
-from ..model.config import VideoTextConfig, get_config
+from ..model.config import ModelConfig, VideoTextConfig, get_config
 from ..model.layers import activation_checkpointing
-from .checkpoint import checkpoint_path
+from .checkpoint import CHECKPOINT, MODEL, checkpoint_path
 from .config import TrainConfig
 from .masking import num_kept
 from .stage1 import ContrastiveTask
@@ -32,11 +32,13 @@ def distributed(device: torch.device) -> tuple[int, int, torch.device]:
     return 0, 1, device
 
 
-def build_task(cfg: TrainConfig) -> torch.nn.Module:
+def build_task(cfg: TrainConfig, model_config: ModelConfig | None = None) -> torch.nn.Module:
     """The stage's task module (model + loss) from the config, on the CPU;
-    ValueError when the model does not fit the config."""
-    if cfg.random_init:
-        config = get_config(cfg.model)
+    ValueError when the model does not fit the config. ``model_config``
+    (a resume: the checkpoint holds every weight) builds the model's
+    architecture instead of reading ``cfg.model``, which may be gone."""
+    if cfg.random_init or model_config is not None:
+        config = model_config if model_config is not None else get_config(cfg.model)
         _check_model(cfg, config)  # before building a model of hundreds of MB
         model = build(config, seed=cfg.seed)
     else:
@@ -90,6 +92,12 @@ def check_out_dir(cfg: TrainConfig, resume: bool) -> None:
     if not resume and os.path.exists(log_path):
         raise ValueError(f"{cfg.out_dir} holds the log of an earlier run that stopped before its first "
                          f"checkpoint ({log_path}); remove it or choose another out_dir")
+    outputs = {os.path.realpath(os.path.join(cfg.out_dir, name)) for name in (CHECKPOINT, MODEL, "log.jsonl")}
+    for name in ("model", "manifest", "tokenizer"):
+        given = getattr(cfg, name)
+        if given is not None and os.path.exists(given) and os.path.realpath(given) in outputs:
+            raise ValueError(f"{name} {given} is one of the run's own outputs in {cfg.out_dir}, which training "
+                             "replaces: copy it elsewhere or choose another out_dir")
     check_writable(os.path.join(cfg.out_dir, "log.jsonl"), "out_dir", make_folders=True)
 
 

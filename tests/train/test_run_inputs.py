@@ -1,0 +1,92 @@
+"""What a run reads and what it writes: inputs are never overwritten, a resume
+checks its inputs by content (wherever they now are) and needs no model file,
+takes the new LR schedule when `steps` changes, and a few refusals that keep
+a run from training nothing."""
+import json
+import shutil
+
+import pytest
+
+from vpengine.train import TrainConfig, train
+from vpengine.train.config import lr_factor
+
+
+def _cfg(d, out, stage=1, **kw):
+    base = dict(stage=stage, model=str(d / "lvt.safetensors"), manifest=str(d / "m.jsonl"), out_dir=str(out),
+                tokenizer=str(d / "spm.model") if stage == 1 else None, frames=4, size=32, batch_size=2,
+                dtype="float32", num_workers=1, decoder="pyav", lr=1e-3, decoder_layers=1, mask_ratio=0.5,
+                steps=2, log_every=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def _quiet(line):
+    pass
+
+
+def _log(out):
+    return (out / "log.jsonl").read_text().splitlines()
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_an_input_that_is_one_of_the_outputs_is_refused_untouched(train_data, tmp_path, stage):
+    out = tmp_path / "run"
+    out.mkdir()
+    model = out / "model.safetensors"  # what the run would replace with its own export
+    shutil.copy(train_data / "lvt.safetensors", model)
+    before = model.read_bytes()
+    with pytest.raises(ValueError, match="one of the run's own outputs"):
+        train(_cfg(train_data, out, stage, model=str(model)), log=_quiet)
+    assert model.read_bytes() == before and not (out / "checkpoint.pt").exists()
+
+
+def test_resume_with_more_steps_takes_the_new_schedule_at_once(train_data, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(train_data, out, steps=2), log=_quiet)  # ends at the cosine's end: lr 0
+    longer = _cfg(train_data, out, steps=4)
+    train(longer, resume=True, log=_quiet)
+    lrs = {json.loads(x)["step"]: json.loads(x)["lr"] for x in _log(out)}
+    assert lrs[3] == pytest.approx(1e-3 * lr_factor(2, longer)) and lrs[3] > 0  # the old schedule gave 0
+    assert lrs[4] == pytest.approx(1e-3 * lr_factor(3, longer))
+    with pytest.raises(ValueError, match="is at step 4; steps 3 is behind it"):
+        train(_cfg(train_data, out, steps=3), resume=True, log=_quiet)
+
+
+def test_resume_compares_input_contents_not_paths(train_data, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(train_data, data)
+    monkeypatch.chdir(data)
+    relative = _cfg(train_data, tmp_path / "run", model="lvt.safetensors", manifest="m.jsonl",
+                    tokenizer="spm.model")
+    train(relative, log=_quiet)
+    monkeypatch.chdir(tmp_path)  # the same files, named from elsewhere: the same run
+    train(_cfg(data, tmp_path / "run", steps=3), resume=True, log=_quiet)
+    rows = (data / "m.jsonl").read_text().splitlines()
+    (data / "m.jsonl").write_text("\n".join(rows[:2] + rows[3:]) + "\n")  # one row gone, same name
+    with pytest.raises(ValueError, match="manifest contents: 7 rows.* -> 6 rows"):
+        train(_cfg(data, tmp_path / "run", steps=4), resume=True, log=_quiet)
+
+
+def test_stage2_resumes_without_its_teacher_file(train_data, tmp_path):
+    teacher = tmp_path / "teacher.safetensors"
+    shutil.copy(train_data / "lvt.safetensors", teacher)
+    out = tmp_path / "run"
+    train(_cfg(train_data, out, 2, model=str(teacher)), log=_quiet)
+    teacher.unlink()  # the checkpoint holds the teacher's weights and architecture
+    summary = train(_cfg(train_data, out, 2, model=str(teacher), steps=3), resume=True, log=_quiet)
+    assert summary["steps"] == 3
+
+
+def test_stage1_refuses_a_single_clip_per_step(train_data, tmp_path):
+    with pytest.raises(ValueError, match="at least 2 clips per step"):
+        train(_cfg(train_data, tmp_path / "run", batch_size=1), log=_quiet)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_log_line_cut_off_by_a_crash_stays_apart_from_the_next(train_data, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(train_data, out, steps=2), log=_quiet)
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 2, "lo')  # a crash in the middle of a write
+    train(_cfg(train_data, out, steps=3), resume=True, log=_quiet)
+    lines = _log(out)
+    assert lines[-2] == '{"step": 2, "lo' and json.loads(lines[-1])["step"] == 3
