@@ -10,6 +10,32 @@ import threading
 from ._files import check_writable
 
 
+def _path(arg: str) -> str:
+    """A path argument with ``~`` expanded: the shell leaves it alone after
+    ``=`` (``--out=~/x``) and in quotes, and a folder named ``~`` is never meant."""
+    return os.path.expanduser(arg)
+
+
+def _demo_args(args) -> str | None:
+    """What is wrong with ``vpengine demo``'s arguments (None: nothing)."""
+    from .model.config import PRESETS, get_config
+
+    if args.preset not in PRESETS:
+        return f"--preset must be one of {', '.join(PRESETS)}; got {args.preset!r}"
+    for name in ("frames", "size", "batch", "runs"):
+        if getattr(args, name) < 1:
+            return f"--{name} must be at least 1; got {getattr(args, name)}"
+    config = get_config(args.preset)
+    patch = getattr(config, "encoder", config).patch_size
+    if args.size % patch:
+        return f"--size must be a multiple of the patch size {patch}; got {args.size}"
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in ("float32", "bfloat16", "float16")]
+    if not dtypes or bad:
+        return f"--dtypes must list float32, bfloat16 or float16 (comma-separated); got {args.dtypes!r}"
+    return None
+
+
 def _check_output(path: str, overwrite: bool, suffixes: tuple[str, ...], *inputs: str) -> None:
     """Refuse, before any work, an output that would destroy what the user has."""
     if not path.endswith(suffixes):
@@ -27,6 +53,9 @@ def _convert(args) -> int:
     from .model.export import save_official
 
     src, dst = args.input, args.output
+    if not src.endswith((".npz", ".safetensors")):
+        hint = " (a training checkpoint? its model is model.safetensors beside it)" if src.endswith(".pt") else ""
+        raise ValueError(f"input must be an official .npz or a vpengine .safetensors; got {src}{hint}")
     _check_output(dst, args.overwrite, (".npz", ".safetensors"), src)
     model = load(src) if src.endswith(".safetensors") else load_official(src)
     if dst.endswith(".npz"):
@@ -82,8 +111,8 @@ def _main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and every backend with why it is (not) usable")
     p = sub.add_parser("convert", help="official .npz -> vpengine .safetensors (or back to .npz)")
-    p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("input", type=_path)
+    p.add_argument("output", type=_path)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p = sub.add_parser("demo", help="encode a generated clip with VideoPrism and time each backend")
     p.add_argument("--preset", default="videoprism_public_v1_base")
@@ -94,9 +123,9 @@ def _main(argv=None) -> int:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--device", default=None)
     p = sub.add_parser("embed", help="embed every clip of a manifest (JSONL/CSV) into one .npz")
-    p.add_argument("manifest")
-    p.add_argument("--model", required=True, help="preset name (official weights), .npz or .safetensors")
-    p.add_argument("--out", required=True, help="output .npz (embeddings, rows, paths, bad files)")
+    p.add_argument("manifest", type=_path)
+    p.add_argument("--model", required=True, type=_path, help="preset name (official weights), .npz or .safetensors")
+    p.add_argument("--out", required=True, type=_path, help="output .npz (embeddings, rows, paths, bad files)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=288)
@@ -111,12 +140,12 @@ def _main(argv=None) -> int:
     p = sub.add_parser("train", help="pretrain: stage 1 (video-text contrastive) or stage 2 (masked distillation)")
     from .train.cli import add_arguments as add_train_arguments
 
-    add_train_arguments(p)
+    add_train_arguments(p, _path)
     bench = sub.add_parser("bench", help="benchmark suite (see benchmarks/)")
     try:
         from .bench.cli import add_arguments
 
-        add_arguments(bench)
+        add_arguments(bench, _path)
         have_bench = True
     except ImportError as e:
         have_bench = str(e)
@@ -139,11 +168,10 @@ def _main(argv=None) -> int:
             return 2
     if args.command == "demo":
         from .demo import run
-        from .model.config import PRESETS
 
-        if args.preset not in PRESETS:
-            print(f"vpengine demo: --preset must be one of {', '.join(PRESETS)}; got {args.preset!r}",
-                  file=sys.stderr)
+        wrong = _demo_args(args)
+        if wrong:
+            print(f"vpengine demo: {wrong}", file=sys.stderr)
             return 2
         try:
             device = _device(args.device)
@@ -156,6 +184,7 @@ def _main(argv=None) -> int:
         import torch
 
         from .data import BadVideoError, ClipSpec
+        from .data.errors import BackendUnsupported
         from .embed import embed_manifest
         from .model.api import load_any
         from .model.convert import CheckpointError
@@ -168,12 +197,13 @@ def _main(argv=None) -> int:
                            spec=ClipSpec(args.frames, size=(args.size, args.size)), batch_size=args.batch,
                            device=device, dtype=getattr(torch, args.dtype), pool=args.pool,
                            backend=args.decoder, strict=args.strict, compile=args.compile)
-        except (ValueError, CheckpointError, OSError, BadVideoError) as e:
+        except (ValueError, CheckpointError, OSError, BadVideoError, BackendUnsupported) as e:
             print(f"vpengine embed: {e}", file=sys.stderr)
             return 2
-        if summary["clips"] == 0 and summary["skipped"] > 0:
-            print(f"vpengine embed: no clip could be embedded ({summary['skipped']} bad files, "
-                  f"listed in {args.out})", file=sys.stderr)
+        if summary["clips"] == 0:
+            why = (f"{summary['skipped']} bad files, listed in {args.out}" if summary["skipped"]
+                   else f"the manifest lists no clips; {args.out} is empty")
+            print(f"vpengine embed: no clip could be embedded ({why})", file=sys.stderr)
             return 1
         return 0
     if args.command == "train":

@@ -68,6 +68,7 @@ def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int
         "paths": np.asarray(paths, dtype=str),
         "bad_paths": np.asarray([b.path for b in loader.bad_files], dtype=str),
         "bad_reasons": np.asarray([b.reason for b in loader.bad_files], dtype=str),
+        "bad_rows": np.asarray([b.index for b in loader.bad_files], dtype=np.int64),  # a file may be on two rows
     }
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name

@@ -153,6 +153,10 @@ def test_rank_and_arguments_validated(manifest):
             ClipLoader(manifest, SPEC, batch_size=2, **bad)
     with pytest.raises(ValueError, match="batch_size"):
         ClipLoader(manifest, SPEC, batch_size=0)
+    for name, bad in (("batch_size", True), ("num_workers", 1.5), ("prefetch", "2"), ("decode_threads", -1)):
+        kw = {"batch_size": 2, name: bad}
+        with pytest.raises(ValueError, match=name):
+            ClipLoader(manifest, SPEC, **kw)
     with pytest.raises(ValueError, match="backend"):
         ClipLoader(manifest, SPEC, batch_size=2, backend="opencv")
     with pytest.raises(ValueError, match="spec.size"):

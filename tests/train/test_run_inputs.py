@@ -82,6 +82,15 @@ def test_stage1_refuses_a_single_clip_per_step(train_data, tmp_path):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_a_run_that_fails_before_writing_leaves_no_folder(train_data, tmp_path):
+    (tmp_path / "bad.mp4").write_text("not a video")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": str(tmp_path / "bad.mp4"), "caption": "x"}) + "\n")
+    out = tmp_path / "new" / "run"
+    with pytest.raises(ValueError, match="gave no batch"):
+        train(_cfg(train_data, out, manifest=str(tmp_path / "m.jsonl")), log=_quiet)
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_log_line_cut_off_by_a_crash_stays_apart_from_the_next(train_data, tmp_path):
     out = tmp_path / "run"
     train(_cfg(train_data, out, steps=2), log=_quiet)

@@ -23,13 +23,13 @@ def _suite_list(text: str) -> list[str]:
     return names
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, path=str) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes and few repetitions (CI: every suite in a few minutes on 2 CPU cores)")
     parser.add_argument("--suite", type=_suite_list, action="append", metavar="NAME",
                         help=f"run only these suites (repeat or comma-separate): {', '.join(SUITES)}")
-    parser.add_argument("--json", metavar="PATH", help="append one JSON line per measurement to PATH")
-    parser.add_argument("--plot", metavar="PATH", help="write a PNG roofline chart to PATH")
+    parser.add_argument("--json", metavar="PATH", type=path, help="append one JSON line per measurement to PATH")
+    parser.add_argument("--plot", metavar="PATH", type=path, help="write a PNG roofline chart to PATH")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads to pin (default: every CPU this process may use)")

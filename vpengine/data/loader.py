@@ -105,7 +105,8 @@ class ClipLoader:
     backend: ``"auto"`` (DALI on the GPU when ``device`` is CUDA and DALI is
         present, else PyAV), ``"pyav"``, ``"dali-cpu"`` or ``"dali-gpu"``.
     rank, world_size: shard explicitly; default from torch.distributed.
-    num_workers: decode threads; prefetch: batches prepared ahead.
+    num_workers: decode threads; prefetch: batches prepared ahead;
+    decode_threads: FFmpeg threads per PyAV decode (0: FFmpeg's choice).
     """
 
     def __init__(self, manifest, spec: ClipSpec, batch_size: int, *, device="cpu", backend: str = "auto",
@@ -116,13 +117,15 @@ class ClipLoader:
             raise ValueError(f"spec must be a ClipSpec; got {type(spec).__name__}")
         if spec.size is None:
             raise ValueError("spec.size must be set for a loader: clips of different sources are stacked into one batch")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
         seed = _integer("seed", seed)
-        if num_workers < 1 or prefetch < 1:
-            raise ValueError(f"num_workers and prefetch must be >= 1; got {num_workers}, {prefetch}")
+        batch_size, num_workers, prefetch, decode_threads = (  # True is not a batch size, 1.5 no thread count
+            _integer(n, v) for n, v in (("batch_size", batch_size), ("num_workers", num_workers),
+                                        ("prefetch", prefetch), ("decode_threads", decode_threads)))
+        if min(batch_size, num_workers, prefetch) < 1 or decode_threads < 0:
+            raise ValueError(f"batch_size, num_workers and prefetch must be >= 1 and decode_threads >= 0 "
+                             f"(0: FFmpeg's choice); got {batch_size}, {num_workers}, {prefetch}, {decode_threads}")
         self.entries: list[ManifestEntry] = read_manifest(manifest, root)
         self.spec, self.batch_size, self.device = spec, batch_size, torch.device(device)
         self.seed, self.shuffle, self.drop_last, self.strict = seed, shuffle, drop_last, strict

@@ -27,16 +27,20 @@ _HELP = {"tokenizer": "stage 1: SentencePiece model of the text tower",
                                      "memory (larger batches or models) for about one more forward pass"}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+_PATH_FIELDS = ("model", "manifest", "out_dir", "tokenizer")
+
+
+def add_arguments(p: argparse.ArgumentParser, path=str) -> None:
+    """``path``: the type of path options (the main command's expands ``~``)."""
     for f in dataclasses.fields(TrainConfig):
         flag = "--out" if f.name == "out_dir" else "--" + f.name.replace("_", "-")
         if f.name in _REQUIRED:
-            kind = int if f.name == "stage" else str
+            kind = int if f.name == "stage" else path if f.name in _PATH_FIELDS else str
             p.add_argument(flag, dest=f.name, type=kind, required=True, help=_REQUIRED[f.name])
         elif f.type in ("bool", bool):
             p.add_argument(flag, dest=f.name, action="store_true", help=_HELP.get(f.name))
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind = {"int": int, "float": float}.get(str(f.type), path if f.name in _PATH_FIELDS else str)
             p.add_argument(flag, dest=f.name, type=kind, default=f.default,
                            help=(_HELP.get(f.name, "") + f" (default {f.default})").strip())
     p.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
@@ -45,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args, device) -> int:
     from ..data import BadVideoError
+    from ..data.errors import BackendUnsupported
     from ..model.convert import CheckpointError
     from .loop import train
 
@@ -52,7 +57,7 @@ def run(args, device) -> int:
     try:
         cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
         summary = train(cfg, resume=args.resume, device=device)
-    except (ValueError, CheckpointError, BadVideoError, OSError, FloatingPointError) as e:
+    except (ValueError, CheckpointError, BadVideoError, BackendUnsupported, OSError, FloatingPointError) as e:
         print(f"vpengine train: {e}", file=sys.stderr)
         return 2
     if summary["rank"] != 0:  # one summary per run, from rank 0 (it holds every rank's bad files)

@@ -185,7 +185,33 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig; got {type(cfg).__name__}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    run = _Run(cfg.with_absolute_inputs(), resume, device, log)
+    made = _missing_folders(cfg.out_dir)
+    try:
+        return _train(_Run(cfg.with_absolute_inputs(), resume, device, log))
+    except BaseException:
+        # A run that fails before writing anything (every file bad, say)
+        # leaves none of the folders it made behind.
+        for folder in made:
+            try:
+                os.rmdir(folder)  # only if empty; another rank may have removed it
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break
+        raise
+
+
+def _missing_folders(path: str) -> list[str]:
+    """``path`` and its missing parents, innermost first."""
+    out, path = [], os.path.abspath(path)
+    while not os.path.exists(path):
+        out.append(path)
+        path = os.path.dirname(path)
+    return out
+
+
+def _train(run: _Run) -> dict:
+    cfg = run.cfg
     last, bad, empty = {}, {}, 0
     while run.step < cfg.steps:
         done, logged = run.epoch_steps()

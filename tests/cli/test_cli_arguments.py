@@ -1,0 +1,85 @@
+"""The vpengine command's arguments: checked before any work, with one-line
+errors and the exit codes the README gives; ``~`` in paths the shell left
+alone; what embed writes about rows it could not read."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vpengine
+from vpengine.cli import main
+from vpengine.model import EncoderConfig
+
+ENC = EncoderConfig(width=32, num_spatial_layers=1, num_temporal_layers=1, num_heads=2, mlp_dim=48,
+                    patch_size=8, pos_emb_shape=(4, 2, 2))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--size", "37"], "--size must be a multiple of the patch size 18; got 37"),
+    (["--frames", "0"], "--frames must be at least 1"),
+    (["--batch", "0"], "--batch must be at least 1"),
+    (["--runs", "0"], "--runs must be at least 1"),
+    (["--dtypes", "foo"], "--dtypes must list float32, bfloat16 or float16"),
+    (["--dtypes", ","], "--dtypes must list"),
+])
+def test_demo_checks_its_arguments_first(capsys, args, message):
+    assert main(["demo", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def _model_and_manifest(tmp_path, rows):
+    model = tmp_path / "m.safetensors"
+    vpengine.save(vpengine.build(ENC, seed=0), model)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return model, manifest
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("command", ["embed", "train"])
+def test_a_decoder_that_cannot_run_here_is_a_bad_argument(tmp_path, capsys, command):
+    from vpengine.data import encode_video, pattern_frames
+
+    clip = encode_video(tmp_path / "v.mp4", pattern_frames(6, 32, 32, seed=0))
+    model, manifest = _model_and_manifest(tmp_path, [{"path": clip, "caption": "x"}] * 2)
+    if command == "embed":
+        args = ["embed", str(manifest), "--model", str(model), "--out", str(tmp_path / "e.npz")]
+    else:
+        args = ["train", "--stage", "2", "--model", str(model), "--manifest", str(manifest),
+                "--out", str(tmp_path / "run")]
+    rc = main([*args, "--frames", "4", "--size", "16", "--decoder", "dali-gpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "dali-gpu" in err and "Traceback" not in err
+
+
+def test_embed_of_an_empty_manifest_exits_1_and_bad_rows_are_numbered(tmp_path, capsys):
+    (tmp_path / "bad.mp4").write_text("not a video")
+    bad = str(tmp_path / "bad.mp4")
+    model, manifest = _model_and_manifest(tmp_path, [{"path": bad}, {"path": bad}])
+    out = tmp_path / "e.npz"
+    rc = main(["embed", str(manifest), "--model", str(model), "--out", str(out), "--frames", "4", "--size", "16",
+               "--decoder", "pyav"])
+    assert rc == 1
+    z = np.load(out)
+    assert z["bad_paths"].tolist() == [bad, bad] and z["bad_rows"].tolist() == [0, 1]
+    manifest.write_text("")
+    rc = main(["embed", str(manifest), "--model", str(model), "--out", str(out), "--overwrite", "--frames", "4",
+               "--size", "16"])
+    assert rc == 1 and "the manifest lists no clips" in capsys.readouterr().err
+    assert np.load(out)["embeddings"].shape == (0, 32)
+
+
+def test_convert_names_a_training_checkpoint(tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK")
+    assert main(["convert", str(tmp_path / "checkpoint.pt"), str(tmp_path / "x.safetensors")]) == 2
+    assert "its model is model.safetensors beside it" in capsys.readouterr().err
+
+
+def test_tilde_in_a_path_the_shell_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    vpengine.save(vpengine.build(ENC, seed=0), tmp_path / "a.safetensors")
+    assert main(["convert", "~/a.safetensors", "--overwrite", "~/b.npz"]) == 0  # as after --flag=~/...
+    assert (tmp_path / "b.npz").exists() and not (tmp_path / "~").exists()
