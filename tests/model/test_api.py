@@ -327,6 +327,10 @@ def test_text_paddings_and_similarity_are_checked():
         for bad in (pads + float("nan"), pads + 2, pads - 1):
             with pytest.raises(ValueError, match=r"text paddings must lie in \[0, 1\]"):
                 model.encode_text(ids, bad)
+        one_nan = pads.clone()
+        one_nan[0, 1] = float("nan")
+        with pytest.raises(ValueError, match=r"got 1 NaN, and values in \[0.0, 0.0\]"):
+            model.encode_text(ids, one_nan)
         with pytest.raises(ValueError, match="must be torch tensors"):
             model.encode_text(ids.numpy(), pads)
         v = model.encode_video(_video())

@@ -82,3 +82,8 @@ def test_inputs_must_be_ordered_strings(tmp_path):
         tok("a cat", add_bos="no")
     ids, _ = tok(("a cat", "dog"), max_length=8)
     assert ids.shape == (2, 8)
+    for bad in ("64", True, 2.5, 0):
+        with pytest.raises(ValueError, match="max_length must be a positive int"):
+            tok("a cat", max_length=bad)
+    with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode text"):
+        tok(["a cat", "a\ud800b"])  # a lone surrogate, as a bad decode of UTF-16 leaves

@@ -78,11 +78,17 @@ class Tokenizer:
                              f"got {type(texts).__name__}")
         if add_bos is not None and not isinstance(add_bos, bool):
             raise ValueError(f"add_bos must be True, False or None; got {add_bos!r}")
-        if max_length <= 0:
-            raise ValueError(f"max_length must be positive; got {max_length}")
+        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length <= 0:
+            raise ValueError(f"max_length must be a positive int; got {max_length!r}")
         ids = np.zeros((len(texts), max_length), dtype=np.int32)
         pads = np.ones((len(texts), max_length), dtype=np.float32)
         for i, text in enumerate(texts):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as e:  # SentencePiece's own error does not say which text
+                    raise ValueError(f"texts[{i}] is not valid Unicode text ({e.reason} at character "
+                                     f"{e.start}): {text[max(0, e.start - 20):e.start + 20]!r}") from None
             row = self.encode(text, add_bos=add_bos, canonicalize=canonicalize)[:max_length]
             ids[i, : len(row)] = row
             pads[i, : len(row)] = 0.0

@@ -75,8 +75,12 @@ class TextEncoder(nn.Module):
             # Catches NaN, and an attention mask passed as paddings scaled wrong;
             # an inverted 0/1 mask cannot be told from a valid one.
             if not bool(((p >= 0) & (p <= 1)).all()):
-                raise ValueError("text paddings must lie in [0, 1] (1 = pad, 0 = token); got values in "
-                                 f"[{p.min().item()}, {p.max().item()}]")
+                nan = int(p.isnan().sum())
+                finite = p[~p.isnan()]
+                got = (f"{nan} NaN" + (", and " if finite.numel() else "")) if nan else ""
+                if finite.numel():
+                    got += f"values in [{finite.min().item()}, {finite.max().item()}]"
+                raise ValueError(f"text paddings must lie in [0, 1] (1 = pad, 0 = token); got {got}")
         in_graph = torch.compiler.is_compiling()  # reading values would break the graph
         if ids_BL.numel() and not in_graph and (int(ids_BL.min()) < 0 or int(ids_BL.max()) >= c.vocab_size):
             raise ValueError(
