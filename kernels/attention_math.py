@@ -54,7 +54,10 @@ def _exp2_fma(x):
     p = 1.0000001192092896 + f * (0.6931469440460205 + f * (0.24022120237350464 + f * (
         0.05550713464617729 + f * (0.009675541892647743 + f * 0.0013276446843519807))))
     bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
-    return bits.to(tl.float32, bitcast=True)
+    # A NaN keeps its sign and exponent bits through t, so the sum above can
+    # land on a finite value (the GPU's NaN 0x7FFFFFFF gives FLT_MAX): pass
+    # NaN through, as exp2 does.
+    return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)
 
 
 @triton.jit

@@ -129,7 +129,7 @@ def _bwd_dq_kernel(
         ds = _ds(p, dp, delta, th, masked_row, padk, HAS_PAD, HAS_CAP)
         if G > 1 or RAGGED:  # keys past L or of other sequences: 0 * inf in their logits makes NaN
             ds = tl.where(valid, ds, 0.0)
-        dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
+        dq += _iso_dot(ds.to(k.dtype), k, gk, gq, G, PREC, UPCAST)  # G == 1 (the tables today): a plain dot
     g_off = b.to(tl.int64) * s_gb + jq.to(tl.int64)[:, None] * s_gj + iq[:, None] * s_gi + (h * E + e[None, :]) * s_gc
     tl.store(DQKV + g_off, (dq * qk_scale).to(DQKV.dtype.element_ty), mask=qmask)
 

@@ -208,8 +208,10 @@ at::Tensor spacetime_attention_backward_cuda(const at::Tensor& grad_out, const a
   if (grad.numel() == 0) return grad;
   at::Tensor grad_work = vector_ready(grad) ? grad : at::empty(qkv_in.sizes(), qkv_in.options());
   const at::Tensor qkv = vector_view(qkv_in);
-  const at::Tensor dout = grad_out.contiguous().to(qkv_in.scalar_type());
-  const at::Tensor o = out.contiguous();
+  // Read as contiguous 16-byte vectors too: a contiguous tensor can still
+  // start off a 16-byte boundary (a view at an odd storage offset).
+  const at::Tensor dout = vector_view(grad_out.contiguous().to(qkv_in.scalar_type()));
+  const at::Tensor o = vector_view(out.contiguous());
   const at::Tensor l = lse.contiguous();
   const auto pad = float_paddings(frame_paddings);
   Params prm = make_params(B, T, S, H, E, softcap, strides_of(qkv), pad ? pad->data_ptr<float>() : nullptr);

@@ -98,19 +98,22 @@ __global__ void __launch_bounds__(kThreads) token_rows_kernel(
 // inv[b, idx[b, j]] = j for in-range entries (inv prefilled with -1).
 __global__ void inverse_kernel(const int64_t* __restrict__ idx_BM, int64_t* __restrict__ inv_BN, int64_t B,
                                int64_t M, int64_t N) {
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= B * M) return;
-  const int64_t v = idx_BM[t];
-  if (v >= 0 && v < N) inv_BN[(t / M) * N + v] = t % M;
+  // Grid-stride: blocks_for caps the grid at 2^20 blocks (2^28 entries).
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < B * M; t += stride) {
+    const int64_t v = idx_BM[t];
+    if (v >= 0 && v < N) inv_BN[(t / M) * N + v] = t % M;
+  }
 }
 
 // src[b, i] = inv_keep[b, perm[b, i]] (or -1 for an out-of-range perm entry).
 __global__ void compose_kernel(const int64_t* __restrict__ inv_BN, const int64_t* __restrict__ perm_BN,
                                int64_t* __restrict__ src_BN, int64_t total, int64_t N) {
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= total) return;
-  const int64_t p = perm_BN[t];
-  src_BN[t] = (p >= 0 && p < N) ? inv_BN[(t / N) * N + p] : -1;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += stride) {
+    const int64_t p = perm_BN[t];
+    src_BN[t] = (p >= 0 && p < N) ? inv_BN[(t / N) * N + p] : -1;
+  }
 }
 
 unsigned blocks_for(int64_t n, int64_t per_block) {

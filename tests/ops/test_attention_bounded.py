@@ -138,6 +138,12 @@ def test_exp2_fma_matches_exp2():
     kernel[(1,)](x, y, N=x.numel())
     rel = (y.double() / torch.exp2(x.double()) - 1).abs().max().item()
     assert rel < 2e-7, rel
+    # NaN stays NaN whatever its bits: the GPU's NaN is 0x7FFFFFFF, which the
+    # bit arithmetic alone turned into FLT_MAX (numpy's 0x7FC00000 happened to survive).
+    nans = torch.tensor([0x7FFFFFFF, 0x7FC00000, -1, 0x7F800001], dtype=torch.int32).view(torch.float32)
+    x = torch.nn.functional.pad(nans, (0, 8192 - nans.numel()))
+    kernel[(1,)](x, y, N=x.numel())
+    assert y[:4].isnan().all(), y[:4]
 
 
 def _check_space_fp64(name, qkv, H, out, lse, dtype):
