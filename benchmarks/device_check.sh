@@ -27,6 +27,9 @@ cd "$(dirname "$0")/.."
 if [ -z "${VPENGINE_SHARED:-}" ] && [ -d .devdata/parity ]; then
   export VPENGINE_SHARED=$PWD/.devdata
 fi
+if [ ! -d "${VPENGINE_SHARED:-.devdata}/parity" ]; then
+  echo "WARNING: no parity vectors (.devdata/parity or \$VPENGINE_SHARED/parity): the GPU parity tests will skip"
+fi
 
 T0=$(date +%s)
 TOTAL_S=${VPENGINE_CHECK_TOTAL_S:-460}

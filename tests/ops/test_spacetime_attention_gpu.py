@@ -46,6 +46,8 @@ TRITON_CASES = [
     ((2, 8, 40, 3, 88), "time", torch.bfloat16),
     ((1, 5, 37, 3, 16), "time", torch.bfloat16),
     ((1, 80, 3, 2, 64), "time", torch.bfloat16),  # T past one tile: the flash loop on the time axis
+    ((1, 24, 5, 2, 64), "time", torch.bfloat16),  # 17 <= T <= 32: the fused backward, one sequence a tile
+    ((1, 32, 4, 2, 64), "time", torch.bfloat16),
     ((2, 4, 256, 4, 64), "space", torch.float16),
     ((2, 16, 48, 4, 64), "time", torch.float16),
     ((1, 2, 256, 2, 88), "space", torch.float32),
@@ -56,9 +58,24 @@ TRITON_CASES = [
 TRITON_IDS = [f"{axis}-{'x'.join(map(str, shape))}-{str(dt)[6:]}" for shape, axis, dt in TRITON_CASES]
 
 
+@pytest.mark.parametrize("pad", [None, "some"], ids=["nopad", "pad"])  # no paddings: the bounded softmax
 @pytest.mark.parametrize("shape,axis,dtype", TRITON_CASES, ids=TRITON_IDS)
-def test_triton(shape, axis, dtype):
-    check("triton", shape, axis, dtype, "some")
+def test_triton(shape, axis, dtype, pad):
+    check("triton", shape, axis, dtype, pad)
+
+
+@pytest.mark.parametrize("axis,shape", [("space", (2, 4, 64, 2, 64)), ("time", (2, 8, 12, 2, 64))])
+def test_triton_no_cap_exact_tanh_and_strided_inputs(monkeypatch, axis, shape):
+    """The GPU paths the table above leaves out: no soft cap, the exact tanh
+    for bf16 (VPENGINE_EXACT_TANH=1), channel-sliced and transposed qkv."""
+    check("triton", shape, axis, torch.bfloat16, "some", softcap=0.0)
+    check("triton", shape, axis, torch.float32, None, softcap=0.0)
+    for layout in ("sliced", "transposed"):
+        check("triton", shape, axis, torch.bfloat16, "some", layout=layout)
+    fwd_mod = importlib.import_module("vpengine.kernels.spacetime_attention")
+    monkeypatch.setattr(fwd_mod, "FAST_TANH_BF16", False)
+    check("triton", shape, axis, torch.bfloat16, "some")
+    check("triton", shape, axis, torch.bfloat16, None)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
@@ -68,7 +85,7 @@ def test_triton_joint_attention_long_sequence(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-@pytest.mark.parametrize("T", [1, 5, 8, 16, 32])
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 16, 32])
 @pytest.mark.parametrize("E", [16, 64, 88, 128])
 def test_cuda_time_axis(T, E, dtype):
     check("cuda", (2, T, 24, 3, E), "time", dtype, "all" if T == 5 else "some")
@@ -78,6 +95,26 @@ def test_cuda_time_axis(T, E, dtype):
 def test_cuda_non_contiguous_and_no_cap(layout):
     check("cuda", (2, 8, 12, 2, 64), "time", torch.bfloat16, "some", layout=layout)
     check("cuda", (2, 8, 12, 2, 64), "time", torch.float32, None, layout=layout, softcap=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_cuda_inputs_off_16_byte_alignment(dtype):
+    """qkv, grad_out and out starting 8 bytes off a 16-byte boundary: the
+    kernel reads 16-byte vectors, so it works on aligned copies."""
+    B, T, S, H, E = 2, 8, 12, 2, 64
+    C, shift = 3 * H * E, 8 // torch.tensor([], dtype=dtype).element_size()
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(B, T, S, C + 2 * shift, generator=g).to(device="cuda", dtype=dtype)[..., shift:shift + C]
+    grad_flat = torch.randn(B * T * S * H * E + shift, generator=g).to(device="cuda", dtype=dtype)
+    grad_out = grad_flat[shift:].view(B, T, S, H * E)  # contiguous, at an odd storage offset
+    x = qkv.detach().clone().requires_grad_(True)
+    x_off = qkv.detach().requires_grad_(True)  # the unaligned view itself
+    with ops.use_backend("cuda"):
+        out = ops.spacetime_attention(x_off, "time", H)
+        (g_off,) = torch.autograd.grad(out, x_off, grad_out)
+        out_ref = ops.spacetime_attention(x, "time", H)
+        (g_ref,) = torch.autograd.grad(out_ref, x, grad_out.contiguous().clone())
+    assert torch.equal(out, out_ref) and torch.equal(g_off, g_ref)
 
 
 def test_cuda_rejects_what_it_cannot_run():

@@ -82,3 +82,18 @@ def test_cuda_bad_indices_never_crash_without_checks(backend, monkeypatch):
         token_shuffle(torch.randn(2, N, D, device="cuda"), perm_bad, pos)
     torch.cuda.synchronize()  # an illegal address would surface here
     assert os.environ.get("VPENGINE_CHECK_INDICES") is None
+
+
+@pytest.mark.parametrize("dtype,offset", [(torch.float32, 0), (torch.float32, 2), (torch.float32, 1),
+                                          (torch.bfloat16, 1)], ids=["16B", "8B", "4B", "2B"])
+def test_cuda_gather_at_every_vector_width(dtype, offset):
+    """Rows starting 16, 8, 4 or 2 bytes off alignment take the kernel's
+    16-, 8-, 4- and 2-byte copies."""
+    g = torch.Generator().manual_seed(0)
+    B, N, K, D = 2, 50, 17, 96
+    x = torch.randn(B, N, D + offset, generator=g).to(device="cuda", dtype=dtype)[..., offset:]
+    keep = torch.randint(0, N, (B, K), generator=g).cuda()
+    skip_unless_runs("cuda", "token_gather", x, keep)
+    with use_backend("cuda"):
+        got = token_gather(x, keep)
+    assert_exact(got, torch.gather(x, 1, keep[..., None].expand(B, K, D)), f"gather {dtype} +{offset}")
