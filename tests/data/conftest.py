@@ -57,6 +57,15 @@ def videos(tmp_path_factory):
     data[at : at + 4] = b"\xff" * 4
     (d / "corrupt.webm").write_bytes(bytes(data))
     v["corrupt"] = str(d / "corrupt.webm")
+    # MJPEG frame 10 damaged after its SOF (its size still reads; DALI's decoder fails on it).
+    path = encode_video(d / "corrupt_src.avi", noisy, "mjpeg", fps=FPS)
+    data = bytearray(open(path, "rb").read())
+    with av.open(path) as container:
+        payload = [bytes(p) for p in container.demux(video=0) if p.size][10]
+    at = bytes(data).find(payload) + 300
+    data[at : at + 64] = b"\xff" * 64
+    (d / "corrupt_mjpeg.avi").write_bytes(bytes(data))
+    v["corrupt_mjpeg"] = str(d / "corrupt_mjpeg.avi")
     (d / "text.mp4").write_text("this is a text file, not a video\n" * 20)
     (d / "empty.mp4").write_bytes(b"")
     v["text"], v["empty"], v["missing"] = str(d / "text.mp4"), str(d / "empty.mp4"), str(d / "missing.mp4")

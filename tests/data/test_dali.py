@@ -104,15 +104,18 @@ def test_loader_refuses_what_dali_cannot_do(tmp_path, videos):
 
 
 def test_corrupt_file_in_a_batch(tmp_path, videos):
-    with pytest.raises(BadVideoError, match="DALI cpu decode failed"):
+    # A broken VP9 frame header fails the probe's frame-size check (frame_sizes.py): DALI never sees it.
+    with pytest.raises(BackendUnsupported, match="frame headers could not be read"):
         read_clip(videos["corrupt"], ClipSpec(8, size=(16, 16)), backend="dali-cpu")
+    with pytest.raises(BadVideoError, match="DALI cpu decode failed"):
+        read_clip(videos["corrupt_mjpeg"], ClipSpec(20, size=(16, 16)), backend="dali-cpu")
     p = tmp_path / "m.jsonl"
-    p.write_text("".join(json.dumps({"path": videos[n]}) + "\n" for n in ["vp9", "corrupt", "odd", "vfr_vp9"]))
-    # The corrupt file probes fine, so it fails inside a DALI batch; the batch is retried clip by clip.
+    p.write_text("".join(json.dumps({"path": videos[n]}) + "\n" for n in ["vp9", "corrupt_mjpeg", "odd", "vfr_vp9"]))
+    # The damaged MJPEG probes fine, so it fails inside a DALI batch; the batch is retried clip by clip.
     loader = ClipLoader(p, ClipSpec(4, size=(16, 16)), batch_size=3, backend="dali-cpu", shuffle=False)
     batches = list(loader)
     assert [b.rows for b in batches] == [[0, 2], [3]]
-    assert [b.path for b in loader.bad_files] == [videos["corrupt"]]
+    assert [b.path for b in loader.bad_files] == [videos["corrupt_mjpeg"]]
     for b in batches:
         for clip, info in zip(b.frames, b.infos):
             assert gray_index(clip) == info.frame_indices

@@ -15,10 +15,18 @@ paddings are identical (one shared host-side plan). Pixels: ``pyav`` with the
 uint8 frames, as mediapy). DALI converts YUV to RGB with bilinear chroma
 upsampling where FFmpeg's swscale takes the nearest chroma sample, and
 resizes with its own Lanczos-3. Stated tolerance, as tests/data/test_dali.py
-asserts on VP9/MJPEG fixtures: on flat colour at most 1 level apart; with
-saturated colour edges a mean absolute difference <= 4 levels and a 99th
-percentile <= 48 (measured: mean 1.7-3.0, p99 14-39, single pixels up to 72,
-at native size, 32x40 and 288x288). DALI's CPU decoder applies the BT.601
+asserts on VP9/MJPEG fixtures (4:2:0, 4:2:2, 4:4:4): on flat gray at most 1
+level apart, on flat saturated colour at most 2 (rounding of the BT.601
+matrix: exact (254.5, 255, 0) came out 253 and 255); with saturated colour
+edges a mean absolute difference <= 4 levels and a 99th percentile <= 48
+(measured: mean 1.7-3.0, p99 14-39, single pixels up to 72, at native size,
+32x40 and 288x288). 4:4:0 VP9 goes past it (p99 56): FFmpeg takes the
+nearest of chroma rows half as many, DALI interpolates, and DALI is the one
+closer to the source. A stream that changes frame size midway is not DALI's
+to decode (its decoder keeps the first size and misreads the later frames):
+``auto`` reads it with PyAV and a forced DALI backend refuses it, as it
+refuses a VP8/VP9/MJPEG file whose frame headers cannot be read to tell
+(frame_sizes.py). DALI's CPU decoder applies the BT.601
 matrix whatever the stream's tag (BT.709 flat red: 0 green levels where the
 tag asks for 23), so files tagged otherwise are not its to decode: ``auto``
 reads them with PyAV and a forced ``dali-cpu`` refuses them. The torch ``bicubic`` filter is a faster,

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .errors import BackendUnsupported, BadVideoError
+from .frame_sizes import TRACKED
 
 CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 GPU_CODECS = CPU_CODECS | {"h264", "hevc", "av1", "mpeg4"}
@@ -68,6 +69,12 @@ def file_reasons(probe, device: str) -> list[str]:
         # Measured: BT.709 flat red came out (254, 0, 0) against (255, 23, 0).
         why.append(f"DALI's CPU decoder converts colour with the BT.601 matrix and this stream is tagged "
                    f"{_COLORSPACES.get(probe.colorspace, f'colorspace {probe.colorspace}')}")
+    varies = probe.frame_sizes_vary() if probe.codec in allowed else None
+    if varies or (probe.codec in TRACKED and varies is None):
+        # DALI takes the first frame's size for the whole stream: the later
+        # frames' rows come out misread (a sheared picture, no error).
+        why.append("its frames change size midway, which DALI's decoder does not follow" if varies
+                   else "its frame headers could not be read to check that the frame size never changes")
     if probe.display_by_output_order:
         why.append("its timestamps follow decode order, not display order (H.264 with B-frames in AVI)")
     if probe.stream != 0:

@@ -32,6 +32,7 @@ from functools import cached_property, lru_cache
 
 from .errors import BackendUnsupported, BadVideoError, check_file
 from .file_cache import FileCache
+from .frame_sizes import TRACKED, SizeTracker
 
 
 def _av():
@@ -62,6 +63,9 @@ class VideoProbe:
     # Decode timestamp of each keyframe of ``keyframe_pts`` (its pts where the
     # demuxer gives none): the MPEG-TS demuxer seeks by decode time.
     keyframe_dts: tuple[int, ...] = ()
+    # Whether the frames' sizes change midway (None: not known yet; see
+    # frame_sizes_vary, which reads it when DALI is considered).
+    size_varies: bool | None = None
 
     @property
     def num_frames(self) -> int:
@@ -79,6 +83,17 @@ class VideoProbe:
         it from every frame it decodes anyway."""
         st = os.stat(self.path)
         return _quarter_turns(self.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.stream)
+
+    def frame_sizes_vary(self) -> bool | None:
+        """Whether the frames' sizes change midway, read from the packets' own
+        headers (frame_sizes.py) for the codecs DALI's CPU decoder takes;
+        None for the others, or where a header cannot be read. DALI misreads
+        the frames after a change. A second pass over the packets (about 10
+        us each in VP9), so only when DALI is considered, once per file."""
+        if self.size_varies is not None or self.codec not in TRACKED:
+            return self.size_varies
+        st = os.stat(self.path)
+        return _size_varies(self.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.stream, self.codec)
 
     def window(self, start_time: float | None, end_time: float | None) -> tuple[int, int]:
         """Index range [i0, i1) of the frames with start_time <= t < end_time."""
@@ -130,6 +145,19 @@ def _quarter_turns(path: str, size: int, mtime_ns: int, ctime_ns: int, index: in
     except Exception as e:
         raise _wrap(path, e, "cannot decode a first frame") from e
     return round(rotation / 90) % 4 if rotation else 0
+
+
+@lru_cache(maxsize=65536)
+def _size_varies(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int, codec: str) -> bool | None:
+    tracker = SizeTracker(codec)
+    try:
+        with _open(_av(), path) as container:
+            for packet in container.demux(container.streams.video[index]):
+                if packet.size:
+                    tracker.feed(packet)
+    except Exception as e:
+        raise _wrap(path, e, "cannot demux") from e
+    return tracker.varies
 
 
 def _open(av, path: str):
