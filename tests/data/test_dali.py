@@ -73,6 +73,27 @@ def test_cpu_decoder_refuses_bt709(tmp_path):
         read_clip(path, ClipSpec(2, size=None), backend="dali-cpu")
 
 
+def test_cpu_decoder_takes_rgb_vp9(tmp_path):
+    """VP9 stored as GBR planes (profile 1, tagged RGB) has no matrix to get
+    wrong: DALI's CPU decoder gives PyAV's pixels exactly."""
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    frames = np.random.default_rng(0).integers(0, 256, (6, 48, 64, 3), dtype=np.uint8)
+    path = str(tmp_path / "gbr.webm")
+    with av.open(path, "w") as c:
+        s = c.add_stream("libvpx-vp9", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "gbrp"
+        for i, rgb in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="gbrp")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    a, ia = read_clip(path, ClipSpec(6, size=None), backend="pyav")
+    b, ib = read_clip(path, ClipSpec(6, size=None), backend="dali-cpu")
+    assert ia.frame_indices == ib.frame_indices and torch.equal(a, b)
+
+
 def test_cpu_decoder_refuses_h264(videos):
     with pytest.raises(BackendUnsupported, match="h264"):
         read_clip(videos["h264"], ClipSpec(4), backend="dali-cpu")

@@ -65,7 +65,8 @@ def file_reasons(probe, device: str) -> list[str]:
     why = []
     if probe.codec not in allowed:
         why.append(f"DALI {device} cannot decode {probe.codec} (it takes {sorted(allowed)})")
-    if device == "cpu" and probe.colorspace not in BT601_OR_UNTAGGED:
+    rgb_vp9 = probe.colorspace == 0 and probe.codec == "vp9"  # GBR planes, no matrix: measured identical to PyAV
+    if device == "cpu" and probe.colorspace not in BT601_OR_UNTAGGED and not rgb_vp9:
         # Measured: BT.709 flat red came out (254, 0, 0) against (255, 23, 0).
         why.append(f"DALI's CPU decoder converts colour with the BT.601 matrix and this stream is tagged "
                    f"{_COLORSPACES.get(probe.colorspace, f'colorspace {probe.colorspace}')}")
