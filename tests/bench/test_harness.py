@@ -2,6 +2,8 @@
 validator, timing statistics, and how the runner sorts skips from errors."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -282,12 +284,55 @@ def test_report_reads_cut_files_and_names_every_run(tmp_path, capsys):
     assert report_main([str(path)]) == 0
     out, err = capsys.readouterr()
     assert "skipped" in err and "r.jsonl:2" in err
-    assert "commit run1" in out and "commit run2" in out and "2 runs in these lines" in out
+    assert "commit run1" in out and "commit run2" in out and "2 bench runs in these lines" in out
     (row,) = [line for line in out.splitlines() if line.startswith("x ")]
     assert row.split()[4:6] == ["ref", "2"]  # the row shows run2's median
     assert report_main([str(path), "--commit", "nope"]) == 1
     assert "no lines of commit nope" in capsys.readouterr().err
     assert report_main([str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_report_takes_every_column_of_a_row_from_one_run(tmp_path):
+    """Two runs appended to one file, the second stopped before its
+    speedups: the row shows the second run's time and no stale speedup."""
+    from vpengine.bench import record
+    from vpengine.bench.report import main as report_main, rows_from_records, run_indices
+
+    def rec(op, suite, metric, median, note=""):
+        return record.Record(op=op, backend="auto", mode="fwd", shape="1", dtype="float32", metric=metric,
+                             unit="ms", median=median, p20=median, p80=median, device="cpu", versions={},
+                             commit="c", suite=suite, note=note)
+
+    ceiling = rec("ceiling/copy", "ceilings", "gbps", 10.0)
+    path = tmp_path / "r.jsonl"
+    record.write_jsonl([ceiling, rec("x", "s", "time", 1.0), rec("x", "s", "speedup", 3.0, "vs ref")], path)
+    record.write_jsonl([ceiling, rec("x", "s", "time", 9.0)], path)  # interrupted: no speedup line
+    recs = record.read_jsonl(path)
+    assert run_indices(recs) == [0, 0, 0, 1, 1]
+    rows, _ = rows_from_records(recs)
+    (row,) = [r for r in rows if r[0] == "x"]
+    assert row[5] == "9" and row[12] == ""
+    assert report_main([str(path)]) == 0
+
+
+def test_a_busy_cpu_is_flagged_and_a_folder_is_no_json_target(monkeypatch):
+    from vpengine.bench import runner
+    from vpengine.bench.report import format_table
+
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1})
+    from vpengine.bench.record import check_jsonl_target
+
+    with pytest.raises(ValueError, match="names a folder"):
+        check_jsonl_target("newdir/")
+    note = runner.cpu_load_note(2)
+    assert note.startswith("machine busy: load 3.0 on 2 CPUs with 2 timing threads")
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (0.4, 0.4, 0.4))
+    assert runner.cpu_load_note(2) is None and runner.cpu_load_note(1) is None
+    ceiling = Record(op="ceiling/copy", backend="torch", mode="measure", shape="s", dtype="float32", metric="gbps",
+                     unit="GB/s", median=9.0, p20=9.0, p80=9.0, device="cpu", suite="ceilings",
+                     note=f"5 reps; {note}")
+    assert f"WARNING: {note}" in format_table([dataclasses.asdict(ceiling)])
 
 
 def test_results_file_missing_its_last_newline_stays_valid(tmp_path):

@@ -139,6 +139,8 @@ def commit() -> str:
 def check_jsonl_target(path: str | os.PathLike) -> None:
     """Raise ValueError unless ``path`` is new, empty or a results file that
     write_jsonl may append to: appending to anything else would corrupt it."""
+    if os.fspath(path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file of that name
+        raise ValueError(f"--json {os.fspath(path)} names a folder; name a .jsonl file")
     path = pathlib.Path(path)
     if path.is_dir():
         raise ValueError(f"--json {path} is a directory; name a .jsonl file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections import OrderedDict
 
@@ -31,10 +32,21 @@ def ceiling_values(records: list[dict]) -> dict[str, tuple[float, str]]:
     for r in records:
         if r["suite"] == "ceilings" and r["metric"] not in STATUS_METRICS:
             by.setdefault(r["op"], []).append(r)
-    out = {}
-    for op, rs in by.items():
-        vals = sorted(r["median"] for r in rs)
-        out[op] = (vals[len(vals) // 2], rs[0]["unit"])
+    return {op: (statistics.median(r["median"] for r in rs), rs[0]["unit"]) for op, rs in by.items()}
+
+
+def run_indices(records: list[dict]) -> list[int]:
+    """Which ``vpengine bench`` call wrote each record (0, 1, ...): every call
+    measures its ceilings first, so ceiling lines after other lines start a
+    new run, as does a change of device, versions or commit. (``--json``
+    appends, and device_check.sh calls once per suite.)"""
+    out, run, prev = [], 0, None
+    for r in records:
+        ident = (r["suite"] == "ceilings", r["device"], json.dumps(r["versions"], sort_keys=True), r["commit"])
+        if prev is not None and ((ident[0] and not prev[0]) or ident[1:] != prev[1:]):
+            run += 1
+        out.append(run)
+        prev = ident
     return out
 
 
@@ -45,10 +57,11 @@ def _where(r: dict) -> str:
 def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
     """One row per measured case (ceilings first) and notes for skipped/failed ones."""
     cases: OrderedDict[tuple, dict] = OrderedDict()
+    case_run: dict[tuple, int] = {}
     notes = []
     skips: OrderedDict[tuple, list[dict]] = OrderedDict()
     skipped_cases = set()
-    for r in records:
+    for r, run in zip(records, run_indices(records)):
         if r["metric"] == "skipped":
             case = (r["suite"], r["op"], r["mode"], r["shape"], r["dtype"], r["backend"])
             if case in skipped_cases:  # the same case skipped by another run in the file
@@ -62,6 +75,9 @@ def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
             notes.append(f"{r['metric']}: [{r['suite']}] {_where(r)}: {r['note']}")
             continue
         key = (r["suite"], r["op"], r["mode"], r["shape"], r["dtype"], r["backend"])
+        if case_run.get(key, -1) < run:  # a later run measured the case again: all its metrics from that run
+            cases[key] = {}  # (keeps the case's place in the table)
+            case_run[key] = run
         cases.setdefault(key, {})[r["metric"]] = r
     for (suite, backend, _), group in skips.items():
         r = group[0]
@@ -109,8 +125,13 @@ def format_table(records: list[dict], title: str | None = None) -> str:
         v = json.loads(versions)
         lines.append(f"device: {device} | torch {v.get('torch')} triton {v.get('triton')} "
                      f"CUDA {v.get('cuda')} | commit {commit}")
-    if len(runs) > 1:
-        lines.append(f"({len(runs)} runs in these lines; each row shows the last measurement of its case)")
+    busy = dict.fromkeys(r["note"].split("; ", 1)[1] for r in records
+                         if r["suite"] == "ceilings" and "; machine busy" in r["note"])
+    lines += [f"WARNING: {b}" for b in busy]
+    n_runs = max(run_indices(records), default=0) + 1
+    if n_runs > 1:
+        lines.append(f"({n_runs} bench runs in these lines; each row shows the latest run that measured "
+                     "its case, every column from that run)")
     lines.append("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]

@@ -185,7 +185,24 @@ def _grouped(cases: list[Case]) -> list[list[Case]]:
     return list(groups.values())
 
 
-def ceiling_records(ceilings: Ceilings, raw: dict) -> list[R.Record]:
+def cpu_load_note(threads: int) -> str | None:
+    """A warning when other processes keep this machine's CPUs busy: the
+    pinned threads then share cores, and timings (ceilings included) come
+    out in scheduler-tick steps, many times slower (measured on a 2-core VM
+    with another process on 1.5 cores: 16 ms for a 0.28 ms case). None when
+    the load leaves the threads their cores, or where it cannot be read."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load <= max(cpus - threads, 0) + 0.9:  # one busy core elsewhere: a load of about 1
+        return None
+    return (f"machine busy: load {load:.1f} on {cpus} CPUs with {threads} timing threads; "
+            "CPU timings are unreliable (use --threads 1, or a quiet machine)")
+
+
+def ceiling_records(ceilings: Ceilings, raw: dict, load_note: str | None = None) -> list[R.Record]:
     out = []
     for name, (dtype, shape, unit, t, work) in raw.items():
         scale = 1e9 if unit == "GB/s" else 1e12
@@ -194,7 +211,7 @@ def ceiling_records(ceilings: Ceilings, raw: dict) -> list[R.Record]:
         out.append(R.Record(op=f"ceiling/{name}", backend=backend, mode="measure", shape=shape, dtype=dtype,
                             metric="gbps" if unit == "GB/s" else "tflops", unit=unit, median=med, p20=p20,
                             p80=p80, device=ceilings.device, versions=R.versions(), commit=R.commit(),
-                            suite="ceilings", note=f"{t.reps} reps"))
+                            suite="ceilings", note=f"{t.reps} reps" + (f"; {load_note}" if load_note else "")))
     return out
 
 
@@ -221,15 +238,19 @@ def run(
     emit = on_records or (lambda recs: None)
     t_start = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    busy = None
     if device.type == "cpu":
         n = pin_cpu_threads(threads)
         log(f"[bench] CPU, {n} pinned threads")
+        busy = cpu_load_note(n)
+        if busy:
+            log(f"[bench] WARNING: {busy}")
     ctx = SuiteContext(device=device, quick=quick)
     out = Run(device=device, quick=quick)
     t0 = time.perf_counter()
     ceilings, raw = measure_ceilings(device, quick=quick)
     out.ceilings = ceilings
-    out.records += ceiling_records(ceilings, raw)
+    out.records += ceiling_records(ceilings, raw, busy)
     emit(out.records)
     log(f"[bench] ceilings on {ceilings.device}: copy {ceilings.copy_bytes_per_s / 1e9:.1f} GB/s, "
         f"bf16 {ceilings.bf16_flops_per_s / 1e12:.3f} TFLOP/s, fp32 {ceilings.fp32_flops_per_s / 1e12:.3f} TFLOP/s "
