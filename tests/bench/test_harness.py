@@ -143,6 +143,24 @@ def test_group_runner_records_each_case():
     assert [r.status for r in res] == ["ok", "skipped"] and res[0].timing.reps >= 3
 
 
+def test_ctrl_c_mid_suite_keeps_the_speedups_measured(monkeypatch):
+    from vpengine.bench import runner
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    cases = [_case(lambda: (lambda: None), backend="torch", baseline=True), _case(lambda: (lambda: None)),
+             _case(interrupt, backend="cpu")]
+    monkeypatch.setattr(runner, "get_cases", lambda name, ctx: cases)
+    monkeypatch.setattr(runner, "load_suite", lambda name: object())
+    monkeypatch.setattr(runner, "measure_ceilings", lambda device, quick: (Ceilings("cpu", 1e10, 1e11, 1e11), {}))
+    emitted = []
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(["tokens"], device="cpu", quick=True, log=lambda s: None, on_records=emitted.extend)
+    (sp,) = [r for r in emitted if r.metric == "speedup"]
+    assert sp.backend == "auto" and sp.note == "vs torch"
+
+
 def test_tune_attention_script_runs(tmp_path):
     """benchmarks/tune_attention.py (the GPU tile sweep of device_check.sh) on
     tiny shapes under the interpreter: every pass, a JSON line per candidate."""

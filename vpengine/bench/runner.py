@@ -275,29 +275,32 @@ def run(
             interleave = device.type == "cpu" and not quick
         batches = _grouped(cases) if interleave else [[c] for c in cases]
         results = []
-        for batch in batches:
-            if budget_s is not None and time.perf_counter() - t_start > budget_s:
-                done = [Result(c, status="skipped", reason=f"time budget of {budget_s:.0f} s used up") for c in batch]
-            elif len(batch) == 1:
-                done = [run_case(batch[0], ctx)]
-            else:
-                done = run_group_interleaved(batch, ctx)
-            for r in done:
-                results.append(r)
-                recs = records_for(r, ceilings, dev_name)
-                out.records += recs
-                emit(recs)
-                shown = f"{r.timing.median * 1e3:.3f} ms" if r.status == "ok" else f"{r.status}: {r.reason}"
-                c = r.case
-                log(f"[bench]   {c.op} {c.mode} {c.shape} {c.dtype} {c.backend}: {shown}")
-        clear = getattr(load_suite(name), "clear_cache", None)
-        if clear is not None:  # models a suite kept across its cases
-            clear()
-        _speedups(results)
-        recs = [x for x in (speedup_record(r, dev_name) for r in results) if x is not None]
-        out.records += recs
-        emit(recs)
-        out.results += results
+        try:
+            for batch in batches:
+                if budget_s is not None and time.perf_counter() - t_start > budget_s:
+                    done = [Result(c, status="skipped", reason=f"time budget of {budget_s:.0f} s used up")
+                            for c in batch]
+                elif len(batch) == 1:
+                    done = [run_case(batch[0], ctx)]
+                else:
+                    done = run_group_interleaved(batch, ctx)
+                for r in done:
+                    results.append(r)
+                    recs = records_for(r, ceilings, dev_name)
+                    out.records += recs
+                    emit(recs)
+                    shown = f"{r.timing.median * 1e3:.3f} ms" if r.status == "ok" else f"{r.status}: {r.reason}"
+                    c = r.case
+                    log(f"[bench]   {c.op} {c.mode} {c.shape} {c.dtype} {c.backend}: {shown}")
+        finally:  # also on Ctrl-C: the cases measured so far get their speedups
+            clear = getattr(load_suite(name), "clear_cache", None)
+            if clear is not None:  # models a suite kept across its cases
+                clear()
+            _speedups(results)
+            recs = [x for x in (speedup_record(r, dev_name) for r in results) if x is not None]
+            out.records += recs
+            emit(recs)
+            out.results += results
         n_ok = sum(r.status == "ok" for r in results)
         out.suite_status[name] = f"{n_ok}/{len(results)} cases measured"
         log(f"[bench] suite {name}: {out.suite_status[name]} ({time.perf_counter() - ts:.1f} s)")
