@@ -59,8 +59,9 @@ def _dali():
 
 def file_reasons(probe, device: str) -> list[str]:
     """Why DALI on ``device`` would not give the frames of ``probe``'s stream
-    (a ``VideoProbe``): a codec it lacks, or a stream other than the file's
-    first video stream (DALI's decoder has no stream choice and takes the first)."""
+    (a ``VideoProbe``): a codec it lacks, a stream other than the file's
+    first video stream (DALI's decoder has no stream choice and takes the
+    first), or frame sizes that change midway (read from the packets, last)."""
     allowed = GPU_CODECS if device == "gpu" else CPU_CODECS
     why = []
     if probe.codec not in allowed:
@@ -70,16 +71,17 @@ def file_reasons(probe, device: str) -> list[str]:
         # Measured: BT.709 flat red came out (254, 0, 0) against (255, 23, 0).
         why.append(f"DALI's CPU decoder converts colour with the BT.601 matrix and this stream is tagged "
                    f"{_COLORSPACES.get(probe.colorspace, f'colorspace {probe.colorspace}')}")
-    varies = probe.frame_sizes_vary() if probe.codec in allowed else None
-    if varies or (probe.codec in TRACKED and varies is None):
-        # DALI takes the first frame's size for the whole stream: the later
-        # frames' rows come out misread (a sheared picture, no error).
-        why.append("its frames change size midway, which DALI's decoder does not follow" if varies
-                   else "its frame headers could not be read to check that the frame size never changes")
     if probe.display_by_output_order:
         why.append("its timestamps follow decode order, not display order (H.264 with B-frames in AVI)")
     if probe.stream != 0:
         why.append(f"the video is stream {probe.stream} of the file's video streams and DALI decodes the first")
+    if not why and probe.codec in TRACKED:  # the one check that reads the file: only if nothing else refuses it
+        # DALI takes the first frame's size for the whole stream: the later
+        # frames' rows come out misread (a sheared picture, no error).
+        varies = probe.frame_sizes_vary()
+        if varies is not False:
+            why.append("its frames change size midway, which DALI's decoder does not follow" if varies
+                       else "its frame headers could not be read to check that the frame size never changes")
     return why
 
 
