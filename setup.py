@@ -115,6 +115,13 @@ def _extensions():
         )
 
     archs = os.environ.get("VPENGINE_CUDA_ARCHS", DEFAULT_CUDA_ARCHS) if build_cuda == "1" else ""
+    # The shared C++ runtime, the one torch uses. A compiler that links
+    # libstdc++ statically by default (a wrapper or specs adding
+    # -static-libstdc++, as on one H100 image) gave the extensions their own
+    # copy, and every C++ error they raised crashed the process (SIGSEGV)
+    # instead of reaching Python. An explicit -lstdc++ comes before the
+    # driver's own runtime libraries, so the linker takes libstdc++.so first.
+    runtime = ["-lstdc++"] if sys.platform.startswith("linux") else []
     # Bare-token macros (no quotes): csrc/build_info.cpp stringifies them.
     common = ["-O3", f"-DVPENGINE_TORCH_VERSION={torch.__version__}", "-DVPENGINE_PYTHON_MODULE"]
     # ATen's parallel_for is header code: without -fopenmp it silently runs on
@@ -123,7 +130,7 @@ def _extensions():
         "vpengine._C",
         ["csrc/build_info.cpp", "csrc/registration.cpp", *_sources("csrc/cpu/*.cpp")],
         extra_compile_args={"cxx": common + ["-fopenmp"]},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp", *runtime],
     )
     exts = [cpu_ext]
     cu_sources = _sources("csrc/cuda/*.cu")
@@ -135,6 +142,7 @@ def _extensions():
                 "vpengine._C_cuda",
                 ["csrc/build_info.cpp", *cu_sources],
                 include_dirs=_nvidia_include_dirs(),
+                extra_link_args=runtime,
                 extra_compile_args={
                     "cxx": cuda_common,
                     "nvcc": cuda_common

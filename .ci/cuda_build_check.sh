@@ -64,14 +64,23 @@ work=$(mktemp -d)
 tar -C "$repo" -cf - --exclude=.git --exclude='.venv*' --exclude=build --exclude=_cmake_build \
   --exclude='*.so' --exclude='*.o' --exclude=__pycache__ --exclude='*.egg-info' --exclude=benchmarks/results . |
   tar -C "$work" -xf -
-(cd "$work" && VPENGINE_BUILD_EXT=1 VPENGINE_BUILD_CUDA=1 "$venv/bin/python" setup.py -q build_ext --inplace)
+# LDFLAGS=-static-libstdc++ plays the compiler of an H100 image that linked the
+# C++ runtime statically (every C++ error then crashed the process): setup.py
+# must still link libstdc++.so.6, or vpengine._ext refuses to load the library
+# and the checks below fail.
+(cd "$work" && LDFLAGS="${LDFLAGS:+$LDFLAGS }-static-libstdc++" VPENGINE_BUILD_EXT=1 VPENGINE_BUILD_CUDA=1 \
+  "$venv/bin/python" setup.py -q build_ext --inplace)
 t2=$(date +%s)
 
 # --- load and check (no GPU here: only registration and the CPU path can run)
 (cd "$work" && "$venv/bin/python" - <<'EOF'
+import glob
 import torch
 from vpengine import _ext
 
+from vpengine import _elf
+for so in glob.glob("vpengine/_C*.so"):
+    assert "libstdc++.so.6" in _elf.needed_libraries(so), (so, _elf.needed_libraries(so))
 assert _ext.cpu_ext_reasons() == [], _ext.cpu_ext_reasons()
 err = _ext._load("_C_cuda")
 assert err is None, err

@@ -103,6 +103,12 @@ cpp_throw_check() {
     echo "$c: $("$c" --version | head -1)"
   done
   for so in vpengine/_C*.so; do echo "$so:"; ldd "$so" | grep -E "stdc\+\+|gcc_s" || true; done
+  # The run of 2026-11-27 found both extensions without libstdc++.so.6 (the
+  # first g++ on PATH linked it statically) and every throw crashing. setup.py
+  # now links the shared runtime; vpengine._ext refuses a library without it.
+  $PY -c "import glob; from vpengine import _elf, _ext
+for so in sorted(glob.glob('vpengine/_C*.so')): print(so, 'NEEDED', _elf.needed_libraries(so))
+print('extension reasons:', _ext.cpu_ext_reasons(), _ext.cuda_ext_reasons())"
   $PY - <<'PYEOF'
 import subprocess, sys
 cases = {
@@ -128,7 +134,8 @@ gpu_tests() {
 }
 
 tune_tiles() {  # tune_tiles BUDGET_S: alternative attention tiles, timed beside the shipped ones
-  $PY benchmarks/tune_attention.py --budget-s "$1" --json "$TUNE"
+  # a script's sys.path starts at benchmarks/: the in-place build is at the root
+  PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} $PY benchmarks/tune_attention.py --budget-s "$1" --json "$TUNE"
 }
 
 bench_suite() {  # bench_suite SUITE BUDGET_S: stop starting cases after BUDGET_S

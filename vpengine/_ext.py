@@ -65,6 +65,31 @@ def _abi_reason(name: str, info: dict | None) -> str | None:
     return None
 
 
+def _cxx_runtime_reason(name: str, path: str) -> str | None:
+    """Why a library must not be loaded because it carries its own C++ runtime.
+
+    A compiler that links libstdc++ statically (a wrapper or specs adding
+    -static-libstdc++) gives the extension a second copy of the runtime beside
+    the shared one torch uses. Exceptions then cross two runtimes: on an H100
+    image built that way, every C++ error the extension raised killed the
+    process with SIGSEGV instead of reaching Python (and here, formatted
+    numbers vanish from the messages). setup.py links the shared runtime
+    explicitly; this catches a build that still did not.
+    """
+    from . import _elf
+
+    torch_needs = _elf.needed_libraries(os.path.join(os.path.dirname(torch.__file__), "lib", "libc10.so"))
+    runtime = [lib for lib in torch_needs or [] if lib.startswith("libstdc++.so")]
+    mine = _elf.needed_libraries(path)
+    if not runtime or mine is None or runtime[0] in mine:
+        return None
+    return (
+        f"vpengine.{name} does not load {runtime[0]}, the C++ runtime torch uses: its compiler linked "
+        "libstdc++ statically, and a C++ error raised inside it would crash the process instead of "
+        f"raising; {_REBUILD} (with CXX naming a compiler that links libstdc++ dynamically, if it recurs)"
+    )
+
+
 @functools.lru_cache(maxsize=None)
 def _load(name: str) -> str | None:
     """Load ``vpengine.<name>`` (which registers its torch ops); return an error or None."""
@@ -82,7 +107,7 @@ def _load(name: str) -> str | None:
             f"vpengine.{name} is not built; {_REBUILD}"
             + (" (VPENGINE_BUILD_CUDA=1 and a CUDA torch for _C_cuda)" if name == "_C_cuda" else "")
         )
-    err = _abi_reason(name, read_build_info(path))
+    err = _abi_reason(name, read_build_info(path)) or _cxx_runtime_reason(name, path)
     if err:
         return err
     try:

@@ -1,0 +1,69 @@
+"""The extensions load the C++ runtime torch uses, never a static copy.
+
+An H100 image's g++ linked libstdc++ statically: every C++ error raised in
+vpengine's extensions then crashed the process (SIGSEGV) instead of reaching
+Python. setup.py links the shared runtime explicitly, and vpengine._ext
+refuses a library that still carries its own copy (read from the file's
+DT_NEEDED entries, vpengine._elf) rather than load it.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from vpengine import _elf, _ext
+
+CXX = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+BUILT = sorted(glob.glob(os.path.join(os.path.dirname(_ext.__file__), "_C*.so")))
+
+
+@pytest.mark.skipif(not BUILT, reason="vpengine._C is not built")
+@pytest.mark.parametrize("path", BUILT, ids=os.path.basename)
+def test_built_extensions_load_the_shared_runtime(path):
+    needed = _elf.needed_libraries(path)
+    assert needed is not None and "libstdc++.so.6" in needed, needed
+    assert _ext._cxx_runtime_reason("_C", path) is None
+    if shutil.which("readelf"):  # the parser agrees with binutils
+        out = subprocess.run(["readelf", "-d", path], capture_output=True, text=True, check=True).stdout
+        assert needed == [line.split("[", 1)[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
+
+
+def test_files_that_are_not_elf_shared_objects_give_none(tmp_path):
+    text = tmp_path / "a.so"
+    text.write_text("not a library\n")
+    empty = tmp_path / "empty.so"
+    empty.write_bytes(b"")
+    cut = tmp_path / "cut.so"
+    cut.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 40)  # a header cut short
+    for path in (text, empty, cut, tmp_path / "missing.so"):
+        assert _elf.needed_libraries(str(path)) is None, path
+        assert _ext._cxx_runtime_reason("_C", str(path)) is None  # unknown is not refused
+
+
+def _shared_lib(tmp_path, name, *flags, libs=()):
+    src = tmp_path / "thrower.cpp"
+    src.write_text('#include <stdexcept>\nextern "C" void vp_throw(int n) { throw std::runtime_error(std::to_string(n)); }\n')
+    out = tmp_path / name
+    proc = subprocess.run([CXX, "-shared", "-fPIC", *flags, str(src), *libs, "-o", str(out)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"{CXX} cannot build {flags}: {proc.stderr[-300:]}")
+    return str(out)
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+def test_a_library_with_a_static_runtime_is_refused(tmp_path):
+    shared = _shared_lib(tmp_path, "shared.so")
+    static = _shared_lib(tmp_path, "static.so", "-static-libstdc++")
+    assert "libstdc++.so.6" in _elf.needed_libraries(shared)
+    assert "libstdc++.so.6" not in _elf.needed_libraries(static)
+    assert _ext._cxx_runtime_reason("_C", shared) is None
+    why = _ext._cxx_runtime_reason("_C", static)
+    assert why and "libstdc++" in why and "statically" in why and "pip install" in why
+    # what setup.py does: an explicit -lstdc++ after the objects (setuptools'
+    # place for extra_link_args) wins over a static default
+    fixed = _shared_lib(tmp_path, "fixed.so", "-static-libstdc++", libs=["-lstdc++"])
+    assert _ext._cxx_runtime_reason("_C", fixed) is None
