@@ -50,6 +50,7 @@ import triton.language as tl
 
 from .attention_fwd_loops import _fwd_loop_split, _fwd_split_e
 from .attention_math import _dot, _iso_dot, _load, _padded, _softcap_tanh
+from .launch import launch
 
 NEG = -0.7 * 3.4028234663852886e38  # VideoPrism's mask value (fp32-representable)
 LOG2E = 1.4426950408889634
@@ -65,7 +66,7 @@ def interpreting() -> bool:
 # aligned and emits 2-byte loads (tests/ops/test_attention_codegen.py).
 @triton.jit
 def _fwd_kernel(
-    QKV, OUT, LSE, PAD,
+    QKV, OUT, LSE, PAD, NONFINITE,
     s_qb, s_qj, s_qi, s_qc,
     s_ob, s_oj, s_oi,
     s_lb, s_lj, s_li,
@@ -76,7 +77,7 @@ def _fwd_kernel(
     G: tl.constexpr, LPQ: tl.constexpr, LPK: tl.constexpr, EP: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_TANH: tl.constexpr,
     BOUNDED: tl.constexpr = False, EVEN: tl.constexpr = False, POLY_EXP: tl.constexpr = False,
-    SPLIT_E: tl.constexpr = False,
+    SPLIT_E: tl.constexpr = False, ISO: tl.constexpr = False,
 ):
     # BOUNDED: the capped logits lie in [-cap, cap] (cap <= 50, no padding),
     # so exp2(z) neither overflows nor underflows in fp32 and bf16 and the
@@ -86,6 +87,18 @@ def _fwd_kernel(
     # POLY_EXP (with BOUNDED, EVEN and E = EP): each key tile runs as two
     # halves, the second half's exp2 on the FMA units (_exp2_fma), not the MUFU.
     # SPLIT_E (with BOUNDED and EVEN, E <= 3/4 EP): _fwd_split_e.
+    # Packed tiles (G > 1) run in two launches. The first multiplies p @ v
+    # with one plain dot; a non-finite value of v would reach the other
+    # sequences of its tile there (0 * NaN = NaN inside the MMA), so a tile
+    # whose result holds a non-finite value sets NONFINITE. The second (ISO)
+    # returns at once unless NONFINITE is set, and then recomputes its tile a
+    # sequence at a time (_iso_dot). One kernel doing both held the G
+    # isolated dots' registers on every tile: 255 registers and a 336-byte
+    # stack for G = 8 on sm_90 (125 and none now), and VideoPrism-L's time
+    # axis took 2x as long (H100 run of 2026-11-27 against 2026-11-26).
+    if ISO:
+        if tl.load(NONFINITE) == 0:
+            return
     BM: tl.constexpr = G * LPQ
     BN: tl.constexpr = G * LPK
     pid = tl.program_id(0)
@@ -162,15 +175,20 @@ def _fwd_kernel(
             if BOUNDED:
                 p = tl.exp2(z)
                 l_i += tl.sum(p, 1)
-                acc += _iso_dot(p.to(v.dtype), v, gk, gq, G, PREC, UPCAST)
+                acc += _pv_dot(p.to(v.dtype), v, gk, gq, G, PREC, UPCAST, ISO)
             else:
                 m_new = tl.maximum(m_i, tl.max(z, 1))
                 alpha = tl.exp2(m_i - m_new)
                 p = tl.exp2(z - m_new[:, None])
                 l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + _iso_dot(p.to(v.dtype), v, gk, gq, G, PREC, UPCAST)
+                acc = acc * alpha[:, None] + _pv_dot(p.to(v.dtype), v, gk, gq, G, PREC, UPCAST, ISO)
                 m_i = m_new
 
+    if G > 1 and not ISO:
+        # A non-finite v makes some acc non-finite (p * NaN, p * inf), as do
+        # non-finite logits; either way the ISO launch redoes the tile.
+        if tl.max(tl.max((acc * 0.0 != 0.0).to(tl.int32), 1), 0) > 0:
+            tl.store(NONFINITE, 1)
     o = acc * (1.0 / l_i)[:, None]
     if BOUNDED:
         lse = tl.log2(l_i) * 0.6931471805599453
@@ -195,6 +213,13 @@ def _fwd_kernel(
         tl.store(l_ptrs, lse, mask=row_ok)
 
 
+@triton.jit
+def _pv_dot(p, v, gk, gq, G: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, ISO: tl.constexpr):
+    if ISO:
+        return _iso_dot(p, v, gk, gq, G, PREC, UPCAST)
+    return _dot(p, v, PREC, UPCAST)
+
+
 def head_pad(E: int) -> int:
     """Head dim padded for tl.dot (power of two, at least 16): 88 -> 128."""
     return max(16, triton.next_power_of_2(E))
@@ -213,7 +238,8 @@ def axis_view(x: torch.Tensor, axis: str):
 #   pack: rows of whole sequences packed per tile (time axis), warps
 #   fwd / dq: flash tiles of the forward and the dq pass (program = query tile)
 #   dkdv: (query rows per step, key tile, warps) of the dk/dv pass
-#   stages: software-pipelining depth of the flash loops (default 2)
+#   stages: software-pipelining depth of the flash loops (default 2; packed
+#           tiles hold whole sequences, one step, and keep 2)
 #   bounded: forward only; False keeps the running max where the soft cap
 #            would let it go (bounded_softmax), for side-by-side timing
 #   poly_exp: forward only; True moves half of the exp2s to the FMA units
@@ -223,16 +249,21 @@ def axis_view(x: torch.Tensor, axis: str):
 #            size as two parts (88: 64 + 32) where the bounded loop runs
 #            unmasked (off until a GPU run times it against the padded tile)
 # benchmarks/tune_attention.py times alternatives on a GPU by editing this table.
+# The 16-bit flash tiles are the fastest of benchmarks/tune_attention.py on an
+# H100 (benchmarks/results/20261127-0740_NVIDIA-H100-80GB-HBM3_21dc272a3a0f.tune.jsonl,
+# bf16, VideoPrism-B and -g space axis; speedup over the tiles they replaced):
+# fwd 1.25x (B) and 1.21x (g); dq 1.09x / 1.15x and dk/dv 1.33x / 1.30x of the
+# whole fwd+bwd. poly_exp (0.93x) and split_e (1.00x) lost and stay off.
 _GPU_TILES = {
     # (kind, wide): wide = head dim padded past 64; fp32 gets its own row
-    ("fwd", False): dict(pack=(64, 4), flash=(128, 64, 8)),
-    ("fwd", True): dict(pack=(64, 8), flash=(128, 32, 8)),
+    ("fwd", False): dict(pack=(64, 4), flash=(64, 64, 4), stages=3),
+    ("fwd", True): dict(pack=(64, 8), flash=(128, 32, 4), stages=3),
     ("fwd", "fp32"): dict(pack=(32, 8), flash=(64, 32, 8)),
-    ("dq", False): dict(pack=(32, 4), flash=(128, 32, 8)),
-    ("dq", True): dict(pack=(32, 8), flash=(64, 32, 8)),
+    ("dq", False): dict(pack=(32, 4), flash=(64, 64, 4), stages=3),
+    ("dq", True): dict(pack=(32, 8), flash=(128, 32, 4), stages=3),
     ("dq", "fp32"): dict(pack=(32, 8), flash=(64, 32, 8)),
-    ("dkdv", False): dict(pack=(32, 4), flash=(32, 128, 8)),
-    ("dkdv", True): dict(pack=(32, 8), flash=(32, 64, 8)),
+    ("dkdv", False): dict(pack=(32, 4), flash=(64, 64, 4), stages=3),
+    ("dkdv", True): dict(pack=(32, 8), flash=(32, 64, 4), stages=3),
     ("dkdv", "fp32"): dict(pack=(32, 8), flash=(32, 64, 8)),
 }
 
@@ -255,7 +286,7 @@ def tile_config(L: int, EP: int, dtype: torch.dtype, kind: str = "fwd") -> dict:
         stages, bounded = t.get("stages", 2), t.get("bounded", True)
         poly_exp, split_e = t.get("poly_exp", False), t.get("split_e", False)
     if LP <= pack:
-        return dict(G=pack // LP, LPQ=LP, LPK=LP, num_warps=pack_warps, num_stages=stages, bounded=bounded)
+        return dict(G=pack // LP, LPQ=LP, LPK=LP, num_warps=pack_warps, num_stages=2, bounded=bounded)
     return dict(G=1, LPQ=rows, LPK=keys, num_warps=warps, num_stages=stages, bounded=bounded,
                 poly_exp=poly_exp, split_e=split_e)
 
@@ -326,16 +357,21 @@ def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int,
     cap = float(softcap)
     variant = fwd_variant(cfg, qkv.dtype, cap, frame_paddings is not None, L, E)
     grid = (B * num_jb * num_lb, H)
-    _fwd_kernel[grid](
-        qkv, out, lse, pad,
+    # packed tiles: a flag for the second, isolating launch (see _fwd_kernel)
+    nonfinite = torch.zeros(1, dtype=torch.int32, device=qkv.device) if G > 1 else lse
+    args = (
+        qkv, out, lse, pad, nonfinite,
         qkv.stride(0), s_qj, s_qi, qkv.stride(3),
         out.stride(0), s_oj, s_oi,
         lse.stride(0), s_lj, s_li,
         s_pb, s_pj, s_pi,
         J, L, num_jb, num_lb, H, E,
         E ** -0.5, E ** -0.5 / cap if cap > 0 else 0.0, cap * LOG2E,
-        HAS_PAD=frame_paddings is not None, HAS_CAP=cap > 0,
-        G=G, LPQ=LPQ, LPK=cfg["LPK"], EP=EP, PREC=prec, UPCAST=upcast, FAST_TANH=fast_tanh,
-        **variant, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
+    consts = dict(HAS_PAD=frame_paddings is not None, HAS_CAP=cap > 0,
+                  G=G, LPQ=LPQ, LPK=cfg["LPK"], EP=EP, PREC=prec, UPCAST=upcast, FAST_TANH=fast_tanh,
+                  **variant, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    launch(_fwd_kernel, grid, *args, **consts)
+    if G > 1:
+        launch(_fwd_kernel, grid, *args, ISO=True, **consts)
     return out, lse

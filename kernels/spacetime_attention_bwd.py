@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from .attention_math import _dot, _iso_dot, _padded, _softcap_tanh
+from .launch import launch
 from .spacetime_attention import axis_view, dot_modes, head_pad, tile_config
 
 
@@ -265,11 +266,13 @@ def spacetime_attention_bwd_triton(grad_out, qkv, out, lse, axis, num_heads, sof
         # dq first: it also stores delta = rowsum(dO * O) for the dk/dv pass.
         cfg = tile_config(L, EP, qkv.dtype, "dq")
         num_jb, num_lb = triton.cdiv(J, cfg["G"]), triton.cdiv(L, cfg["LPQ"])
-        _bwd_dq_kernel[(B * num_jb * num_lb, H)](
+        launch(
+            _bwd_dq_kernel, (B * num_jb * num_lb, H),
             qkv, out, do, lse, delta, pad, dqkv, *common, J, L, num_jb, num_lb, H, E, *consts,
             RAGGED=L % cfg["LPK"] != 0, **flags(cfg))
     num_jb, num_kb = triton.cdiv(J, kv_cfg["G"]), triton.cdiv(L, kv_cfg["LPK"])
-    _bwd_dkdv_kernel[(B * num_jb * num_kb, H)](
+    launch(
+        _bwd_dkdv_kernel, (B * num_jb * num_kb, H),
         qkv, out, do, lse, delta, pad, dqkv, *common, J, L, num_jb, num_kb, H, E, *consts, 1.0 / L,
         FUSED=fused, RAGGED=L % kv_cfg["LPQ"] != 0, **flags(kv_cfg))
     return dqkv

@@ -14,8 +14,11 @@ import ast
 import collections
 import importlib
 import json
+import os
 import re
+import subprocess
 import sys
+import tempfile
 
 import torch
 import triton
@@ -28,7 +31,8 @@ fwd_mod = importlib.import_module("vpengine.kernels.spacetime_attention")
 bwd_mod = importlib.import_module("vpengine.kernels.spacetime_attention_bwd")
 
 SM90 = GPUTarget("cuda", 90, 32)
-POINTERS = {"QKV", "OUT", "DO", "DQKV", "LSE", "DELTA", "PAD"}
+POINTERS = {"QKV", "OUT", "DO", "DQKV", "LSE", "DELTA", "PAD", "NONFINITE"}
+INT_POINTERS = {"NONFINITE"}
 FP32_POINTERS = {"LSE", "DELTA", "PAD"}
 FLOATS = {"qk_scale", "inv_cap", "cap_log2e", "inv_L"}
 UNIT_STRIDES = {"s_qc", "s_gc"}  # channel strides of a contiguous qkv / gradient
@@ -57,7 +61,7 @@ def compile_sm90(kernel, dtype: str, values: dict, num_warps: int, num_stages: i
         elif n in consts:
             sig[n] = "constexpr"
         elif n in POINTERS:
-            sig[n] = "*fp32" if n in FP32_POINTERS else f"*{dtype}"
+            sig[n] = "*i32" if n in INT_POINTERS else "*fp32" if n in FP32_POINTERS else f"*{dtype}"
             aligned.append(n)
         elif n in FLOATS:
             sig[n] = "fp32"
@@ -68,6 +72,18 @@ def compile_sm90(kernel, dtype: str, values: dict, num_warps: int, num_stages: i
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=SM90, options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers and stack bytes per thread of a compiled kernel, as ptxas
+    allocated them (cuobjdump from Triton's own CUDA tools)."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    return {k.lower(): int(v) for k, v in re.findall(r"\b(REG|STACK):(\d+)", out)}
 
 
 def memory_ops(ptx: str) -> collections.Counter:
@@ -137,7 +153,8 @@ def main(argv) -> None:
     for kind, kernel, consts, warps, stages in _passes(dtype, E, L):
         compiled = compile_sm90(kernel, argv[0], consts, warps, stages)
         print(json.dumps(dict(kind=kind, tile=[consts["G"], consts["LPQ"], consts["LPK"], warps, stages],
-                              shared=compiled.metadata.shared, ops=memory_ops(compiled.asm["ptx"]))))
+                              shared=compiled.metadata.shared, ops=memory_ops(compiled.asm["ptx"]),
+                              **resource_usage(compiled.asm["cubin"]))))
 
 
 if __name__ == "__main__":

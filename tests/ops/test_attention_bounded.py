@@ -30,7 +30,8 @@ class LaunchSpy:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.launches.append({k: kwargs[k] for k in ("BOUNDED", "EVEN", "POLY_EXP", "SPLIT_E", "G", "HAS_PAD")})
+            self.launches.append({k: kwargs[k] for k in ("BOUNDED", "EVEN", "POLY_EXP", "SPLIT_E", "G", "HAS_PAD")}
+                                 | {"ISO": kwargs.get("ISO", False)})
             return self.kernel[grid](*args, **kwargs)
         return launch
 
@@ -48,7 +49,9 @@ def forward(monkeypatch, qkv, axis, H, softcap=50.0, pad=None, bounded=True, til
     with torch.no_grad(), ops.use_backend("triton"):
         out, lse = st._spacetime_attention_op(qkv, axis, H, softcap, pad)
     monkeypatch.undo()
-    (flags,) = spy.launches
+    flags, *iso = spy.launches
+    # packed tiles get a second launch, the isolating one (see _fwd_kernel)
+    assert not flags["ISO"] and [f["ISO"] for f in iso] == ([True] if flags["G"] > 1 else [])
     return out, lse, flags
 
 

@@ -1,0 +1,31 @@
+"""Kernel launches that survive a GPU with less shared memory than the one
+the tiles were tuned on.
+
+The attention tiles (spacetime_attention._GPU_TILES) pipeline their key loads
+three deep, chosen on an H100 (227 KiB of shared memory per block). A GPU with
+less (an RTX 4090 has 99 KiB) cannot load such a kernel: Triton raises
+OutOfResources. Rather than fail, the same tile runs with one pipeline stage
+fewer, down to one; the depth that loaded is remembered per kernel, device and
+launch constants, so the failed compile is paid once per process.
+"""
+from __future__ import annotations
+
+from triton.runtime.errors import OutOfResources
+
+_FITTING_STAGES: dict = {}
+
+
+def launch(kernel, grid, *args, num_stages: int, **constexprs):
+    """``kernel[grid](*args, num_stages=..., **constexprs)``, with fewer
+    pipeline stages where the requested depth does not fit the device."""
+    first = next(a for a in args if hasattr(a, "device"))
+    key = (kernel, str(first.device), first.dtype, tuple(sorted(constexprs.items())))
+    stages = min(num_stages, _FITTING_STAGES.get(key, num_stages))
+    while True:
+        try:
+            return kernel[grid](*args, num_stages=stages, **constexprs)
+        except OutOfResources:
+            if stages <= 1:
+                raise
+            stages -= 1
+            _FITTING_STAGES[key] = stages
