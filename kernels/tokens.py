@@ -14,8 +14,19 @@ with ``fill`` zero when absent and the add skipped without ``pos``:
     token_unshuffle   src = inverse of perm
     decoder_input     src = inv_keep[b, perm[b, i]], fill = mask_token, pos
 
-so each output row is written exactly once and no output byte is read. The
-pos add converts both operands to fp32 and rounds once; for fp16 and bf16 the
+so each output row is written exactly once and no output byte is read.
+
+Inverse maps are never initialised. ``_inverse_kernel`` writes
+``inv[b, idx[b, j]] = j`` for the named rows only, into uninitialised memory,
+and the row kernel trusts an entry ``k = inv[b, t]`` only when
+``idx[b, k] == t`` (the sparse-set trick): a row that no j names fails the
+check whatever garbage it holds. That saves the fill of B*N entries and, for
+decoder_input, the composition with perm: two launches where the torch ops
+that built the map took six (where, where, full, scatter, where, gather)
+before the row kernel; at these 10-100 us sizes launches are a visible share
+(on an H100 decoder_input ran at 72-81% of a same-size copy).
+
+The pos add converts both operands to fp32 and rounds once; for fp16 and bf16 the
 fp32 sum of two values rounds to the same result as the exact sum, so this
 matches PyTorch's add bit for bit.
 
@@ -50,30 +61,59 @@ def _round_to_bf16(v):
 
 
 @triton.jit
+def _inverse_kernel(idx_ptr, inv_ptr, total, M, N, BLOCK: tl.constexpr):
+    # inv[b, idx[b, j]] = j for entries in [0, N); nothing else is written.
+    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = t < total
+    v = tl.load(idx_ptr + t, mask=ok, other=-1)
+    ok = ok & (v >= 0) & (v < N)
+    tl.store(inv_ptr + (t // M) * N + v, t % M, mask=ok)
+
+
+@triton.jit
 def _token_rows_kernel(
     x_ptr,
-    src_ptr,
+    sel_ptr,
+    inv_ptr,
+    idx_ptr,
     fill_ptr,
     pos_ptr,
     out_ptr,
     M,
+    N,
     I,
     D,
     stride_xb,
     stride_xm,
     num_row_blocks,
+    HAS_SEL: tl.constexpr,
+    HAS_INV: tl.constexpr,
     HAS_FILL: tl.constexpr,
     HAS_POS: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
+    # Source row of output row i: t = sel[b, i] (or i); without an inverse
+    # the source is t, with one it is the k with idx[b, k] == t (inv[b, t]
+    # if that checks out, else none: the fill row).
     pid = tl.program_id(0)
     b = pid // num_row_blocks
     rows = (pid % num_row_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_D)
     row_ok = rows < I
     col_ok = cols < D
-    src = tl.load(src_ptr + b.to(tl.int64) * I + rows, mask=row_ok, other=-1).to(tl.int64)
+    if HAS_SEL:
+        t = tl.load(sel_ptr + b.to(tl.int64) * I + rows, mask=row_ok, other=-1).to(tl.int64)
+    else:
+        t = rows.to(tl.int64)
+    if HAS_INV:
+        t_ok = row_ok & (t >= 0) & (t < N)
+        src = tl.load(inv_ptr + b.to(tl.int64) * N + t, mask=t_ok, other=-1)
+        src_ok = t_ok & (src >= 0) & (src < M)
+        named = tl.load(idx_ptr + b.to(tl.int64) * M + src, mask=src_ok, other=-1)
+        src = tl.where(src_ok & (named == t), src, -1)
+    else:
+        src = t
     # Out-of-range sources (only possible with index checks off) read nothing.
     has_src = (src >= 0) & (src < M)
     x_off = b.to(tl.int64) * stride_xb + src[:, None] * stride_xm + cols[None, :]
@@ -92,26 +132,57 @@ def _token_rows_kernel(
     tl.store(out_ptr + out_off, vals, mask=row_ok[:, None] & col_ok[None, :])
 
 
+def inverse_buffer(B: int, N: int, device) -> torch.Tensor:
+    """Uninitialised int64 [B, N] for an inverse map (a function so tests can
+    hand the kernels garbage)."""
+    return torch.empty((B, N), dtype=torch.int64, device=device)
+
+
+def inverse_index(idx_BM: torch.Tensor, N: int) -> torch.Tensor:
+    """``inv [B, N]`` with ``inv[b, idx[b, j]] = j``; every other entry is
+    garbage, to be checked against idx by the reader (``token_rows``)."""
+    B, M = idx_BM.shape
+    inv_BN = inverse_buffer(B, N, idx_BM.device)
+    if B * M and N:
+        block = 1024
+        _inverse_kernel[(triton.cdiv(B * M, block),)](idx_BM, inv_BN, B * M, M, N, BLOCK=block, num_warps=4)
+    return inv_BN
+
+
 def token_rows(
     x_BMD: torch.Tensor,
-    src_BI: torch.Tensor,
+    sel_BI: torch.Tensor | None,
     fill_D: torch.Tensor | None = None,
     pos_ID: torch.Tensor | None = None,
+    *,
+    inverse_of: torch.Tensor | None = None,
+    num_rows: int | None = None,
 ) -> torch.Tensor:
-    """``out[b, i] = (x[b, src[b, i]] if src[b, i] >= 0 else fill) + pos[i]`` -> ``[B, I, D]``.
+    """Rows of x by a per-row source -> ``[B, I, D]``, plus ``pos[i]`` if given.
 
-    x may have any batch and row strides (its last dim is made unit-stride);
-    src is int64; entries outside [0, M) take the fill row (or zero), so bad
-    indices never read out of bounds. fill [D] and pos [I, D] share x's dtype.
+    Without ``inverse_of``: ``out[b, i] = x[b, sel[b, i]]``. With it (int64
+    ``idx [B, M]``, M = x's rows): ``out[b, i] = x[b, k]`` for the k with
+    ``idx[b, k] == t``, t = ``sel[b, i]`` or, without sel, i (then I =
+    ``num_rows``); t lies in [0, I). A row with no source takes ``fill`` [D] (or zero); so do
+    indices outside their range, which never read out of bounds. x may have
+    any batch and row strides (its last dim is made unit-stride); fill and
+    pos [I, D] share x's dtype.
     """
     B, M, D = x_BMD.shape
-    I = src_BI.shape[1]
+    I = sel_BI.shape[1] if sel_BI is not None else num_rows
     if x_BMD.stride(2) != 1:
         x_BMD = x_BMD.contiguous()
     out_BID = torch.empty((B, I, D), dtype=x_BMD.dtype, device=x_BMD.device)
     if B == 0 or I == 0 or D == 0:
         return out_BID
-    src_BI = src_BI.contiguous()
+    sel_BI = None if sel_BI is None else sel_BI.contiguous()
+    inv_BN = idx_BM = None
+    if inverse_of is not None:
+        if tuple(inverse_of.shape) != (B, M):
+            raise ValueError(f"inverse_of must be [{B}, {M}] (x's batch and rows); got {tuple(inverse_of.shape)}")
+        # t names one of the I output tokens: every op here has I = N
+        idx_BM = inverse_of.contiguous()
+        inv_BN = inverse_index(idx_BM, I)
     fill_D = None if fill_D is None else fill_D.contiguous()
     pos_ID = None if pos_ID is None else pos_ID.contiguous()
     BLOCK_D = triton.next_power_of_2(D)
@@ -123,18 +194,24 @@ def token_rows(
     BLOCK_R = min(triton.next_power_of_2(I), block_r)
     num_row_blocks = triton.cdiv(I, BLOCK_R)
     grid = (B * num_row_blocks,)
+    dummy = sel_BI if sel_BI is not None else idx_BM if idx_BM is not None else out_BID
     _token_rows_kernel[grid](
         x_BMD,
-        src_BI,
+        sel_BI if sel_BI is not None else dummy,
+        inv_BN if inv_BN is not None else dummy,
+        idx_BM if idx_BM is not None else dummy,
         fill_D if fill_D is not None else x_BMD,
         pos_ID if pos_ID is not None else x_BMD,
         out_BID,
         M,
         I,
+        I,
         D,
         x_BMD.stride(0),
         x_BMD.stride(1),
         num_row_blocks,
+        HAS_SEL=sel_BI is not None,
+        HAS_INV=inv_BN is not None,
         HAS_FILL=fill_D is not None,
         HAS_POS=pos_ID is not None,
         BLOCK_R=BLOCK_R,

@@ -97,3 +97,20 @@ def test_cuda_gather_at_every_vector_width(dtype, offset):
     with use_backend("cuda"):
         got = token_gather(x, keep)
     assert_exact(got, torch.gather(x, 1, keep[..., None].expand(B, K, D)), f"gather {dtype} +{offset}")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("op", ["token_scatter", "token_unshuffle", "decoder_input"])
+def test_cuda_inverse_maps_ignore_recycled_memory(op, backend):
+    """The inverse maps are uninitialised (kernels/tokens.py, csrc/cuda/token_ops.cu):
+    the caching allocator hands them blocks that held zeros and in-range
+    values, and unkept rows must still take the fill row."""
+    B, N, K, D = 4, 512, 100, 64
+    inputs = _to_cuda(make_inputs(B, N, K, D, torch.bfloat16, seed=5))
+    fn, leaves, want, _ = call(op, *inputs)
+    skip_unless_runs(backend, op, *leaves)
+    for fill in (0, 1, K - 1):  # each names a real kept row for every token
+        poison = torch.full((B, N), fill, dtype=torch.int64, device="cuda")
+        del poison  # back to the allocator, whose next [B, N] int64 block it is
+        with use_backend(backend), torch.no_grad():
+            assert_exact(fn(leaves), want, f"{op} ({backend}) after a block of {fill}s was freed")

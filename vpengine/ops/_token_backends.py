@@ -4,8 +4,8 @@ Legend: B batch, N tokens, K kept (visible) tokens, M indices per sample, D widt
 
 Each op of :mod:`vpengine.ops.tokens` has four backends in
 ``backends.registry(op)``: ``ref`` (:mod:`vpengine.ref.tokens`), ``triton``
-(one row-gather kernel, kernels/tokens.py, fed the per-row source map built
-here), ``cpu`` and ``cuda`` (``vpengine::<op>_native`` from csrc/, looked up at
+(kernels/tokens.py: one row-gather kernel, after one inverse-map kernel for
+the ops that need one), ``cpu`` and ``cuda`` (``vpengine::<op>_native`` from csrc/, looked up at
 call time because the extension loads lazily). :func:`run` picks one and
 validates indices first unless the backend validates them itself (``cpu``).
 """
@@ -28,25 +28,6 @@ def has_duplicates(idx_BM: torch.Tensor, num_tokens: int) -> bool:
     count_BN = torch.zeros((idx_BM.shape[0], num_tokens), dtype=torch.int32, device=idx_BM.device)
     count_BN.scatter_add_(1, idx_BM, torch.ones_like(idx_BM, dtype=torch.int32))
     return bool((count_BN > 1).any())
-
-
-def _inverse_index(idx_BM: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """``inv [B, N + 1]`` with ``inv[b, idx[b, j]] = j`` and -1 on rows no j names.
-
-    Out-of-range entries (possible on GPU with index checks off) land in the
-    spare last column, which stays -1: torch's scatter would assert on them.
-    """
-    B, M = idx_BM.shape
-    ok_BM = (idx_BM >= 0) & (idx_BM < num_tokens)
-    col_BM = torch.where(ok_BM, idx_BM, num_tokens)
-    val_BM = torch.where(ok_BM, torch.arange(M, device=idx_BM.device), -1)
-    inv_BN = torch.full((B, num_tokens + 1), -1, dtype=torch.int64, device=idx_BM.device)
-    return inv_BN.scatter_(1, col_BM, val_BM)
-
-
-def _inverse_keep(keep_idx_BK: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """``inv[b, keep_idx[b, k]] = k``, -1 on rows that are not kept: ``[B, N]``."""
-    return _inverse_index(keep_idx_BK, num_tokens)[:, :num_tokens]
 
 
 def _reasons(kind: str, op: str):
@@ -82,7 +63,7 @@ def _triton_gather(x, keep_idx):
 
 
 def _triton_scatter(x_kept, keep_idx, num_tokens, fill):
-    return _ext.kernel_module("tokens").token_rows(x_kept, _inverse_keep(keep_idx, num_tokens), fill)
+    return _ext.kernel_module("tokens").token_rows(x_kept, None, fill, inverse_of=keep_idx, num_rows=num_tokens)
 
 
 def _triton_shuffle(x, perm, pos_emb):
@@ -90,15 +71,12 @@ def _triton_shuffle(x, perm, pos_emb):
 
 
 def _triton_unshuffle(y, perm):
-    return _ext.kernel_module("tokens").token_rows(y, _inverse_keep(perm, perm.shape[1]))
+    return _ext.kernel_module("tokens").token_rows(y, None, inverse_of=perm, num_rows=perm.shape[1])
 
 
 def _triton_decoder_input(enc_kept, keep_idx, mask_token, perm, pos_emb):
-    N = perm.shape[1]
-    # Bad perm entries read the spare -1 column (mask token), never out of bounds.
-    perm_safe_BN = torch.where((perm >= 0) & (perm < N), perm, N)
-    src_BN = torch.gather(_inverse_index(keep_idx, N), 1, perm_safe_BN)
-    return _ext.kernel_module("tokens").token_rows(enc_kept, src_BN, mask_token, pos_emb)
+    # out[b, i] = enc_kept[b, k] where keep_idx[b, k] == perm[b, i], else the mask token
+    return _ext.kernel_module("tokens").token_rows(enc_kept, perm, mask_token, pos_emb, inverse_of=keep_idx)
 
 
 _IMPLS = {
