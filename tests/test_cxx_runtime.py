@@ -11,13 +11,16 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import struct
 import subprocess
 
 import pytest
 
 from vpengine import _elf, _ext
 
-CXX = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+CXX = shutil.which("c++") or shutil.which("g++")  # not $CXX: it may be a command line ("ccache g++")
+LIBC10 = _ext._torch_libc10()
+TORCH_RUNTIME = [lib for lib in (_elf.needed_libraries(LIBC10) or []) if lib.startswith("libstdc++")] if LIBC10 else []
 BUILT = sorted(glob.glob(os.path.join(os.path.dirname(_ext.__file__), "_C*.so")))
 
 
@@ -55,6 +58,7 @@ def _shared_lib(tmp_path, name, *flags, libs=()):
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+@pytest.mark.skipif(not TORCH_RUNTIME, reason="torch's libc10 names no libstdc++ here")
 def test_a_library_with_a_static_runtime_is_refused(tmp_path):
     shared = _shared_lib(tmp_path, "shared.so")
     static = _shared_lib(tmp_path, "static.so", "-static-libstdc++")
@@ -67,3 +71,26 @@ def test_a_library_with_a_static_runtime_is_refused(tmp_path):
     # place for extra_link_args) wins over a static default
     fixed = _shared_lib(tmp_path, "fixed.so", "-static-libstdc++", libs=["-lstdc++"])
     assert _ext._cxx_runtime_reason("_C", fixed) is None
+
+
+def _patched(src: str, dst, **fields) -> str:
+    """A copy of ELF file ``src`` with header fields overwritten (offset: (fmt, value))."""
+    data = bytearray(open(src, "rb").read())
+    for offset, (fmt, value) in fields.items():
+        struct.pack_into(fmt, data, int(offset, 16), value)
+    dst.write_bytes(bytes(data))
+    return str(dst)
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+def test_headers_the_loader_ignores_or_cannot_use(tmp_path):
+    lib = _shared_lib(tmp_path, "plain.so")
+    want = _elf.needed_libraries(lib)
+    assert want and "libstdc++.so.6" in want
+    # no section headers (as sstrip leaves a library): the loader reads the
+    # program headers only, and so does the parser
+    nosh = _patched(lib, tmp_path / "nosh.so", **{"0x28": ("<Q", 0), "0x3C": ("<H", 0), "0x3E": ("<H", 0)})
+    assert _elf.needed_libraries(nosh) == want
+    # offsets past 2**63 (struct and mmap raise OverflowError there) and past the file
+    for name, field in {"huge": ("<Q", 2**63 + 5), "past_end": ("<Q", 1 << 40)}.items():
+        assert _elf.needed_libraries(_patched(lib, tmp_path / f"{name}.so", **{"0x20": field})) is None

@@ -65,6 +65,24 @@ def _abi_reason(name: str, info: dict | None) -> str | None:
     return None
 
 
+def _torch_libc10() -> str | None:
+    """torch's libc10.so: in torch/lib for pip wheels, elsewhere (the
+    environment's lib/) for conda and distribution builds, found then among
+    the libraries this process has mapped."""
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libc10.so")
+    if os.path.isfile(path):
+        return path
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                mapped = line.rsplit(None, 1)[-1]
+                if os.path.basename(mapped).startswith("libc10.so") and os.path.isfile(mapped):
+                    return mapped
+    except OSError:
+        pass
+    return None
+
+
 def _cxx_runtime_reason(name: str, path: str) -> str | None:
     """Why a library must not be loaded because it carries its own C++ runtime.
 
@@ -78,7 +96,8 @@ def _cxx_runtime_reason(name: str, path: str) -> str | None:
     """
     from . import _elf
 
-    torch_needs = _elf.needed_libraries(os.path.join(os.path.dirname(torch.__file__), "lib", "libc10.so"))
+    libc10 = _torch_libc10()
+    torch_needs = _elf.needed_libraries(libc10) if libc10 else None
     runtime = [lib for lib in torch_needs or [] if lib.startswith("libstdc++.so")]
     mine = _elf.needed_libraries(path)
     if not runtime or mine is None or runtime[0] in mine:
