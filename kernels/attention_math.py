@@ -101,3 +101,13 @@ def _iso_dot(a, b, b_grp, out_grp, G: tl.constexpr, PREC: tl.constexpr, UPCAST: 
                 fixed = tl.where(out_grp[:, None] == g, part, fixed)
             out = fixed
     return out
+
+
+@triton.jit
+def _iso_dot_if(a, b, b_grp, out_grp, G: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                ISO: tl.constexpr):
+    # The packed kernels' two launches (see _fwd_kernel): a plain dot in the
+    # first, the isolating one in the second.
+    if ISO:
+        return _iso_dot(a, b, b_grp, out_grp, G, PREC, UPCAST)
+    return _dot(a, b, PREC, UPCAST)

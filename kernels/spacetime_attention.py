@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from .attention_fwd_loops import _fwd_loop_split, _fwd_split_e
-from .attention_math import _dot, _iso_dot, _load, _padded, _softcap_tanh
+from .attention_math import _dot, _iso_dot_if, _load, _padded, _softcap_tanh
 from .launch import launch
 
 NEG = -0.7 * 3.4028234663852886e38  # VideoPrism's mask value (fp32-representable)
@@ -175,13 +175,13 @@ def _fwd_kernel(
             if BOUNDED:
                 p = tl.exp2(z)
                 l_i += tl.sum(p, 1)
-                acc += _pv_dot(p.to(v.dtype), v, gk, gq, G, PREC, UPCAST, ISO)
+                acc += _iso_dot_if(p.to(v.dtype), v, gk, gq, G, PREC, UPCAST, ISO)
             else:
                 m_new = tl.maximum(m_i, tl.max(z, 1))
                 alpha = tl.exp2(m_i - m_new)
                 p = tl.exp2(z - m_new[:, None])
                 l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + _pv_dot(p.to(v.dtype), v, gk, gq, G, PREC, UPCAST, ISO)
+                acc = acc * alpha[:, None] + _iso_dot_if(p.to(v.dtype), v, gk, gq, G, PREC, UPCAST, ISO)
                 m_i = m_new
 
     if G > 1 and not ISO:
@@ -211,13 +211,6 @@ def _fwd_kernel(
     else:
         tl.store(o_ptrs, o.to(OUT.dtype.element_ty), mask=row_ok[:, None] & e_ok[None, :])
         tl.store(l_ptrs, lse, mask=row_ok)
-
-
-@triton.jit
-def _pv_dot(p, v, gk, gq, G: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, ISO: tl.constexpr):
-    if ISO:
-        return _iso_dot(p, v, gk, gq, G, PREC, UPCAST)
-    return _dot(p, v, PREC, UPCAST)
 
 
 def head_pad(E: int) -> int:

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_math import _dot, _iso_dot, _padded, _softcap_tanh
+from .attention_math import _dot, _iso_dot, _iso_dot_if, _padded, _softcap_tanh
 from .launch import launch
 from .spacetime_attention import axis_view, dot_modes, head_pad, tile_config
 
@@ -137,16 +137,24 @@ def _bwd_dq_kernel(
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    QKV, OUT, DO, LSE, DELTA, PAD, DQKV,
+    QKV, OUT, DO, LSE, DELTA, PAD, DQKV, NONFINITE,
     s_qb, s_qj, s_qi, s_qc, s_ob, s_oj, s_oi, s_lb, s_lj, s_li, s_pb, s_pj, s_pi,
     s_gb, s_gj, s_gi, s_gc,
     J, L, num_jb, num_kb, H, E: tl.constexpr, qk_scale, inv_cap, cap_log2e, inv_L,
     HAS_PAD: tl.constexpr, HAS_CAP: tl.constexpr,
     G: tl.constexpr, LPQ: tl.constexpr, LPK: tl.constexpr, EP: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_TANH: tl.constexpr, FUSED: tl.constexpr,
-    RAGGED: tl.constexpr = True,
+    RAGGED: tl.constexpr = True, ISO: tl.constexpr = False,
 ):
     # RAGGED: L is no multiple of LPQ, so the last query tile has rows past L.
+    # Packed tiles (G > 1) run in two launches, as the forward's do (see
+    # _fwd_kernel): plain dots first, flagging a tile whose dq, dk or dv
+    # holds a non-finite value; the ISO launch redoes flagged runs with the
+    # isolating dots. In one launch the three _iso_dots held 239-255
+    # registers, and a 48-byte stack at E = 88 (sm_90).
+    if ISO:
+        if tl.load(NONFINITE) == 0:
+            return
     BM: tl.constexpr = G * LPQ
     BN: tl.constexpr = G * LPK
     pid = tl.program_id(0)
@@ -181,6 +189,7 @@ def _bwd_dkdv_kernel(
         valid = valid & (gq[:, None] == gk[None, :])
     dk = tl.zeros([BN, EP], tl.float32)
     dv = tl.zeros([BN, EP], tl.float32)
+    nonfinite = 0
     for m0 in range(0, L, LPQ):
         iq = m0 + r % LPQ
         row_ok = (iq < L) & (jq < J)
@@ -209,19 +218,25 @@ def _bwd_dkdv_kernel(
         pv = p
         if HAS_PAD:
             pv = p * tl.where(masked_row, inv_L, 1.0)[:, None]
-        # Packed sequences (G > 1): _iso_dot and the select on ds keep a NaN
-        # or inf of one sequence out of the others (p = 0 between them, but
-        # 0 * NaN = NaN).
-        dv += _iso_dot(tl.trans(pv.to(do.dtype)), do, gq, gk, G, PREC, UPCAST)
+        # Packed sequences (G > 1): the ISO launch's _iso_dots and the select
+        # on ds keep a NaN or inf of one sequence out of the others (p = 0
+        # between them, but 0 * NaN = NaN).
+        dv += _iso_dot_if(tl.trans(pv.to(do.dtype)), do, gq, gk, G, PREC, UPCAST, ISO)
         dp = _dot(do, vT, PREC, UPCAST)
         ds = _ds(p, dp, delta, th, masked_row, padk, HAS_PAD, HAS_CAP)
         if G > 1 or RAGGED:
             ds = tl.where(valid_m, ds, 0.0)
-        dk += _iso_dot(tl.trans(ds.to(q.dtype)), q, gq, gk, G, PREC, UPCAST)
+        dk += _iso_dot_if(tl.trans(ds.to(q.dtype)), q, gq, gk, G, PREC, UPCAST, ISO)
         if FUSED:
-            dq = _iso_dot(ds.to(k.dtype), k, gk, gq, G, PREC, UPCAST) * qk_scale
+            dq = _iso_dot_if(ds.to(k.dtype), k, gk, gq, G, PREC, UPCAST, ISO) * qk_scale
+            if G > 1 and not ISO:
+                nonfinite = tl.maximum(nonfinite, tl.max(tl.max((dq * 0.0 != 0.0).to(tl.int32), 1), 0))
             q_g = b.to(tl.int64) * s_gb + jq.to(tl.int64)[:, None] * s_gj + iq[:, None] * s_gi
             tl.store(DQKV + q_g + (h * E + e[None, :]) * s_gc, dq.to(DQKV.dtype.element_ty), mask=qmask)
+    if G > 1 and not ISO:
+        nonfinite = tl.maximum(nonfinite, tl.max(tl.max(((dk * 0.0 != 0.0) | (dv * 0.0 != 0.0)).to(tl.int32), 1), 0))
+        if nonfinite > 0:
+            tl.store(NONFINITE, 1)
     g_off = b.to(tl.int64) * s_gb + jk.to(tl.int64)[:, None] * s_gj + ik[:, None] * s_gi + (h * E + e[None, :]) * s_gc
     tl.store(DQKV + g_off + (H * E) * s_gc, (dk * qk_scale).to(DQKV.dtype.element_ty), mask=kmask)
     tl.store(DQKV + g_off + (2 * H * E) * s_gc, dv.to(DQKV.dtype.element_ty), mask=kmask)
@@ -271,8 +286,12 @@ def spacetime_attention_bwd_triton(grad_out, qkv, out, lse, axis, num_heads, sof
             qkv, out, do, lse, delta, pad, dqkv, *common, J, L, num_jb, num_lb, H, E, *consts,
             RAGGED=L % cfg["LPK"] != 0, **flags(cfg))
     num_jb, num_kb = triton.cdiv(J, kv_cfg["G"]), triton.cdiv(L, kv_cfg["LPK"])
-    launch(
-        _bwd_dkdv_kernel, (B * num_jb * num_kb, H),
-        qkv, out, do, lse, delta, pad, dqkv, *common, J, L, num_jb, num_kb, H, E, *consts, 1.0 / L,
-        FUSED=fused, RAGGED=L % kv_cfg["LPQ"] != 0, **flags(kv_cfg))
+    packed = kv_cfg["G"] > 1
+    nonfinite = torch.zeros(1, dtype=torch.int32, device=qkv.device) if packed else lse  # see _bwd_dkdv_kernel
+    args = (qkv, out, do, lse, delta, pad, dqkv, nonfinite, *common, J, L, num_jb, num_kb, H, E, *consts, 1.0 / L)
+    kv_flags = dict(FUSED=fused, RAGGED=L % kv_cfg["LPQ"] != 0, **flags(kv_cfg))
+    grid = (B * num_jb * num_kb, H)
+    launch(_bwd_dkdv_kernel, grid, *args, **kv_flags)
+    if packed:
+        launch(_bwd_dkdv_kernel, grid, *args, ISO=True, **kv_flags)
     return dqkv
