@@ -149,9 +149,9 @@ def _bwd_dkdv_kernel(
     # RAGGED: L is no multiple of LPQ, so the last query tile has rows past L.
     # Packed tiles (G > 1) run in two launches, as the forward's do (see
     # _fwd_kernel): plain dots first, flagging a tile whose dq, dk or dv
-    # holds a non-finite value; the ISO launch redoes flagged runs with the
-    # isolating dots. In one launch the three _iso_dots held 239-255
-    # registers, and a 48-byte stack at E = 88 (sm_90).
+    # holds a non-finite value; after a flag, the ISO launch redoes every
+    # tile with the isolating dots. In one launch the three _iso_dots held
+    # 239-255 registers, and a 48-byte stack at E = 88 (sm_90).
     if ISO:
         if tl.load(NONFINITE) == 0:
             return
