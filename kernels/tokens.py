@@ -163,10 +163,10 @@ def token_rows(
     Without ``inverse_of``: ``out[b, i] = x[b, sel[b, i]]``. With it (int64
     ``idx [B, M]``, M = x's rows): ``out[b, i] = x[b, k]`` for the k with
     ``idx[b, k] == t``, t = ``sel[b, i]`` or, without sel, i (then I =
-    ``num_rows``); t lies in [0, I). A row with no source takes ``fill`` [D] (or zero); so do
-    indices outside their range, which never read out of bounds. x may have
-    any batch and row strides (its last dim is made unit-stride); fill and
-    pos [I, D] share x's dtype.
+    ``num_rows``); t lies in [0, I). A row with no source takes ``fill``
+    [D] (or zero); so do indices outside their range, which never read out
+    of bounds. x may have any batch and row strides (its last dim is made
+    unit-stride); fill and pos [I, D] share x's dtype.
     """
     B, M, D = x_BMD.shape
     I = sel_BI.shape[1] if sel_BI is not None else num_rows
