@@ -333,6 +333,27 @@ def test_report_takes_every_column_of_a_row_from_one_run(tmp_path):
     assert report_main([str(path)]) == 0
 
 
+def test_compact_table_gives_a_token_op_its_share_of_a_same_size_copy():
+    from vpengine.bench import record
+    from vpengine.bench.report import compact_table
+
+    def rec(op, backend, metric, median, note="", baseline=False):
+        return dataclasses.asdict(record.Record(
+            op=op, backend=backend, mode="fwd", shape="B=8", dtype="bfloat16", metric=metric, unit="ms",
+            median=median, p20=median, p80=median, device="gpu", versions={}, commit="c", suite="tokens", note=note))
+
+    recs = [rec("copy_same_bytes/decoder_input", "torch", "time", 0.030),
+            rec("decoder_input", "cuda", "time", 0.040), rec("decoder_input", "cuda", "speedup", 5.0, "vs composition"),
+            rec("decoder_input", "triton", "time", 0.0375), rec("decoder_input", "triton", "speedup", 5.3, "vs composition"),
+            rec("decoder_input", "composition", "time", 0.2),
+            rec("token_gather", "cuda", "time", 0.01), rec("token_gather", "cuda", "speedup", 1.5, "vs gather")]
+    out = compact_table(recs)
+    (di,) = [line for line in out.splitlines() if line.startswith("decoder_input")]
+    assert "triton" in di and "5.3x vs composition; 80% of a same-size copy" in di  # the best path: 0.030 / 0.0375
+    (tg,) = [line for line in out.splitlines() if line.startswith("token_gather")]
+    assert "same-size copy" not in tg  # no copy measured beside it
+
+
 def test_a_busy_cpu_is_flagged_and_a_folder_is_no_json_target(monkeypatch):
     from vpengine.bench import runner
     from vpengine.bench.report import format_table
