@@ -18,8 +18,10 @@ _FITTING_STAGES: dict = {}
 def launch(kernel, grid, *args, num_stages: int, **constexprs):
     """``kernel[grid](*args, num_stages=..., **constexprs)``, with fewer
     pipeline stages where the requested depth does not fit the device."""
-    first = next(a for a in args if hasattr(a, "device"))
-    key = (kernel, str(first.device), first.dtype, tuple(sorted(constexprs.items())))
+    # The key is built only once some launch has failed: every eager
+    # attention call comes through here, and the memo is empty on a GPU
+    # that fits the tiles.
+    key = _key(kernel, args, constexprs) if _FITTING_STAGES else None
     stages = min(num_stages, _FITTING_STAGES.get(key, num_stages))
     while True:
         try:
@@ -28,4 +30,10 @@ def launch(kernel, grid, *args, num_stages: int, **constexprs):
             if stages <= 1:
                 raise
             stages -= 1
+            key = key or _key(kernel, args, constexprs)
             _FITTING_STAGES[key] = stages
+
+
+def _key(kernel, args, constexprs) -> tuple:
+    first = next(a for a in args if hasattr(a, "device"))
+    return kernel, str(first.device), first.dtype, tuple(sorted(constexprs.items()))
