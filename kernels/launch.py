@@ -7,9 +7,18 @@ less (an RTX 4090 has 99 KiB) cannot load such a kernel: Triton raises
 OutOfResources. Rather than fail, the same tile runs with one pipeline stage
 fewer, down to one; the depth that loaded is remembered per kernel, device and
 launch constants, so the failed compile is paid once per process.
+
+Triton also launches on the *current* CUDA device and its current stream,
+whatever device the tensors it is handed live on (PyTorch's own ops switch
+with a device guard). Inputs on cuda:1 while cuda:0 is current would be read
+by a kernel on cuda:0: an illegal address, or with peer access a slow remote
+read. The host entry points therefore run under :func:`on_input_device`.
 """
 from __future__ import annotations
 
+import functools
+
+import torch
 from triton.runtime.errors import OutOfResources
 
 _FITTING_STAGES: dict = {}
@@ -37,3 +46,18 @@ def launch(kernel, grid, *args, num_stages: int, **constexprs):
 def _key(kernel, args, constexprs) -> tuple:
     first = next(a for a in args if hasattr(a, "device"))
     return kernel, str(first.device), first.dtype, tuple(sorted(constexprs.items()))
+
+
+def on_input_device(fn):
+    """``fn(x, ...)`` with ``x``'s CUDA device current while it runs (and so
+    that device's current stream for its launches)."""
+
+    @functools.wraps(fn)
+    def guarded(x, *args, **kwargs):
+        dev = x.device
+        if dev.type != "cuda" or dev.index == torch.cuda.current_device():
+            return fn(x, *args, **kwargs)
+        with torch.cuda.device(dev):
+            return fn(x, *args, **kwargs)
+
+    return guarded

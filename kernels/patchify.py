@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import on_input_device
+
 
 @triton.jit
 def _patchify_kernel(
@@ -69,6 +71,7 @@ def _patchify_kernel(
         tl.store(out_ptr + base + o, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@on_input_device
 def patchify(frames_BTHW3: torch.Tensor, patch: int, dtype: torch.dtype) -> torch.Tensor:
     """uint8 ``[B, T, H, W, 3]`` -> ``[B, T, S, P*P*3]`` in ``dtype`` (inputs validated by the op)."""
     frames = frames_BTHW3.contiguous()

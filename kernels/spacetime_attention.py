@@ -50,7 +50,7 @@ import triton.language as tl
 
 from .attention_fwd_loops import _fwd_loop_split, _fwd_split_e
 from .attention_math import _dot, _iso_dot_if, _load, _padded, _softcap_tanh
-from .launch import launch
+from .launch import launch, on_input_device
 
 NEG = -0.7 * 3.4028234663852886e38  # VideoPrism's mask value (fp32-representable)
 LOG2E = 1.4426950408889634
@@ -326,6 +326,7 @@ def fwd_variant(cfg: dict, dtype: torch.dtype, cap: float, has_pad: bool, L: int
     return dict(BOUNDED=bounded, EVEN=even, POLY_EXP=poly, SPLIT_E=split)
 
 
+@on_input_device
 def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int, softcap: float,
                                    frame_paddings: torch.Tensor | None):
     """qkv [B, T, S, 3*H*E] (any strides) -> (out [B, T, S, H*E], lse fp32 [B, T, S, H])."""

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .attention_math import _dot, _iso_dot, _iso_dot_if, _padded, _softcap_tanh
-from .launch import launch
+from .launch import launch, on_input_device
 from .spacetime_attention import axis_view, dot_modes, head_pad, tile_config
 
 
@@ -242,6 +242,7 @@ def _bwd_dkdv_kernel(
     tl.store(DQKV + g_off + (2 * H * E) * s_gc, dv.to(DQKV.dtype.element_ty), mask=kmask)
 
 
+@on_input_device
 def spacetime_attention_bwd_triton(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
     """Packed gradient [B, T, S, 3*H*E] (qkv's dtype, strides of empty_like(qkv))."""
     B, T, S, C = qkv.shape

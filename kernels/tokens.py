@@ -48,6 +48,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import on_input_device
+
 
 @triton.jit
 def _round_to_bf16(v):
@@ -138,6 +140,7 @@ def inverse_buffer(B: int, N: int, device) -> torch.Tensor:
     return torch.empty((B, N), dtype=torch.int64, device=device)
 
 
+@on_input_device
 def inverse_index(idx_BM: torch.Tensor, N: int) -> torch.Tensor:
     """``inv [B, N]`` with ``inv[b, idx[b, j]] = j``; every other entry is
     garbage, to be checked against idx by the reader (``token_rows``)."""
@@ -149,6 +152,7 @@ def inverse_index(idx_BM: torch.Tensor, N: int) -> torch.Tensor:
     return inv_BN
 
 
+@on_input_device
 def token_rows(
     x_BMD: torch.Tensor,
     sel_BI: torch.Tensor | None,

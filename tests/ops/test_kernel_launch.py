@@ -4,6 +4,7 @@ remembered. No GPU is needed: a stand-in kernel raises Triton's own error."""
 from __future__ import annotations
 
 import importlib
+import re
 
 import pytest
 import torch
@@ -71,3 +72,67 @@ def test_packed_tiles_keep_two_stages_flash_tiles_take_the_table(monkeypatch):
         assert row.get("stages", 2) == 3
         assert fwd.tile_config(16, 64, torch.bfloat16, kind)["num_stages"] == 2
         assert fwd.tile_config(256, 64, torch.bfloat16, kind)["num_stages"] == 3
+
+
+class _OnCuda:
+    """Stands in for a tensor on another GPU: the guard reads nothing else."""
+
+    def __init__(self, index: int):
+        self.device = torch.device("cuda", index)
+
+
+@pytest.fixture
+def current_device(monkeypatch):
+    """A fake current CUDA device (0) that torch.cuda.device switches."""
+    state = {"current": 0, "entered": []}
+
+    class Switch:
+        def __init__(self, dev):
+            self.dev = torch.device(dev).index
+
+        def __enter__(self):
+            state["entered"].append(self.dev)
+            self.prev, state["current"] = state["current"], self.dev
+
+        def __exit__(self, *exc):
+            state["current"] = self.prev
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: state["current"])
+    monkeypatch.setattr(torch.cuda, "device", Switch)
+    return state
+
+
+def test_entry_point_runs_on_its_inputs_device(current_device):
+    seen = []
+    guarded = launch_mod.on_input_device(lambda x, y, *, z: seen.append((current_device["current"], y, z)) or "ok")
+    assert guarded(_OnCuda(1), 2, z=3) == "ok"
+    assert seen == [(1, 2, 3)], "the kernel would have launched on cuda:0"
+    assert current_device["current"] == 0, "the caller's device was not restored"
+    guarded(_OnCuda(0), 2, z=3)
+    guarded(torch.zeros(1), 2, z=3)
+    assert current_device["entered"] == [1], "a switch where none was needed"
+
+
+def test_every_host_entry_point_is_guarded():
+    names = {
+        "spacetime_attention": ["spacetime_attention_fwd_triton"],
+        "spacetime_attention_bwd": ["spacetime_attention_bwd_triton"],
+        "tokens": ["inverse_index", "token_rows"],
+        "patchify": ["patchify"],
+    }
+    for mod, fns in names.items():
+        m = importlib.import_module(f"vpengine.kernels.{mod}")
+        launches = [n for n, v in vars(m).items() if callable(v) and getattr(v, "__module__", None) == m.__name__
+                    and _LAUNCHES.search(_source(v))]
+        assert sorted(launches) == sorted(fns), f"{mod}: a launching function is missing from this list"
+        for fn in fns:
+            assert getattr(getattr(m, fn), "__wrapped__", None) is not None, f"{mod}.{fn} has no device guard"
+
+
+_LAUNCHES = re.compile(r"\blaunch\(|_kernel\[")
+
+
+def _source(fn) -> str:
+    import inspect
+
+    return inspect.getsource(getattr(fn, "__wrapped__", fn))

@@ -169,3 +169,24 @@ def test_triton_forward_tile_options(monkeypatch, option, shape):
     value = option != "bounded"
     monkeypatch.setattr(fwd_mod, "tile_config", lambda *a, **k: {**real(*a, **k), option: value})
     check("triton", shape, "space", torch.bfloat16, None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_inputs_on_a_gpu_that_is_not_current(backend):
+    """Triton launches on the current device: the op must switch to its inputs'."""
+    qkv = make_qkv(2, 8, 12, 2, 64, torch.bfloat16, device="cuda:1").requires_grad_(True)
+    pad = make_paddings(2, 8, "some", device="cuda:1")
+    why = st._REG.reasons(backend, qkv, "time", 2, 50.0, pad)
+    if why:
+        pytest.skip("; ".join(why))
+    with torch.cuda.device(0), ops.use_backend(backend):
+        out = ops.spacetime_attention(qkv, "time", 2, frame_paddings=pad)
+        (g,) = torch.autograd.grad(out.float().sum(), qkv)
+        assert torch.cuda.current_device() == 0
+    with ops.use_backend("ref"):
+        out_r = ops.spacetime_attention(qkv, "time", 2, frame_paddings=pad)
+        (g_r,) = torch.autograd.grad(out_r.float().sum(), qkv)
+    assert out.device == qkv.device and g.device == qkv.device
+    torch.testing.assert_close(out, out_r, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(g, g_r, atol=5e-2, rtol=5e-2)
