@@ -89,15 +89,18 @@ def _fwd_kernel(
     # SPLIT_E (with BOUNDED and EVEN, E <= 3/4 EP): _fwd_split_e.
     # Packed tiles (G > 1) run in two launches. The first multiplies p @ v
     # with one plain dot; a non-finite value of v would reach the other
-    # sequences of its tile there (0 * NaN = NaN inside the MMA), so a tile
-    # whose result holds a non-finite value sets NONFINITE. The second (ISO)
-    # returns at once unless NONFINITE is set, and then recomputes its tile a
-    # sequence at a time (_iso_dot). One kernel doing both held the G
+    # sequences of its tile there (0 * NaN = NaN inside the MMA), so every
+    # tile writes its own NONFINITE flag: 1 where its result holds a
+    # non-finite value. The second (ISO) returns at once unless its tile's
+    # flag is set, and then recomputes the tile a sequence at a time
+    # (_iso_dot). Flags written by every tile need no zeroed buffer (no
+    # memset launch), and one NaN costs one tile's redo, not the grid's. One kernel doing both held the G
     # isolated dots' registers on every tile: 255 registers and a 336-byte
     # stack for G = 8 on sm_90 (125 and none now), and VideoPrism-L's time
     # axis took 2x as long (H100 run of 2026-11-27 against 2026-11-26).
+    tile = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
     if ISO:
-        if tl.load(NONFINITE) == 0:
+        if tl.load(NONFINITE + tile) == 0:
             return
     BM: tl.constexpr = G * LPQ
     BN: tl.constexpr = G * LPK
@@ -187,8 +190,7 @@ def _fwd_kernel(
     if G > 1 and not ISO:
         # A non-finite v makes some acc non-finite (p * NaN, p * inf), as do
         # non-finite logits; either way the ISO launch redoes the tile.
-        if tl.max(tl.max((acc * 0.0 != 0.0).to(tl.int32), 1), 0) > 0:
-            tl.store(NONFINITE, 1)
+        tl.store(NONFINITE + tile, tl.max(tl.max((acc * 0.0 != 0.0).to(tl.int32), 1), 0))
     o = acc * (1.0 / l_i)[:, None]
     if BOUNDED:
         lse = tl.log2(l_i) * 0.6931471805599453
@@ -351,8 +353,8 @@ def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int,
     cap = float(softcap)
     variant = fwd_variant(cfg, qkv.dtype, cap, frame_paddings is not None, L, E)
     grid = (B * num_jb * num_lb, H)
-    # packed tiles: a flag for the second, isolating launch (see _fwd_kernel)
-    nonfinite = torch.zeros(1, dtype=torch.int32, device=qkv.device) if G > 1 else lse
+    # packed tiles: a flag per tile for the second, isolating launch (see _fwd_kernel)
+    nonfinite = torch.empty(grid[0] * grid[1], dtype=torch.int32, device=qkv.device) if G > 1 else lse
     args = (
         qkv, out, lse, pad, nonfinite,
         qkv.stride(0), s_qj, s_qi, qkv.stride(3),

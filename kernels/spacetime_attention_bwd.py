@@ -148,12 +148,13 @@ def _bwd_dkdv_kernel(
 ):
     # RAGGED: L is no multiple of LPQ, so the last query tile has rows past L.
     # Packed tiles (G > 1) run in two launches, as the forward's do (see
-    # _fwd_kernel): plain dots first, flagging a tile whose dq, dk or dv
-    # holds a non-finite value; after a flag, the ISO launch redoes every
-    # tile with the isolating dots. In one launch the three _iso_dots held
+    # _fwd_kernel): plain dots first, each tile writing its flag (1: its dq,
+    # dk or dv holds a non-finite value); the ISO launch redoes the flagged
+    # tiles with the isolating dots. In one launch the three _iso_dots held
     # 239-255 registers, and a 48-byte stack at E = 88 (sm_90).
+    tile = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
     if ISO:
-        if tl.load(NONFINITE) == 0:
+        if tl.load(NONFINITE + tile) == 0:
             return
     BM: tl.constexpr = G * LPQ
     BN: tl.constexpr = G * LPK
@@ -235,8 +236,7 @@ def _bwd_dkdv_kernel(
             tl.store(DQKV + q_g + (h * E + e[None, :]) * s_gc, dq.to(DQKV.dtype.element_ty), mask=qmask)
     if G > 1 and not ISO:
         nonfinite = tl.maximum(nonfinite, tl.max(tl.max(((dk * 0.0 != 0.0) | (dv * 0.0 != 0.0)).to(tl.int32), 1), 0))
-        if nonfinite > 0:
-            tl.store(NONFINITE, 1)
+        tl.store(NONFINITE + tile, nonfinite)
     g_off = b.to(tl.int64) * s_gb + jk.to(tl.int64)[:, None] * s_gj + ik[:, None] * s_gi + (h * E + e[None, :]) * s_gc
     tl.store(DQKV + g_off + (H * E) * s_gc, (dk * qk_scale).to(DQKV.dtype.element_ty), mask=kmask)
     tl.store(DQKV + g_off + (2 * H * E) * s_gc, dv.to(DQKV.dtype.element_ty), mask=kmask)
@@ -288,10 +288,10 @@ def spacetime_attention_bwd_triton(grad_out, qkv, out, lse, axis, num_heads, sof
             RAGGED=L % cfg["LPK"] != 0, **flags(cfg))
     num_jb, num_kb = triton.cdiv(J, kv_cfg["G"]), triton.cdiv(L, kv_cfg["LPK"])
     packed = kv_cfg["G"] > 1
-    nonfinite = torch.zeros(1, dtype=torch.int32, device=qkv.device) if packed else lse  # see _bwd_dkdv_kernel
+    grid = (B * num_jb * num_kb, H)
+    nonfinite = torch.empty(grid[0] * grid[1], dtype=torch.int32, device=qkv.device) if packed else lse  # per tile
     args = (qkv, out, do, lse, delta, pad, dqkv, nonfinite, *common, J, L, num_jb, num_kb, H, E, *consts, 1.0 / L)
     kv_flags = dict(FUSED=fused, RAGGED=L % kv_cfg["LPQ"] != 0, **flags(kv_cfg))
-    grid = (B * num_jb * num_kb, H)
     launch(_bwd_dkdv_kernel, grid, *args, **kv_flags)
     if packed:
         launch(_bwd_dkdv_kernel, grid, *args, ISO=True, **kv_flags)

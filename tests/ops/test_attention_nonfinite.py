@@ -23,7 +23,9 @@ KERNELS = [("triton", "cpu", torch.float32),
 H, E = 2, 16
 # (B, T, S): both axes pack several sequences per tile; S = 70 runs the space
 # axis one sequence per tile, its last query tile ragged (rows past L).
-SHAPES = {"packed": (1, 3, 4), "ragged": (1, 2, 70)}
+# "tiles": many packed time-axis tiles in two batches, the bad value in the
+# last sequence: each tile's own flag decides whether it is redone.
+SHAPES = {"packed": (1, 3, 4), "ragged": (1, 2, 70), "tiles": (2, 3, 40)}
 
 
 def _same_nonfinite(name, got, want, tol=1e-4):
@@ -42,7 +44,7 @@ def _run(backend, qkv, axis, grad_out, pad=None):
     return out.detach(), g
 
 
-@pytest.mark.parametrize("axis,shape", [("space", "packed"), ("time", "packed"), ("space", "ragged")])
+@pytest.mark.parametrize("axis,shape", [("space", "packed"), ("time", "packed"), ("space", "ragged"), ("time", "tiles")])
 @pytest.mark.parametrize("part", ["q", "k", "v", "grad"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
 @pytest.mark.parametrize("pads", [None, "zeros", "last"])
@@ -56,10 +58,11 @@ def test_nonfinite_stays_in_its_sequence(axis, shape, part, bad, pads, kernel, d
     gen = torch.Generator().manual_seed(0)
     qkv = torch.randn(B, T, S, 3 * H * E, generator=gen)
     grad_out = torch.randn(B, T, S, H * E, generator=gen)
+    at = (B - 1, 0, S - 1) if shape == "tiles" else (0, 0, 0)
     if part == "grad":
-        grad_out[0, 0, 0, 3] = bad
+        grad_out[at + (3,)] = bad
     else:
-        qkv[0, 0, 0, "qkv".index(part) * H * E + 3] = bad
+        qkv[at + ("qkv".index(part) * H * E + 3,)] = bad
     # Paddings switch the kernels to their masked paths (running max, masked
     # rows and keys); "last" pads the last frame: a key of every time-axis
     # sequence, a whole space-axis sequence.
@@ -75,7 +78,11 @@ def test_nonfinite_stays_in_its_sequence(axis, shape, part, bad, pads, kernel, d
     _same_nonfinite(f"out {axis} {part}", out_t, out_r, tol)
     _same_nonfinite(f"grad {axis} {part}", g_t, g_r, tol)
     # The other sequences of the tile are untouched.
-    other = (slice(None), slice(1, None)) if axis == "space" else (slice(None), slice(None), slice(1, None))
+    other = torch.ones(B, T, S, dtype=torch.bool, device=device)
+    if axis == "space":
+        other[at[0], at[1], :] = False
+    else:
+        other[at[0], :, at[2]] = False
     assert torch.isfinite(out_t[other]).all() and torch.isfinite(g_t[other]).all()
 
 
