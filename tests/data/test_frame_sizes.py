@@ -1,4 +1,5 @@
-"""Frame sizes read from VP8, VP9 and MJPEG packet headers (frame_sizes.py):
+"""Frame sizes read from VP8, VP9 and MJPEG packet headers and H.264/HEVC
+parameter sets (frame_sizes.py, h26x_sizes.py):
 they equal the decoded sizes, and a stream that changes size midway is kept
 off DALI, whose decoder would misread the frames after the change."""
 import fractions
@@ -67,7 +68,7 @@ def _frames(n, h, w, seed=0):
 def _parsed_and_decoded(path):
     with av.open(path) as c:
         stream = c.streams.video[0]
-        tracker = SizeTracker(stream.codec_context.codec.canonical_name)
+        tracker = SizeTracker(stream.codec_context.codec.canonical_name, stream.codec_context.extradata)
         for packet in c.demux(stream):
             if packet.size:
                 tracker.feed(packet)
@@ -102,9 +103,68 @@ def test_a_stream_that_changes_size_is_kept_off_dali(tmp_path, codec, ext, pix):
 
 
 def test_unreadable_headers_make_the_answer_unknown():
-    for codec, data in (("vp9", b"\x00\x01"), ("vp8", b"\x00\x00\x00\x00\x00\x00"), ("mjpeg", b"\xff\xd8\xff\xda")):
+    for codec, data in (("vp9", b"\x00\x01"), ("vp8", b"\x00\x00\x00\x00\x00\x00"), ("mjpeg", b"\xff\xd8\xff\xda"),
+                        ("h264", b"\x00\x00\x01\x67\x64"), ("hevc", b"\x00\x00\x00\x01\x42\x01\x01")):
         tracker = SizeTracker(codec)
         tracker.feed(data)
         assert tracker.varies is None, codec
     with pytest.raises(ValueError, match="frame sizes are read for"):
-        SizeTracker("h264")
+        SizeTracker("av1")
+
+
+# H.264 and HEVC (DALI's GPU decoder): sizes from every SPS, in the
+# configuration record (MP4, MKV) or in band (MPEG-TS). (size, pix): cropped
+# sizes (not multiples of 16; odd where the chroma format allows), 4:2:2
+# with interlaced coding (frame_mbs_only_flag = 0), scaling lists (cqm=jvt),
+# 4:4:4, monochrome.
+X265 = {"x265-params": "log-level=error"}
+H26X = [
+    ("libx264", "mp4", "yuv420p", {"x264-params": "cqm=jvt"}, (38, 54)),
+    ("libx264", "ts", "yuv422p", {"x264-params": "interlaced=1"}, (36, 50)),
+    ("libx264", "mkv", "yuv444p", {}, (39, 55)),
+    ("libx264", "mp4", "gray", {}, (33, 17)),
+    ("libx265", "ts", "yuv420p", X265, (38, 54)),
+    ("libx265", "mkv", "yuv444p", X265, (39, 55)),
+]
+
+
+@pytest.mark.parametrize("codec,ext,pix,opts,size", H26X, ids=[f"{c}-{e}-{p}" for c, e, p, _, _ in H26X])
+def test_parameter_set_sizes_equal_decoded_sizes(tmp_path, codec, ext, pix, opts, size):
+    h, w = size
+    path = _write(tmp_path / f"v.{ext}", codec, pix, opts, [_frames(6, h, w)])
+    tracker, decoded = _parsed_and_decoded(path)
+    assert tracker.sizes == decoded == {(w, h)} and tracker.varies is False
+    changing = _write(tmp_path / f"c.{ext}", codec, pix, opts, [_frames(5, h, w), _frames(5, 24, 72, seed=1)])
+    tracker, decoded = _parsed_and_decoded(changing)
+    assert tracker.sizes == decoded == {(w, h), (72, 24)} and tracker.varies is True
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_h26x_that_changes_size_is_kept_off_dalis_gpu_decoder(tmp_path, codec):
+    opts = X265 if codec == "libx265" else {}
+    path = _write(tmp_path / "c.ts", codec, "yuv420p", opts, [_frames(5, 48, 64), _frames(5, 36, 80, seed=1)])
+    assert any("change size midway" in r for r in dali_backend.file_reasons(pyav_backend.probe(path), "gpu"))
+    # a file as muxers usually write it: the SPS in the configuration record only
+    same = tmp_path / "s.mp4"
+    with av.open(str(same), "w") as c:
+        s = c.add_stream(codec, rate=10, options=opts)
+        s.height, s.width, s.pix_fmt = 48, 64, "yuv420p"
+        for i, rgb in enumerate(_frames(5, 48, 64)):
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    assert pyav_backend.probe(str(same)).frame_sizes_vary() is False
+    assert not any("size" in r for r in dali_backend.file_reasons(pyav_backend.probe(str(same)), "gpu"))
+
+
+def test_length_prefixed_packets_read_as_annex_b_give_no_answer(tmp_path):
+    """Without the configuration record the packets' framing is unknown: a
+    guess would read made-up sizes out of slice data and answer "constant"."""
+    path = _write(tmp_path / "c.mkv", "libx264", "yuv444p", {}, [_frames(5, 40, 56), _frames(5, 24, 72, seed=1)])
+    with av.open(path) as c:
+        tracker = SizeTracker("h264")  # extradata not passed
+        for packet in c.demux(c.streams.video[0]):
+            if packet.size:
+                tracker.feed(packet)
+    assert tracker.varies is None

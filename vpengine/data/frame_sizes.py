@@ -1,12 +1,13 @@
-"""Frame sizes read from the compressed packets of VP8, VP9 and MJPEG streams.
+"""Frame sizes read from the compressed packets of VP8, VP9, MJPEG, H.264 and HEVC streams.
 
 DALI's decoders take a stream's first frame size for all of it: a stream that
 changes resolution midway comes out with its later frames' rows misread (a
 sheared picture, no error). The demuxer reports one size per stream, so
 before a file goes to DALI (``VideoProbe.frame_sizes_vary``) each packet's
 own header is read: a few bytes of it, for the codecs DALI's CPU decoder
-takes (H.264, HEVC, AV1 and MPEG-4 Part 2, which only DALI's GPU decoder
-takes, are not read).
+takes, and the sequence parameter sets of H.264 and HEVC (h26x_sizes.py),
+which its GPU decoder takes. AV1 and MPEG-4 Part 2, the GPU decoder's other
+codecs, are not read.
 
 - VP8: a key frame's header holds its size; inter frames keep it.
 - VP9: the uncompressed header (VP9 bitstream spec, section 6.2) of every
@@ -14,13 +15,16 @@ takes, are not read).
   their size, inter frames take one of their references' (tracked through
   the 8 reference slots and ``refresh_frame_flags``) or give their own.
 - MJPEG: each frame's SOF segment.
+- H.264, HEVC: every SPS, in the configuration record and in band.
 
 A header this module cannot read makes the answer unknown, never "constant":
 the caller then keeps DALI off the file.
 """
 from __future__ import annotations
 
-TRACKED = frozenset({"vp8", "vp9", "mjpeg"})
+from . import h26x_sizes
+
+TRACKED = frozenset({"vp8", "vp9", "mjpeg", "h264", "hevc"})
 _HEAD = 4096  # bytes of a packet read for its header (a JPEG's SOF follows its tables)
 _VP9_HEAD = 32  # a VP9 uncompressed header up to its frame size: at most ~110 bits
 _TAIL = 64  # and of its end, for a VP9 superframe index (at most 2 + 4 * 8 bytes)
@@ -44,17 +48,26 @@ class SizeTracker:
     """Feed a stream's packets in decode order; :attr:`varies` says whether
     the frames' sizes change (None: a header could not be read)."""
 
-    def __init__(self, codec: str):
+    def __init__(self, codec: str, extradata: bytes | None = None):
+        """``extradata``: the stream's codec extradata; H.264 and HEVC keep
+        their first parameter sets (and the packets' NAL length size) there."""
         if codec not in TRACKED:
             raise ValueError(f"frame sizes are read for {sorted(TRACKED)} only; got {codec!r}")
         self.codec = codec
         self.sizes: set[tuple[int, int]] = set()
         self.unreadable = False
         self.slots: list[tuple[int, int] | None] = [None] * 8  # VP9 reference frames
+        self.length_size: int | None = None  # H.264/HEVC: None for Annex B start codes
+        if codec in h26x_sizes.SPS_SIZE:
+            try:
+                self.length_size, sps = h26x_sizes.config_record(codec, bytes(extradata or b""))
+                self.sizes.update(h26x_sizes.SPS_SIZE[codec](nal) for nal in sps)
+            except (IndexError, ValueError):
+                self.unreadable = True
 
     @property
     def varies(self) -> bool | None:
-        if self.unreadable:
+        if self.unreadable or not self.sizes:  # no size seen: no answer either
             return None
         return len(self.sizes) > 1
 
@@ -66,6 +79,9 @@ class SizeTracker:
         try:
             if self.codec == "vp9":
                 self._vp9(view)
+            elif self.codec in h26x_sizes.SPS_SIZE:
+                for nal in h26x_sizes.sps_nals(self.codec, view, self.length_size):
+                    self.sizes.add(h26x_sizes.SPS_SIZE[self.codec](nal))
             else:
                 size = (_vp8 if self.codec == "vp8" else _jpeg)(view[:_HEAD].tobytes())
                 if size is not None:

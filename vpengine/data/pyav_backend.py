@@ -86,10 +86,11 @@ class VideoProbe:
 
     def frame_sizes_vary(self) -> bool | None:
         """Whether the frames' sizes change midway, read from the packets' own
-        headers (frame_sizes.py) for the codecs DALI's CPU decoder takes;
-        None for the others, or where a header cannot be read. DALI misreads
-        the frames after a change. A second pass over the packets (about 10
-        us each in VP9), so only when DALI is considered, once per file."""
+        headers (frame_sizes.py) for VP8, VP9, MJPEG, H.264 and HEVC; None
+        for the others, or where a header cannot be read. DALI's CPU decoder
+        misreads the frames after a change. A second pass over the packets
+        (about 10 us each in VP9), so only when DALI is considered, once per
+        file."""
         if self.size_varies is not None or self.codec not in TRACKED:
             return self.size_varies
         st = os.stat(self.path)
@@ -149,10 +150,11 @@ def _quarter_turns(path: str, size: int, mtime_ns: int, ctime_ns: int, index: in
 
 @lru_cache(maxsize=65536)
 def _size_varies(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int, codec: str) -> bool | None:
-    tracker = SizeTracker(codec)
     try:
         with _open(_av(), path) as container:
-            for packet in container.demux(container.streams.video[index]):
+            stream = container.streams.video[index]
+            tracker = SizeTracker(codec, stream.codec_context.extradata)
+            for packet in container.demux(stream):
                 if packet.size:
                     tracker.feed(packet)
     except Exception as e:
