@@ -168,3 +168,16 @@ def test_length_prefixed_packets_read_as_annex_b_give_no_answer(tmp_path):
             if packet.size:
                 tracker.feed(packet)
     assert tracker.varies is None
+
+
+def test_parameter_sets_of_other_hevc_layers_are_not_the_frames_size(tmp_path):
+    """MV-HEVC (a phone's spatial video) carries a second layer's SPS, in
+    other syntax; a base-layer decoder outputs the base layer's size."""
+    path = _write(tmp_path / "v.ts", "libx265", "yuv420p", X265, [_frames(4, 40, 56)])
+    layer1_sps = bytes([33 << 1, 1 << 3 | 1]) + b"\xff" * 12  # nuh_layer_id 1, unparseable as a base SPS
+    tracker = SizeTracker("hevc")
+    with av.open(path) as c:
+        for i, packet in enumerate(c.demux(c.streams.video[0])):
+            if packet.size:
+                tracker.feed(bytes(packet) + (b"\x00\x00\x01" + layer1_sps if i == 0 else b""))
+    assert tracker.sizes == {(56, 40)} and tracker.varies is False

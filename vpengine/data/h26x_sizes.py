@@ -224,5 +224,11 @@ def sps_nals(codec: str, packet: memoryview, length_size: int | None) -> Iterato
     for nal in nals:
         if nal[0] & 0x80:
             raise ValueError("NAL unit with forbidden_zero_bit set (not an H.264/HEVC stream as framed)")
-        if nal_type(codec, nal) == want:
+        if nal_type(codec, nal) == want and (codec == "h264" or _base_layer(nal)):
             yield bytes(nal[:_SPS_MAX])
+
+
+def _base_layer(nal) -> bool:
+    # nuh_layer_id: an SPS of another layer (MV-HEVC, e.g. a phone's spatial
+    # video) has other syntax and is not what a base-layer decoder outputs.
+    return len(nal) > 1 and ((nal[0] & 1) << 5 | nal[1] >> 3) == 0
