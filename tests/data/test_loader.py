@@ -1,5 +1,6 @@
 """Manifests and ClipLoader: formats, determinism for a seed, rank sharding, prefetch."""
 import json
+import os
 
 import pytest
 import torch
@@ -65,6 +66,32 @@ def test_manifest_errors_name_the_line(tmp_path, text, ext, match):
     p = tmp_path / f"m.{ext}"
     p.write_text(text)
     with pytest.raises(ValueError, match=match):
+        read_manifest(p)
+
+
+def test_tsv_has_no_quoting(tmp_path):
+    """A caption that begins with a quote mark is text: CSV's quoting rules
+    made an unbalanced one swallow every row after it, silently."""
+    p = tmp_path / "m.tsv"
+    p.write_text('path\tcaption\n'
+                 'a.mp4\t"Stop!" she shouts\n'
+                 'b.mp4\t"Hello, said the man\n'
+                 'c.mp4\t"""Quoted"" by pandas"\n'
+                 'd.mp4\ta cat sleeps\n')
+    rows = read_manifest(p)
+    assert [r.caption for r in rows] == ['"Stop!" she shouts', '"Hello, said the man', '"Quoted" by pandas',
+                                         "a cat sleeps"]
+
+
+@pytest.mark.parametrize("header", ["path, caption, start, end", "Path,Caption,Start,End",
+                                    "path,caption,time_start,time_end", " PATH ,Text,start_time,END_TIME"])
+def test_csv_column_names_ignore_case_and_spaces(tmp_path, header):
+    p = tmp_path / "m.csv"
+    p.write_text(f"{header}\nclip.mp4, a dog runs, 12.5, 18\n")
+    (e,) = read_manifest(p)
+    assert (os.path.basename(e.path), e.caption, e.start_time, e.end_time) == ("clip.mp4", "a dog runs", 12.5, 18.0)
+    p.write_text("path,Path\na.mp4,b.mp4\n")
+    with pytest.raises(ValueError, match="two columns name the same field"):
         read_manifest(p)
 
 

@@ -2,8 +2,9 @@
 
 One row per clip (JSON: one object per line, or one array of objects),
 with a ``path`` and optionally a ``caption`` and a time
-window ``start``/``end`` in seconds (``start_time``/``end_time`` and ``text``
-are accepted as aliases)::
+window ``start``/``end`` in seconds (``start_time``/``end_time``,
+``time_start``/``time_end`` and ``text`` are accepted as aliases; names are
+matched without regard to case or surrounding spaces)::
 
     {"path": "videos/a.mp4", "caption": "a dog runs", "start": 1.5, "end": 6.0}
     {"path": "videos/b.webm"}
@@ -11,6 +12,10 @@ are accepted as aliases)::
     path,caption,start,end
     videos/a.mp4,a dog runs,1.5,6.0
     videos/b.webm,,,
+
+A CSV may put a space after each comma. A TSV has no quoting (a caption may
+begin with a quote mark); a field wholly in CSV-style quotes, as pandas
+writes one holding a quote mark, is unquoted.
 
 Relative paths are resolved against ``root`` (default: the manifest's own
 folder). A malformed row is a mistake in the manifest, not a bad video, so it
@@ -26,7 +31,8 @@ import os
 from dataclasses import dataclass
 
 _ALIASES = {"path": ("path", "video", "file"), "caption": ("caption", "text"),
-            "start": ("start", "start_time"), "end": ("end", "end_time")}
+            "start": ("start", "start_time", "time_start"), "end": ("end", "end_time", "time_end")}
+_NAMES = frozenset(k for keys in _ALIASES.values() for k in keys)
 
 
 @dataclass(frozen=True)
@@ -40,12 +46,25 @@ class ManifestEntry:
     index: int = 0
 
 
+def _key(name) -> object:
+    return name.strip().lower() if isinstance(name, str) else name
+
+
 def _field(row: dict, name: str):
     for key in _ALIASES[name]:
         value = row.get(key)
         if value is not None and value != "":
             return value
     return None
+
+
+def _tsv_field(value):
+    """A TSV field as written: unquoted unless wholly in CSV-style quotes."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        inner = value[1:-1]
+        if '"' not in inner.replace('""', ""):
+            return inner.replace('""', '"')
+    return value
 
 
 def _time(value, name: str, where: str) -> float | None:
@@ -67,9 +86,13 @@ def _entry(row: dict, index: int, root: str, where: str) -> ManifestEntry:
         raise ValueError(f"{where}: each row must be an object with a 'path'; got {type(row).__name__}")
     if None in row:  # csv.DictReader files fields past the header under None
         raise ValueError(f"{where}: the row has more fields than the header names ({row[None]!r} left over)")
+    named = {_key(k): v for k, v in row.items() if _key(k) in _NAMES}
+    if len(named) < sum(_key(k) in _NAMES for k in row):
+        raise ValueError(f"{where}: two columns name the same field once case and spaces are ignored: {sorted(row)}")
+    keys, row = sorted(map(str, row)), named
     path = _field(row, "path")
     if path is None:
-        raise ValueError(f"{where}: row has no 'path' (keys: {sorted(row)})")
+        raise ValueError(f"{where}: row has no 'path' (keys: {keys})")
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if not isinstance(path, str):  # JSON numbers, objects and lists are not file names
@@ -127,10 +150,16 @@ def read_manifest(manifest, root: str | None = None) -> list[ManifestEntry]:
                 entries.append(_entry(row, len(entries), base, where))
     elif ext in (".csv", ".tsv"):
         with open(manifest, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
-            if reader.fieldnames is None or not any(k in reader.fieldnames for k in _ALIASES["path"]):
-                raise ValueError(f"{manifest}: the CSV header must name a 'path' column; got {reader.fieldnames}")
+            if ext == ".tsv":  # no quoting: a leading quote mark must not swallow the rows after it
+                reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            else:
+                reader = csv.DictReader(f, skipinitialspace=True)
+            names = [_key(k) for k in reader.fieldnames or ()]
+            if not any(k in names for k in _ALIASES["path"]):
+                raise ValueError(f"{manifest}: the header must name a 'path' column; got {reader.fieldnames}")
             for lineno, row in enumerate(reader, 2):
+                if ext == ".tsv":
+                    row = {k: _tsv_field(v) for k, v in row.items()}
                 entries.append(_entry(row, len(entries), base, f"{manifest}:{lineno}"))
     else:
         raise ValueError(f"manifest must end in .jsonl, .json, .csv or .tsv; got {manifest!r}")
