@@ -247,3 +247,10 @@ def test_path_types(tmp_path):
     m.write_text('{"path": {"file": "a.webm"}}\n')
     with pytest.raises(ValueError, match=r"m.jsonl:1: path must be a string"):
         read_manifest(m)
+
+
+@pytest.mark.parametrize("threads", ["2", -1, 1.5, True])
+def test_a_bad_thread_count_is_not_a_bad_file(tmp_path, threads):
+    path = _encode_late(str(tmp_path / "v.mp4"), "libx264", 4, 0)
+    with pytest.raises(ValueError, match="threads must be an integer"):
+        read_clip(path, ClipSpec(2, size=None), backend="pyav", threads=threads)

@@ -175,6 +175,9 @@ def read_clip(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    # Checked here: inside the decode, a bad count would read as a corrupt file.
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
+        raise ValueError(f"threads must be an integer >= 0 (0: FFmpeg's choice); got {threads!r}")
     path = _path(path)
     plan = plan_clip(path, spec, seed)
     device = torch.device(device) if device is not None else None
