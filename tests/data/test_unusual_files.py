@@ -138,6 +138,48 @@ def test_truncated_files_without_an_index_raise(tmp_path, name, codec):
         read_clip(tmp_path / name, ClipSpec(4, size=None), backend="pyav")
 
 
+@pytest.mark.parametrize("name,codec", [("cut.avi", "libx264"), ("cut.ivf", "libvpx-vp9"), ("cut.flv", "libx264")])
+def test_a_last_packet_cut_short_is_truncation(tmp_path, name, codec):
+    """Cut a few percent short: within the declared duration's slack, but the
+    demuxer flags the partial last packet corrupt (IVF declares nothing)."""
+    noisy = np.random.default_rng(0).integers(0, 256, (60, 48, 64, 3), dtype=np.uint8)
+    data = open(encode_video(tmp_path / f"full_{name}", noisy, codec, fps=FPS), "rb").read()
+    (tmp_path / name).write_bytes(data[: int(len(data) * 0.97)])
+    with pytest.raises(BadVideoError, match="truncated"):
+        read_clip(tmp_path / name, ClipSpec(4, size=None), backend="pyav")
+
+
+@pytest.mark.parametrize("name", ["cut.ts", "cut.nut"])
+def test_a_frame_cut_short_in_a_stream_without_an_end_is_not_returned(tmp_path, name):
+    """MPEG-TS and NUT declare no end and do not flag the partial packet:
+    the decoder flags the frame it concealed. Clips without it still read."""
+    noisy = np.random.default_rng(0).integers(0, 256, (60, 48, 64, 3), dtype=np.uint8)
+    full = encode_video(tmp_path / f"full_{name}", noisy, "libx264", fps=FPS)
+    data = open(full, "rb").read()
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    n = read_clip(tmp_path / name, ClipSpec(2, size=None), backend="pyav")[1].num_source_frames
+    with pytest.raises(BadVideoError, match=rf"frames \[{n - 1}\] decoded with errors"):
+        read_clip(tmp_path / name, ClipSpec(n, size=None), backend="pyav")
+    _, info = read_clip(tmp_path / name, ClipSpec(n - 1, sampling="stride", stride=1), backend="pyav")
+    assert info.frame_indices == list(range(n - 1))
+
+
+def test_a_recording_that_starts_mid_gop(tmp_path):
+    """An MPEG-TS capture cut at a P-frame: the frames before the first
+    keyframe lack their references and decoders drop them; they are not
+    counted, so uniform sampling (which wants frame 0) still reads."""
+    lv = index_frames(34)
+    full = encode_video(tmp_path / "gop.ts", np.concatenate([lv, lv]), "libx264", fps=FPS, gop=10)
+    with av.open(full) as c:
+        pos = [p.pos for p in c.demux(video=0) if p.size][34]  # 4 frames after keyframe 30
+    path = tmp_path / "midgop.ts"
+    path.write_bytes(open(full, "rb").read()[pos:])
+    frames, info = read_clip(path, ClipSpec(16, size=None), backend="pyav")
+    assert info.num_source_frames == 68 - 40
+    # source frame 40 (the keyframe, index frame 6 of the second copy) comes first
+    assert gray_index(frames) == [(40 + i) % 34 for i in info.frame_indices]
+
+
 def test_audio_outlasting_video_is_not_truncation(tmp_path):
     path = str(tmp_path / "av.mkv")
     with av.open(path, "w") as out:

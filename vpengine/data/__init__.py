@@ -43,7 +43,12 @@ Files as players show them: frames come out upright (rotation metadata
 applied, by every backend), the lead-in frames of an MP4 edit list are not
 frames, and a stream that changes resolution midway is resized frame by
 frame. A file cut short raises BadVideoError even where its container still
-demuxes (Matroska, WebM, AVI), as do repeated timestamps.
+demuxes (Matroska, WebM, AVI; a last packet the demuxer flags as cut short
+in IVF, FLV, AVI), as do repeated timestamps and wanted frames the decoder
+flags as concealed (a last frame cut short in MPEG-TS or NUT, which declare
+no end; a clip without that frame still reads). A recording that starts
+mid-GOP (an MPEG-TS capture) starts at its first keyframe: the frames
+before it cannot be decoded and are not counted.
 """
 from .clip import BACKENDS, ClipInfo, read_clip
 from .errors import BackendUnsupported, BadFile, BadVideoError

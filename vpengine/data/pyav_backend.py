@@ -214,24 +214,32 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             # AVI has no presentation times (FFmpeg numbers its packets): with a
             # reordering codec the numbers may follow decode order.
             suspect = container.format.name == "avi" and bool(ctx.has_b_frames)
-            pts, key, demuxed, end = [], [], 0, None
+            pts, key, demuxed, end, cut = [], [], 0, None, False
+            lead = 0  # frames demuxed before the first keyframe
             for packet in container.demux(stream):
                 demuxed += packet.size > 0 or packet.pts is not None  # not the flush packet at the end
                 if packet.size == 0:  # the flush packet, or an empty sample (a dropped frame)
                     continue
                 if packet.pts is None:
                     raise BadVideoError(path, "a packet has no timestamp; cannot index frames")
+                cut = packet.is_corrupt  # of the last packet: a read that hit the end of the file
                 if packet.is_keyframe:  # a discarded keyframe is still a seek point
                     key.append((int(packet.pts), int(packet.pts if packet.dts is None else packet.dts)))
                 if packet.is_discard:
                     continue
                 pts.append(int(packet.pts))
+                lead += not key
                 stop = packet.pts + (packet.duration or 0)
                 end = stop if end is None else max(end, stop)
     except BadVideoError:
         raise
     except Exception as e:  # av.error.* (InvalidDataError, ...), OSError, UnicodeDecodeError
         raise _wrap(path, e, "cannot open as a video") from e
+    if key and (lead or min(pts) < key[0][0]):
+        # A recording that starts mid-GOP (an MPEG-TS capture, say): the frames
+        # before its first keyframe, in decode or display order, lack their
+        # references and decoders drop them. They are not the file's frames.
+        pts = [p for p in pts[lead:] if p >= key[0][0]]
     if not pts:  # another video stream may have them (ffmpeg would take that one)
         return _demux(path, _empty | {index})
     if tb is None:
@@ -243,6 +251,8 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     pts.sort()
     fps = float(rate) if rate else (len(pts) - 1) / max(float((pts[-1] - pts[0]) * tb), 1e-9)
     _check_complete(path, declared, demuxed, float(end * tb), fps)
+    if cut:  # short of nothing the header declares, or declaring nothing (IVF, AVI within its slack)
+        raise BadVideoError(path, "truncated: the last packet is cut short (the demuxer flags it corrupt)")
     if suspect and in_order:
         st = os.stat(path)
         by_order = _output_reorders(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, index)

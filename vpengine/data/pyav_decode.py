@@ -8,7 +8,9 @@ frames spread over a long video cost about 16 GOPs of decoding, not the whole
 file. A seek that does not begin at an intra picture, or a frame the seeks
 could not produce (say, an open-GOP leading picture), triggers one retry that
 decodes linearly from the start; still missing means the file is truncated or
-corrupt.
+corrupt. So does a wanted frame the decoder flags as decoded with errors
+(a frame cut short at the end of an MPEG-TS or NUT file, whose demuxers
+cannot tell): its pixels are the decoder's concealment, not the video.
 """
 from __future__ import annotations
 
@@ -48,8 +50,11 @@ def _skips_a_gop(vp: VideoProbe, position: int | None, kf: int) -> bool:
     return bisect.bisect_left(vp.keyframe_pts, kf) - bisect.bisect_right(vp.keyframe_pts, position) >= 1
 
 
-def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int) -> dict[int, np.ndarray]:
+def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int,
+            damaged: set[int] | None = None) -> dict[int, np.ndarray]:
+    """Wanted frames by pts; those decoded with errors go to ``damaged``."""
     got: dict[int, np.ndarray] = {}
+    damaged = set() if damaged is None else damaged
     with _open(av, vp.path) as container:
         stream = container.streams.video[vp.stream]
         stream.thread_type = "AUTO"  # frame + slice threads: 1.4x on 720p H.264 (toolchain notes)
@@ -66,7 +71,10 @@ def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int) -
                     continue
                 position = frame.pts
                 if frame.pts in wanted and frame.pts not in got:
-                    got[frame.pts] = _upright_rgb(frame)
+                    if frame.is_corrupt:
+                        damaged.add(frame.pts)
+                    else:
+                        got[frame.pts] = _upright_rgb(frame)
                 if frame.pts >= last:
                     break
     return got
@@ -128,7 +136,8 @@ def _upright_rgb(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb_HW3, k)) if k else rgb_HW3
 
 
-def _decode_in_output_order(av, vp: VideoProbe, want_pts: list[int], threads: int) -> dict[int, np.ndarray]:
+def _decode_in_output_order(av, vp: VideoProbe, want_pts: list[int], threads: int,
+                            damaged: set[int]) -> dict[int, np.ndarray]:
     """For ``display_by_output_order`` streams: the k-th frame out of the
     decoder is display frame k (``vp.pts[k]``). Linear from the start, as
     a keyframe's position in display order is not known from its timestamp."""
@@ -142,6 +151,9 @@ def _decode_in_output_order(av, vp: VideoProbe, want_pts: list[int], threads: in
             if k >= vp.num_frames:
                 break
             if vp.pts[k] in wanted:
+                if frame.is_corrupt:
+                    damaged.add(vp.pts[k])
+                    break
                 got[vp.pts[k]] = _upright_rgb(frame)
                 if len(got) == len(wanted):
                     break
@@ -158,18 +170,24 @@ def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> list[
     """
     av = _av()
     want = sorted({vp.pts[i] for i in indices})
+    damaged: set[int] = set()
     try:
         if vp.display_by_output_order:
-            got = _decode_in_output_order(av, vp, want, threads)
+            got = _decode_in_output_order(av, vp, want, threads, damaged)
         else:
             try:
-                got = _decode(av, vp, want, True, threads)
+                got = _decode(av, vp, want, True, threads, damaged)
             except _SeekPointNotIntra:
                 got = {}
-            if len(got) < len(want):
-                got = _decode(av, vp, want, False, threads)
+            if len(got) < len(want):  # a frame damaged after a seek may be whole from the start
+                damaged.clear()
+                got = _decode(av, vp, want, False, threads, damaged)
     except Exception as e:
         raise _wrap(vp.path, e, "decode failed (truncated or corrupt)") from e
+    if damaged:
+        bad = sorted(i for i in set(indices) if vp.pts[i] in damaged)
+        raise BadVideoError(vp.path, f"frames {bad[:8]} decoded with errors (the decoder flags them corrupt); "
+                                     "truncated or corrupt")
     if len(got) < len(want):
         missing = sorted(i for i in set(indices) if vp.pts[i] not in got)
         raise BadVideoError(
