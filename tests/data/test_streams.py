@@ -150,7 +150,7 @@ def test_avi_timestamps_in_decode_order(tmp_path, codec):
         assert info.num_source_frames == 20
         assert gray_index(frames) == info.frame_indices, T
     if codec == "libx264":
-        assert any("decode order" in w for w in dali_backend.file_reasons(vp, "gpu"))
+        assert any("output order" in w for w in dali_backend.file_reasons(vp, "gpu"))
 
 
 def test_intra_refresh_seek_points_are_not_trusted(tmp_path):

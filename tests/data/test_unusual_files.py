@@ -180,6 +180,19 @@ def test_a_recording_that_starts_mid_gop(tmp_path):
     assert gray_index(frames) == [(40 + i) % 34 for i in info.frame_indices]
 
 
+@pytest.mark.parametrize("name,codec,opts", [("raw.h264", "libx264", None),
+                                             ("raw.hevc", "libx265", {"x265-params": "log-level=error"})])
+def test_raw_elementary_streams_have_no_timestamps_but_read(tmp_path, name, codec, opts):
+    """A camera's .h264/.hevc file: no timestamps at all. Frames are numbered
+    in the order the decoder shows them (B-frames reordered), at the rate
+    the packets' durations give."""
+    path = encode_video(tmp_path / name, index_frames(20), codec, fps=FPS, codec_options=opts)
+    frames, info = read_clip(path, ClipSpec(8, size=None), backend="auto")
+    assert info.backend == "pyav" and info.num_source_frames == 20 and info.fps == pytest.approx(FPS)
+    assert gray_index(frames) == info.frame_indices == [0, 2, 5, 7, 10, 12, 15, 17]
+    assert info.timestamps == pytest.approx([i / FPS for i in info.frame_indices])
+
+
 def test_audio_outlasting_video_is_not_truncation(tmp_path):
     path = str(tmp_path / "av.mkv")
     with av.open(path, "w") as out:

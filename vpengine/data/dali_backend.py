@@ -72,7 +72,8 @@ def file_reasons(probe, device: str) -> list[str]:
         why.append(f"DALI's CPU decoder converts colour with the BT.601 matrix and this stream is tagged "
                    f"{_COLORSPACES.get(probe.colorspace, f'colorspace {probe.colorspace}')}")
     if probe.display_by_output_order:
-        why.append("its timestamps follow decode order, not display order (H.264 with B-frames in AVI)")
+        why.append("its frames are numbered by the decoder's output order, not by timestamps "
+                   "(H.264 with B-frames in AVI, or a raw elementary stream)")
     if probe.stream != 0:
         why.append(f"the video is stream {probe.stream} of the file's video streams and DALI decodes the first")
     if not why and probe.codec in TRACKED:  # the one check that reads the file: only if nothing else refuses it

@@ -57,7 +57,8 @@ class VideoProbe:
     codec: str  # FFmpeg's codec name ("h264", "av1"), not its decoder's ("libdav1d")
     stream: int = 0  # index among the file's video streams (not 0 after a leading cover image)
     # The timestamps follow decode order, not display order (H.264 with
-    # B-frames in AVI): display index k is then the decoder's k-th output.
+    # B-frames in AVI), or there are none (a raw elementary stream, numbered
+    # here): display index k is then the decoder's k-th output.
     display_by_output_order: bool = False
     colorspace: int = 2  # FFmpeg's AVColorSpace of the YUV->RGB matrix: 2 unspecified, 1 BT.709, 5/6 BT.601
     # Decode timestamp of each keyframe of ``keyframe_pts`` (its pts where the
@@ -216,20 +217,27 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             suspect = container.format.name == "avi" and bool(ctx.has_b_frames)
             pts, key, demuxed, end, cut = [], [], 0, None, False
             lead = 0  # frames demuxed before the first keyframe
+            untimed, tick = 0, None  # packets without timestamps; their duration
             for packet in container.demux(stream):
                 demuxed += packet.size > 0 or packet.pts is not None  # not the flush packet at the end
                 if packet.size == 0:  # the flush packet, or an empty sample (a dropped frame)
                     continue
-                if packet.pts is None:
-                    raise BadVideoError(path, "a packet has no timestamp; cannot index frames")
+                at = packet.pts
+                if at is None or untimed:
+                    # A raw H.264/HEVC elementary stream carries no timestamps:
+                    # frames are numbered as the demuxer gives them (decode
+                    # order) and read back by the decoder's output order.
+                    if at is not None or pts[untimed:]:
+                        raise BadVideoError(path, "some packets have timestamps and some none; cannot index frames")
+                    at, untimed, tick = untimed, untimed + 1, tick or packet.duration
                 cut = packet.is_corrupt  # of the last packet: a read that hit the end of the file
                 if packet.is_keyframe:  # a discarded keyframe is still a seek point
-                    key.append((int(packet.pts), int(packet.pts if packet.dts is None else packet.dts)))
+                    key.append((int(at), int(at if packet.dts is None or untimed else packet.dts)))
                 if packet.is_discard:
                     continue
-                pts.append(int(packet.pts))
+                pts.append(int(at))
                 lead += not key
-                stop = packet.pts + (packet.duration or 0)
+                stop = at + (1 if untimed else packet.duration or 0)
                 end = stop if end is None else max(end, stop)
     except BadVideoError:
         raise
@@ -242,6 +250,9 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
         pts = [p for p in pts[lead:] if p >= key[0][0]]
     if not pts:  # another video stream may have them (ffmpeg would take that one)
         return _demux(path, _empty | {index})
+    if untimed:  # frame numbers: the time base is one frame
+        rate = 1 / (tick * tb) if tick and tb else rate or Fraction(25)
+        tb = 1 / Fraction(rate)
     if tb is None:
         raise BadVideoError(path, "the video stream has no time base")
     # Real B-frame timestamps are out of order in decode order; sorted ones from
@@ -253,7 +264,9 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     _check_complete(path, declared, demuxed, float(end * tb), fps)
     if cut:  # short of nothing the header declares, or declaring nothing (IVF, AVI within its slack)
         raise BadVideoError(path, "truncated: the last packet is cut short (the demuxer flags it corrupt)")
-    if suspect and in_order:
+    if untimed:
+        by_order = True
+    elif suspect and in_order:
         st = os.stat(path)
         by_order = _output_reorders(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, index)
     else:
