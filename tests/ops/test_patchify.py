@@ -124,6 +124,16 @@ def test_float_input_is_differentiable_reshape():
     assert torch.equal(x.grad, unpatchify_ref(g, 18, 36, 36))
 
 
+@pytest.mark.parametrize("shape,patch", [((1, 2, 8, 4, 3), 4), ((1, 1, 3, 5, 3), 1)])
+def test_float_input_never_comes_back_as_a_view(shape, patch):
+    """One patch column (or P = 1) in the frames' own dtype: the layout change
+    is a no-op, and a view would let the result write into the frames."""
+    x = torch.rand(shape)
+    out = patchify(x, patch, torch.float32)
+    out.zero_()
+    assert x.abs().sum() > 0
+
+
 def test_errors_name_the_layout():
     with pytest.raises(ValueError, match=r"multiples of patch=18.*\[B, T, \(H/P\)\*\(W/P\), P\*P\*3\]"):
         patchify(_frames(1, 1, 36, 40), 18)

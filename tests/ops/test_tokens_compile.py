@@ -79,6 +79,22 @@ def test_compile_fullgraph_matches_eager():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
 
 
+def test_export_with_a_dynamic_token_count():
+    """token_scatter's num_tokens arrives as a torch.SymInt under torch.export."""
+    from torch.export import Dim, export
+
+    class Roundtrip(torch.nn.Module):
+        def forward(self, x, keep):
+            return token_scatter(token_gather(x, keep), keep, x.shape[1])
+
+    x, keep, *_ = _inputs()
+    ep = export(Roundtrip(), (x, keep), dynamic_shapes={"x": {1: Dim("n", min=5, max=64)}, "keep": None})
+    wide = torch.randn(2, 17, x.shape[2])
+    want = torch.zeros_like(wide).scatter(1, keep[..., None].expand(-1, -1, x.shape[2]), wide.gather(
+        1, keep[..., None].expand(-1, -1, x.shape[2])))
+    assert torch.equal(ep.module()(wide, keep), want)
+
+
 def test_native_ops_opcheck():
     """The C++ schemas with their CPU and Meta kernels (what the cpu backend calls)."""
     x, keep, perm, kept, mt, pos = _inputs(torch.bfloat16)

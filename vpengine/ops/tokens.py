@@ -222,7 +222,8 @@ def token_scatter(
     every other row ``fill [D]`` (the learnable mask token) or zero. keep_idx entries must be distinct."""
     _check_x(x_kept, "x_kept")
     _check_idx(keep_idx, "keep_idx", x_kept, tuple(x_kept.shape[:2]))
-    if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or num_tokens < 0:
+    # torch.SymInt: a dynamic token count under torch.export / compile
+    if not isinstance(num_tokens, (int, torch.SymInt)) or isinstance(num_tokens, bool) or num_tokens < 0:
         raise ValueError(f"num_tokens must be a non-negative int; got {num_tokens!r}")
     _check_param(fill, "fill", x_kept, (x_kept.shape[2],))
     return _pick(_scatter_op, _scatter_impl, x_kept, keep_idx, num_tokens, fill)

@@ -44,7 +44,10 @@ def patchify_ref(frames_BTHW3: torch.Tensor, patch: int, dtype: torch.dtype = to
     x_BTSK = x.reshape(B, T, gh * gw, P * P * 3)
     if frames_BTHW3.dtype == torch.uint8:
         return (x_BTSK.to(torch.float32) / 255).to(dtype)
-    return x_BTSK.to(dtype)
+    out = x_BTSK.to(dtype)
+    # One patch column (or P = 1) in the same dtype: reshape and to() both
+    # return views, and the caller's frames would change with the result.
+    return out.clone() if out._is_view() or out is frames_BTHW3 else out
 
 
 def unpatchify_ref(patches_BTSK: torch.Tensor, patch: int, height: int, width: int) -> torch.Tensor:
