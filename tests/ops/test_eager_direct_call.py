@@ -122,3 +122,24 @@ def test_jit_trace_records_the_custom_op():
     traced = torch.jit.trace(lambda a, k: token_gather(a, k), (x, keep), check_trace=False)
     assert "vpengine::token_gather(" in str(traced.graph), str(traced.graph)
     assert torch.equal(traced(x, keep), ref.token_gather_ref(x, keep))
+
+
+@pytest.mark.parametrize("backend", ["ref", "cpu"])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_a_dual_tensor_raises_on_every_backend(backend, requires_grad):
+    """No forward-AD formula: PyTorch would drop the tangent of a dual input
+    that does not require grad, silently, on the direct path or the custom op."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, keep, _ = _inputs()
+    if backends.registry("token_gather").reasons(backend, x, keep):
+        pytest.skip(f"no {backend} backend here")
+    qkv = torch.randn(1, 2, 3, 3 * 2 * 4)
+    with fwAD.dual_level(), use_backend(backend):
+        dual = fwAD.make_dual(x.requires_grad_(requires_grad), torch.randn_like(x))
+        with pytest.raises(NotImplementedError, match="no forward-mode AD"):
+            token_gather(dual, keep)
+        with pytest.raises(NotImplementedError, match="no forward-mode AD"):
+            spacetime_attention(fwAD.make_dual(qkv, torch.randn_like(qkv)), "space", 2)
+        # plain tensors inside a dual level still run
+        assert torch.equal(token_gather(x.detach(), keep), ref.token_gather_ref(x.detach(), keep))

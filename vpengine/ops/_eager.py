@@ -11,12 +11,17 @@ When nothing above the backend would do anything (no autograd to record, no
 tracing, no tensor subclass or mode to intercept the op) the result is the same
 without those layers. Everything else keeps the custom op: torch.compile,
 torch.jit.trace, autograd, FakeTensor, functorch transforms,
-TorchFunction/TorchDispatch modes. (Forward-mode AD is no reason: the custom
-ops have no forward-AD formula either way.)
+TorchFunction/TorchDispatch modes.
+
+Forward-mode AD: the custom ops have no forward-AD formula, and PyTorch
+drops the tangent of a dual input that does not require grad without a word
+(one that does raises). So a dual input raises here, on every path, rather
+than giving a tangent on one backend and none on another.
 """
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as _fwad
 
 _C = torch._C
 _function_mode = getattr(_C, "_is_torch_function_mode_enabled", None)
@@ -30,6 +35,13 @@ def direct_call_ok(*args: object) -> bool:
     """Whether the backend may be called directly with ``args`` (tensors,
     None and plain values) with the custom op's exact result and no lost side
     effect."""
+    if _fwad._current_level >= 0:  # inside forward_ad.dual_level()
+        for a in args:
+            if isinstance(a, torch.Tensor) and _fwad.unpack_dual(a).tangent is not None:
+                raise NotImplementedError(
+                    "vpengine ops have no forward-mode AD formula and an input is a dual tensor; "
+                    "use reverse mode (backward), or the pure-PyTorch functions in vpengine.ref")
+        return False
     if _function_mode is None or _dispatch_depth is None or _functorch_active is None or _jit_tracing is None:
         return False  # an older torch without these probes: always take the safe path
     if torch.compiler.is_compiling() or _function_mode() or _dispatch_depth() or _functorch_active():
