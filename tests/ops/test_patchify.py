@@ -176,3 +176,14 @@ def test_cuda_videoprism_shape(dtype):
     assert out.shape == (2, 16, 256, 972)
     _compare(out.cpu(), patchify_ref(x.cpu(), 18, dtype))
 
+
+
+@pytest.mark.gpu
+def test_cuda_ref_divides_as_the_cpu_does():
+    """On CUDA, x / 255 with a Python divisor multiplies by the reciprocal:
+    1 ulp off for 126 of the 256 values. The ref must equal its CPU self."""
+    x = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16, 1).expand(1, 1, 16, 16, 3).contiguous()
+    got = patchify_ref(x.cuda(), 4, torch.float32).cpu()
+    assert torch.equal(got, patchify_ref(x, 4, torch.float32))
+    with use_backend("triton"):
+        assert torch.equal(patchify(x.cuda(), 4, torch.float32).cpu(), got)

@@ -43,7 +43,11 @@ def patchify_ref(frames_BTHW3: torch.Tensor, patch: int, dtype: torch.dtype = to
     x = frames_BTHW3.reshape(B, T, gh, P, gw, P, 3).permute(0, 1, 2, 4, 3, 5, 6)
     x_BTSK = x.reshape(B, T, gh * gw, P * P * 3)
     if frames_BTHW3.dtype == torch.uint8:
-        return (x_BTSK.to(torch.float32) / 255).to(dtype)
+        # A divisor on the frames' device: PyTorch's CUDA division by a CPU
+        # scalar multiplies by its reciprocal, 1 ulp off the IEEE quotient
+        # (numpy's, the official preprocessing's) for 126 of the 256 values.
+        divisor = torch.full((), 255.0, dtype=torch.float32, device=x_BTSK.device)
+        return (x_BTSK.to(torch.float32) / divisor).to(dtype)
     out = x_BTSK.to(dtype)
     # One patch column (or P = 1) in the same dtype: reshape and to() both
     # return views, and the caller's frames would change with the result.
