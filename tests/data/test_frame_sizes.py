@@ -1,5 +1,5 @@
 """Frame sizes read from VP8, VP9 and MJPEG packet headers and H.264/HEVC
-parameter sets (frame_sizes.py, h26x_sizes.py):
+parameter sets (frame_sizes.py, h26x.py):
 they equal the decoded sizes, and a stream that changes size midway is kept
 off DALI, whose decoder would misread the frames after the change."""
 import fractions

@@ -2,7 +2,8 @@
 
 - cover images (``attached_pic`` streams): never the video;
 - two video streams: the one the ffmpeg command line maps (mediapy's);
-- H.264 with B-frames in AVI, whose timestamps count packets in decode order;
+- H.264 with B-frames in AVI, whose timestamps count packets in decode order
+  (B-frames from the start, or only after a long intro without them);
 - x264 intra refresh, whose keyframe flags are not seek points.
 """
 from __future__ import annotations
@@ -151,6 +152,21 @@ def test_avi_timestamps_in_decode_order(tmp_path, codec):
         assert gray_index(frames) == info.frame_indices, T
     if codec == "libx264":
         assert any("output order" in w for w in dali_backend.file_reasons(vp, "gpu"))
+
+
+def test_avi_b_frames_that_start_late(tmp_path):
+    """x264 codes a noisy intro with I and P frames only; B-frames come 80
+    frames in. The decode order is found from every slice header, not the
+    first frames decoded (64 of them gave 'in order' and scrambled the rest)."""
+    noisy = np.random.default_rng(0).integers(0, 256, (80, 48, 64, 3), dtype=np.uint8)
+    lv = index_frames(34)
+    path = encode_video(tmp_path / "late_b.avi", np.concatenate([noisy, lv, lv[::-1]]), "libx264", fps=FPS,
+                        codec_options={"x264-params": "bframes=3:b-adapt=0:scenecut=40"})
+    with av.open(path) as c:
+        shown = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    frames, info = read_clip(path, ClipSpec(len(shown), size=None), backend="pyav")
+    assert info.num_source_frames == len(shown) == 148
+    assert all(np.array_equal(frames[i].numpy(), shown[i]) for i in range(len(shown)))
 
 
 def test_intra_refresh_seek_points_are_not_trusted(tmp_path):

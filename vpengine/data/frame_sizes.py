@@ -5,7 +5,7 @@ changes resolution midway comes out with its later frames' rows misread (a
 sheared picture, no error). The demuxer reports one size per stream, so
 before a file goes to DALI (``VideoProbe.frame_sizes_vary``) each packet's
 own header is read: a few bytes of it, for the codecs DALI's CPU decoder
-takes, and the sequence parameter sets of H.264 and HEVC (h26x_sizes.py),
+takes, and the sequence parameter sets of H.264 and HEVC (h26x.py),
 which its GPU decoder takes. AV1 and MPEG-4 Part 2, the GPU decoder's other
 codecs, are not read.
 
@@ -22,7 +22,7 @@ the caller then keeps DALI off the file.
 """
 from __future__ import annotations
 
-from . import h26x_sizes
+from . import h26x
 
 TRACKED = frozenset({"vp8", "vp9", "mjpeg", "h264", "hevc"})
 _HEAD = 4096  # bytes of a packet read for its header (a JPEG's SOF follows its tables)
@@ -58,10 +58,10 @@ class SizeTracker:
         self.unreadable = False
         self.slots: list[tuple[int, int] | None] = [None] * 8  # VP9 reference frames
         self.length_size: int | None = None  # H.264/HEVC: None for Annex B start codes
-        if codec in h26x_sizes.SPS_SIZE:
+        if codec in h26x.SPS_SIZE:
             try:
-                self.length_size, sps = h26x_sizes.config_record(codec, bytes(extradata or b""))
-                self.sizes.update(h26x_sizes.SPS_SIZE[codec](nal) for nal in sps)
+                self.length_size, sps = h26x.config_record(codec, bytes(extradata or b""))
+                self.sizes.update(h26x.SPS_SIZE[codec](nal) for nal in sps)
             except (IndexError, ValueError):
                 self.unreadable = True
 
@@ -79,9 +79,9 @@ class SizeTracker:
         try:
             if self.codec == "vp9":
                 self._vp9(view)
-            elif self.codec in h26x_sizes.SPS_SIZE:
-                for nal in h26x_sizes.sps_nals(self.codec, view, self.length_size):
-                    self.sizes.add(h26x_sizes.SPS_SIZE[self.codec](nal))
+            elif self.codec in h26x.SPS_SIZE:
+                for nal in h26x.sps_nals(self.codec, view, self.length_size):
+                    self.sizes.add(h26x.SPS_SIZE[self.codec](nal))
             else:
                 size = (_vp8 if self.codec == "vp8" else _jpeg)(view[:_HEAD].tobytes())
                 if size is not None:

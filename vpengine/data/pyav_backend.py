@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property, lru_cache
 
+from . import h26x
 from .errors import BackendUnsupported, BadVideoError, check_file
 from .file_cache import FileCache
 from .frame_sizes import TRACKED, SizeTracker
@@ -281,8 +282,14 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
 
 @lru_cache(maxsize=65536)
 def _output_reorders(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int, limit: int = 64) -> bool:
-    """Whether the decoder gives frames with falling timestamps within the first
-    ``limit`` (remembered per file: a loader probes it every epoch)."""
+    """Whether the decoder gives frames with falling timestamps (remembered
+    per file: a loader probes it every epoch). H.264: whether any packet
+    holds a B slice, read from the slice headers of the whole stream (x264
+    may code a long noisy intro with none). Other codecs, or H.264 headers
+    that do not parse: the first ``limit`` frames, decoded."""
+    b_slices = _b_slices(path, index)
+    if b_slices is not None:
+        return b_slices
     try:
         with _open(_av(), path) as container:
             last = None
@@ -296,6 +303,22 @@ def _output_reorders(path: str, size: int, mtime_ns: int, ctime_ns: int, index: 
     except Exception as e:
         raise _wrap(path, e, "cannot decode the first frames") from e
     return False
+
+
+def _b_slices(path: str, index: int) -> bool | None:
+    """Whether an H.264 stream has B slices; None for other codecs or headers that do not parse."""
+    try:
+        with _open(_av(), path) as container:
+            stream = container.streams.video[index]
+            if stream.codec_context.codec.canonical_name != "h264":
+                return None
+            length_size, _ = h26x.config_record("h264", bytes(stream.codec_context.extradata or b""))
+            return any(h26x.h264_has_b_slice(memoryview(packet).cast("B"), length_size)
+                       for packet in container.demux(stream) if packet.size)
+    except (IndexError, ValueError):
+        return None
+    except Exception as e:
+        raise _wrap(path, e, "cannot demux") from e
 
 
 def _declared(container, stream) -> tuple[int, float, float | None]:

@@ -1,4 +1,5 @@
-"""Frame sizes of H.264 and HEVC streams, read from their sequence parameter sets.
+"""H.264 and HEVC headers read from packets: frame sizes from sequence
+parameter sets, and whether an H.264 stream has B slices.
 
 DALI's GPU decoder takes these codecs; whether it follows a stream that
 changes resolution midway is not established (its CPU decoder misreads VP8,
@@ -232,3 +233,25 @@ def _base_layer(nal) -> bool:
     # nuh_layer_id: an SPS of another layer (MV-HEVC, e.g. a phone's spatial
     # video) has other syntax and is not what a base-layer decoder outputs.
     return len(nal) > 1 and ((nal[0] & 1) << 5 | nal[1] >> 3) == 0
+
+
+_H264_SLICES = (1, 5)  # coded slice of a non-IDR / an IDR picture
+
+
+def h264_has_b_slice(packet: memoryview, length_size: int | None) -> bool:
+    """Whether a packet holds a B slice (slice_type 1 or 6): from the first
+    two Exp-Golomb codes of each slice header, first_mb_in_slice and slice_type."""
+    if length_size is None:
+        data = packet.tobytes()
+        nals = (memoryview(data)[a:b] for a, b in annex_b(data))
+    else:
+        nals = length_prefixed(packet, length_size)
+    for nal in nals:
+        if nal[0] & 0x80:
+            raise ValueError("NAL unit with forbidden_zero_bit set (not an H.264 stream as framed)")
+        if nal[0] & 0x1F in _H264_SLICES:
+            g = _rbsp(bytes(nal[:16]), 1)  # two codes of at most 65 bits each fit 15 bytes
+            g.ue()
+            if g.ue() % 5 == 1:
+                return True
+    return False
