@@ -94,6 +94,20 @@ def test_stage2_teacher_frozen_student_from_teacher_and_loss_falls(lvt_config):
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
+def test_stage2_new_parts_are_independent_draws(lvt_config):
+    """The decoder, heads, positions and mask token draw from one generator:
+    one generator per part, seeded alike, repeated the same numbers in each."""
+    task = MaskedDistillation(build(lvt_config, seed=0), decoder_layers=1, seed=3)
+    again = MaskedDistillation(build(lvt_config, seed=0), decoder_layers=1, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(task.state_dict().values(), again.state_dict().values()))
+    new = [(n, p.detach().flatten()[:4]) for n, p in task.named_parameters()
+           if not n.startswith(("student.", "teacher.")) and p.numel() >= 4 and bool(p.abs().sum() > 0)]
+    assert len(new) >= 5, [n for n, _ in new]
+    for i, (name, head) in enumerate(new):
+        for other, head2 in new[:i]:
+            assert not torch.equal(head, head2), f"{name} starts with the same draws as {other}"
+
+
 def test_stage2_masks_come_from_the_generator(lvt_config):
     task = MaskedDistillation(build(lvt_config, seed=0), decoder_layers=1, mask_ratio=0.75)
     video = _video(2, 2, 16, 16)

@@ -16,9 +16,11 @@ from .video_text import VideoTextModel
 FORMAT = "vpengine-safetensors-1"
 
 
-def _init_weights(model: nn.Module, seed: int | None) -> None:
-    """Random initialisation (truncated-normal-like std 0.02 for projections)."""
-    g = torch.Generator().manual_seed(seed) if seed is not None else None
+def _init_weights(model: nn.Module, seed: int | None, generator: torch.Generator | None = None) -> None:
+    """Random initialisation (truncated-normal-like std 0.02 for projections),
+    from ``generator`` when given (models built in parts share one: a fresh
+    generator per part would repeat the same draws in each)."""
+    g = generator if generator is not None else torch.Generator().manual_seed(seed) if seed is not None else None
     for name, p in model.named_parameters():
         with torch.no_grad():
             if name.endswith("bias") or name.endswith("scale") or name.endswith("per_dim_scale"):

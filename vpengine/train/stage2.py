@@ -99,11 +99,14 @@ class MaskedDistillation(nn.Module):
         self.decoder_ln = LayerNorm(D)
         self.token_head = nn.Linear(D, D)
         self.global_head = AttentionPooler(D, teacher.config.pooler_num_heads, teacher.config.pooler_hidden)
+        # One generator for every new part: a generator per part seeded alike
+        # drew the same numbers for each (the mask token equalled the
+        # decoder's first position and the global head's query).
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
         for part in (self.decoder_pos, self.decoder, self.decoder_ln, self.token_head, self.global_head):
-            _init_weights(part, seed)
+            _init_weights(part, None, generator=g)
         with torch.no_grad():
-            nn.init.normal_(self.mask_token, std=0.02,
-                            generator=torch.Generator().manual_seed(seed) if seed is not None else None)
+            nn.init.normal_(self.mask_token, std=0.02, generator=g)
         # The paper starts stage 2 from the stage-1 encoder.
         self.student.load_state_dict(teacher.encoder.state_dict())
 
