@@ -97,6 +97,27 @@ def test_refusals_protect_the_run(train_data, tmp_path, capsys):
     assert main(_args(train_data, out, 1, steps=1)) == 2
     assert "log of an earlier run that stopped before its first checkpoint" in capsys.readouterr().err
     assert (out / "log.jsonl").read_bytes() == log
+    (out / "log.jsonl").unlink()  # a finished run kept for its model alone
+    model = (out / "model.safetensors").read_bytes()
+    assert main(_args(train_data, out, 1, steps=1)) == 2
+    assert "holds a trained model" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == model
+
+
+def test_a_run_from_a_preset_resumes_only_with_that_preset(train_data, tmp_path):
+    """The checkpoint holds the model, so a moved model file is not compared;
+    a preset's name is no file, and another preset is another model."""
+    from vpengine.model.config import config_to_dict, get_config
+    from vpengine.train.checkpoint import FORMAT, load_checkpoint
+
+    preset = "videoprism_lvt_public_v1_base"
+    cfg = _cfg(train_data, tmp_path, 1, model=preset, random_init=True)
+    torch.save({"format": FORMAT, "config": cfg.to_dict(), "step": 1, "world_size": 1,
+                "model_config": config_to_dict(get_config(preset))}, tmp_path / "checkpoint.pt")
+    assert load_checkpoint(str(tmp_path), cfg, 1)["step"] == 1
+    for other in ("videoprism_lvt_public_v1_large", str(train_data / "lvt.safetensors")):
+        with pytest.raises(ValueError, match=f"model: '{preset}' -> "):
+            load_checkpoint(str(tmp_path), _cfg(train_data, tmp_path, 1, model=other, random_init=True), 1)
 
 
 def test_bad_setups_are_clear_errors(train_data, tmp_path, capsys):

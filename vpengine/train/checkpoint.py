@@ -18,6 +18,7 @@ import torch
 
 from .._files import write_atomically
 from ..model.api import save as save_model
+from ..model.config import PRESETS
 from .config import RESUMABLE, TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -67,8 +68,10 @@ def load_checkpoint(out_dir: str, cfg: TrainConfig, world_size: int, inputs: dic
     stored = TrainConfig.from_dict(state["config"])
     digests = state.get("inputs") or {}
     ignore = tuple(digests)  # compared by content below, wherever the files now are
-    if "model_config" in state and not os.path.exists(stored.model):
-        ignore += ("model",)  # the checkpoint holds the model: a resume does not need its file
+    if "model_config" in state and stored.model not in PRESETS and not os.path.exists(stored.model):
+        # The checkpoint holds the model: a resume does not need its file. A
+        # preset's name is no file and is compared (another preset is another model).
+        ignore += ("model",)
     changed = stored.differences(cfg, ignore)
     for name, digest in digests.items():
         now = (inputs or {}).get(name)

@@ -92,6 +92,10 @@ def check_out_dir(cfg: TrainConfig, resume: bool) -> None:
     if not resume and os.path.exists(log_path):
         raise ValueError(f"{cfg.out_dir} holds the log of an earlier run that stopped before its first "
                          f"checkpoint ({log_path}); remove it or choose another out_dir")
+    model_path = os.path.join(cfg.out_dir, MODEL)
+    if not resume and os.path.exists(model_path):  # a finished run whose checkpoint was removed to save space
+        raise ValueError(f"{cfg.out_dir} holds a trained model ({model_path}) that a new run would replace; "
+                         "move it or choose another out_dir")
     outputs = {os.path.realpath(os.path.join(cfg.out_dir, name)) for name in (CHECKPOINT, MODEL, "log.jsonl")}
     for name in ("model", "manifest", "tokenizer"):
         given = getattr(cfg, name)
