@@ -120,6 +120,27 @@ def test_a_run_from_a_preset_resumes_only_with_that_preset(train_data, tmp_path)
             load_checkpoint(str(tmp_path), _cfg(train_data, tmp_path, 1, model=other, random_init=True), 1)
 
 
+def test_masked_token_loss_needs_a_masked_patch(train_data, tmp_path, capsys):
+    # 32x32 pixels, patch 8: 16 patches a frame; a ratio of 0.03 keeps all 16
+    args = _args(train_data, tmp_path / "m", 2, steps=1, mask_ratio=0.03, token_loss_on="masked")
+    assert main(args) == 2
+    assert "masks none of the 16 patches" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_no_weight_decay_on_vectors_of_any_rank(train_data, tmp_path):
+    from vpengine.train.prepare import build_task, optimizer
+
+    cfg = _cfg(train_data, tmp_path, 1)
+    task = build_task(cfg)
+    no_decay = {id(p) for g in optimizer(task, cfg, torch.device("cpu")).param_groups if g["weight_decay"] == 0
+                for p in g["params"]}
+    names = {n for n, p in task.named_parameters() if id(p) in no_decay}
+    assert "model.text.cls_emb" in names and any(n.endswith(".query") for n in names)
+    assert all(n in names for n in dict(task.named_parameters()) if "_pos" in n or n.endswith(("bias", "scale")))
+    assert not any(n.endswith(("qkv.weight", "token_emb.weight")) for n in names)
+
+
 def test_bad_setups_are_clear_errors(train_data, tmp_path, capsys):
     args = _args(train_data, tmp_path / "a", 1, steps=1)
     i = args.index("--tokenizer")

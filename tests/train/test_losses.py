@@ -33,6 +33,23 @@ def test_contrastive_loss_matches_formula():
     assert out["loss"].dtype == torch.float32
 
 
+def test_contrastive_loss_is_float32_under_bf16_autocast():
+    """The training step runs under bf16 autocast: the similarities must not
+    (near-identical pairs lost a fifth of their gradient to bf16 rounding)."""
+    # hard negatives: every embedding shares one direction, similarities near 1
+    base = F.normalize(3 * _unit(1, 64, seed=4) + _unit(16, 64, seed=5), dim=-1)
+    v = F.normalize(base + 0.01 * _unit(16, 64, seed=6), dim=-1).float()
+    t = F.normalize(base + 0.01 * _unit(16, 64, seed=7), dim=-1).float().requires_grad_()
+    want = contrastive_loss(v, t, torch.tensor(100.0))["loss"]
+    (g_want,) = torch.autograd.grad(want, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = contrastive_loss(v, t, torch.tensor(100.0))["loss"]
+    (g_got,) = torch.autograd.grad(got, t)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-7)
+
+
 def test_contrastive_loss_perfect_pairs_and_accuracy():
     v = _unit(4, 16, seed=3)
     out = contrastive_loss(v, v.clone(), torch.tensor(100.0))

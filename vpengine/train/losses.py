@@ -81,8 +81,9 @@ def contrastive_loss(video_BD: torch.Tensor, text_BD: torch.Tensor, logit_scale:
     v_all, first = gather_rows(v)
     t_all, _ = gather_rows(t)
     labels = torch.arange(first, first + v.shape[0], device=v.device)
-    logits_vt = logit_scale * v @ t_all.T  # [B, G]: this rank's videos against every caption
-    logits_tv = logit_scale * t @ v_all.T
+    with torch.autocast(v.device.type, enabled=False):  # bf16 autocast would undo the .float() above
+        logits_vt = logit_scale.float() * v @ t_all.T  # [B, G]: this rank's videos against every caption
+        logits_tv = logit_scale.float() * t @ v_all.T
     loss = 0.5 * (F.cross_entropy(logits_vt, labels) + F.cross_entropy(logits_tv, labels))
     with torch.no_grad():
         acc_vt = (logits_vt.argmax(1) == labels).float().mean()

@@ -54,12 +54,13 @@ def build_task(cfg: TrainConfig, model_config: ModelConfig | None = None) -> tor
 
 
 def optimizer(task: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; no weight decay on vectors (biases, norms, mask token, temperature),
-    position tables and the poolers' learned queries."""
+    """AdamW; no weight decay on vectors (biases, norms, mask token, temperature,
+    learned class tokens and queries, whatever their leading size-1 dims) or
+    position tables."""
     decay, no_decay = [], []
     for name, p in task.named_parameters():
         if p.requires_grad:
-            vector_like = p.dim() < 2 or "_pos" in name or name.endswith(".query")
+            vector_like = sum(n > 1 for n in p.shape) <= 1 or "_pos" in name or name.endswith(".query")
             (no_decay if vector_like else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
@@ -92,16 +93,16 @@ def check_out_dir(cfg: TrainConfig, resume: bool) -> None:
     if not resume and os.path.exists(log_path):
         raise ValueError(f"{cfg.out_dir} holds the log of an earlier run that stopped before its first "
                          f"checkpoint ({log_path}); remove it or choose another out_dir")
-    model_path = os.path.join(cfg.out_dir, MODEL)
-    if not resume and os.path.exists(model_path):  # a finished run whose checkpoint was removed to save space
-        raise ValueError(f"{cfg.out_dir} holds a trained model ({model_path}) that a new run would replace; "
-                         "move it or choose another out_dir")
     outputs = {os.path.realpath(os.path.join(cfg.out_dir, name)) for name in (CHECKPOINT, MODEL, "log.jsonl")}
     for name in ("model", "manifest", "tokenizer"):
         given = getattr(cfg, name)
         if given is not None and os.path.exists(given) and os.path.realpath(given) in outputs:
             raise ValueError(f"{name} {given} is one of the run's own outputs in {cfg.out_dir}, which training "
                              "replaces: copy it elsewhere or choose another out_dir")
+    model_path = os.path.join(cfg.out_dir, MODEL)
+    if not resume and os.path.exists(model_path):  # a finished run whose checkpoint was removed to save space
+        raise ValueError(f"{cfg.out_dir} holds a trained model ({model_path}) that a new run would replace; "
+                         "move it or choose another out_dir")
     check_writable(os.path.join(cfg.out_dir, "log.jsonl"), "out_dir", make_folders=True)
 
 
@@ -117,6 +118,10 @@ def _check_model(cfg: TrainConfig, config) -> None:
     if cfg.stage == 2 and num_kept(S, cfg.mask_ratio) == 0:
         raise ValueError(f"mask_ratio {cfg.mask_ratio} keeps none of the {S} patches of a frame "
                          f"({cfg.size}x{cfg.size} pixels, patch {P}): the student would see nothing")
+    if cfg.stage == 2 and cfg.token_loss_on == "masked" and num_kept(S, cfg.mask_ratio) == S:
+        raise ValueError(f"mask_ratio {cfg.mask_ratio} masks none of the {S} patches of a frame "
+                         f"({cfg.size}x{cfg.size} pixels, patch {P}): token_loss_on='masked' would have no "
+                         "token to predict")
 
 
 __all__ = ["build_task", "check_manifest", "check_out_dir", "distributed", "optimizer"]
