@@ -120,6 +120,18 @@ def test_a_run_from_a_preset_resumes_only_with_that_preset(train_data, tmp_path)
             load_checkpoint(str(tmp_path), _cfg(train_data, tmp_path, 1, model=other, random_init=True), 1)
 
 
+def test_resume_on_another_kind_of_device_is_a_clear_error(train_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(train_data, out, 2, steps=1)) == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    # what a CUDA generator's get_state() gives: a seed and an offset, 16 bytes
+    state["mask_rng"] = [torch.tensor(list((1234).to_bytes(8, "little") + (96).to_bytes(8, "little")),
+                                      dtype=torch.uint8)]
+    torch.save(state, out / "checkpoint.pt")
+    assert main(_args(train_data, out, 2, steps=2) + ["--resume"]) == 2
+    assert "mask generator ran on another kind of device" in capsys.readouterr().err
+
+
 def test_masked_token_loss_needs_a_masked_patch(train_data, tmp_path, capsys):
     # 32x32 pixels, patch 8: 16 patches a frame; a ratio of 0.03 keeps all 16
     args = _args(train_data, tmp_path / "m", 2, steps=1, mask_ratio=0.03, token_loss_on="masked")

@@ -70,7 +70,12 @@ class _Run:
             self.task.load_state_dict(state["task"])
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
-            self.masks.set_state(state["mask_rng"][self.rank])
+            try:
+                self.masks.set_state(state["mask_rng"][self.rank])
+            except RuntimeError:  # another device type's generator: another algorithm, no exact resume
+                raise ValueError(f"{cfg.out_dir}: its mask generator ran on another kind of device than "
+                                 f"{self.device.type}; resume it on the kind it was trained on (a CUDA and a "
+                                 "CPU generator draw different numbers)") from None
             self.step, self.epoch, self.cursor = state["step"], state["epoch"][self.rank], state["cursor"][self.rank]
             if cfg.steps < self.step:
                 raise ValueError(f"{cfg.out_dir} is at step {self.step}; steps {cfg.steps} is behind it (a resume "
