@@ -7,13 +7,18 @@ import secrets
 from typing import Callable
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None], *, overwrite: bool = True) -> None:
     """Call ``write(tmp)`` on a fresh file beside ``path``, then rename it to ``path``.
 
     ``path`` is untouched until the rename (atomic on POSIX), and any error or
     interrupt (KeyboardInterrupt, SystemExit) removes the temporary file. The
     temporary name is unique, so two runs writing the same output cannot mix
     their bytes. ``write`` must write to exactly the name it is given.
+
+    ``overwrite=False``: FileExistsError, and ``path`` left as it is, when it
+    exists at the moment of the rename (another run may have written it since
+    this one checked): the file is linked into place, which fails atomically
+    where a name exists.
     """
     path = os.path.realpath(os.fspath(path))  # through a symlink: the link stays, its target is replaced
     if os.path.isdir(path):
@@ -26,11 +31,28 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> N
         write(tmp)
         # Some writers (safetensors) replace the file with a private (0600) one.
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def _place_new(tmp: str, path: str) -> None:
+    exists = FileExistsError(f"{path} appeared while this ran (another run?); it was left as it is")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise exists from None
+    except OSError:  # a filesystem without hard links: the check and the rename are two steps there
+        if os.path.lexists(path):
+            raise exists from None
+        os.replace(tmp, path)
+        return
+    os.remove(tmp)
 
 
 def _umask() -> int:

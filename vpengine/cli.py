@@ -59,9 +59,9 @@ def _convert(args) -> int:
     _check_output(dst, args.overwrite, (".npz", ".safetensors"), src)
     model = load(src) if src.endswith(".safetensors") else load_official(src)
     if dst.endswith(".npz"):
-        save_official(model, dst)
+        save_official(model, dst, overwrite=args.overwrite)
     else:
-        save(model, dst)
+        save(model, dst, overwrite=args.overwrite)
     kind = type(model).__name__
     print(f"{src} -> {dst}: {kind}, {sum(p.numel() for p in model.parameters()):,} parameters, {model.config}")
     return 0
@@ -196,7 +196,8 @@ def _main(argv=None) -> int:
             summary = embed_manifest(model, args.manifest, args.out,
                            spec=ClipSpec(args.frames, size=(args.size, args.size)), batch_size=args.batch,
                            device=device, dtype=getattr(torch, args.dtype), pool=args.pool,
-                           backend=args.decoder, strict=args.strict, compile=args.compile)
+                           backend=args.decoder, strict=args.strict, compile=args.compile,
+                           overwrite=args.overwrite)
         except (ValueError, CheckpointError, OSError, BadVideoError, BackendUnsupported) as e:
             print(f"vpengine embed: {e}", file=sys.stderr)
             return 2

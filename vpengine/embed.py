@@ -25,8 +25,12 @@ from .model.video_text import VideoTextModel
 @torch.inference_mode()
 def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int = 8, device="cpu",
                    dtype: torch.dtype = torch.float32, pool: str = "mean", backend: str = "auto",
-                   strict: bool = False, num_workers: int = 2, compile: bool = False, log=print) -> dict:
+                   strict: bool = False, num_workers: int = 2, compile: bool = False, overwrite: bool = True,
+                   log=print) -> dict:
     """Embed every clip of ``manifest`` and write ``out`` (.npz); returns a summary.
+
+    ``overwrite=False``: FileExistsError instead of replacing an ``out`` that
+    exists when the run ends (checked at the write itself, not only at the start).
 
     ``compile`` runs the model through ``torch.compile``: on a GPU it fuses
     the glue around vpengine's kernels (1.3x on VideoPrism-B, batch 32, H100);
@@ -74,7 +78,7 @@ def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
             np.savez(f, **arrays)
 
-    write_atomically(out, write)
+    write_atomically(out, write, overwrite=overwrite)
     summary = {"clips": len(rows), "skipped": loader.num_bad, "output": out,
                "shape": list(arrays["embeddings"].shape),
                "bad_files": [{"path": b.path, "reason": b.reason} for b in loader.bad_files]}

@@ -177,6 +177,26 @@ def test_an_interrupted_write_leaves_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["e.npz"] and target.read_bytes() == b"after"
 
 
+def test_a_file_that_appears_during_a_run_is_not_replaced(tmp_path):
+    """Without overwrite the check is at the rename itself: a second run (or
+    the user) may have written the output since this run started."""
+    from vpengine._files import write_atomically
+
+    target = tmp_path / "e.npz"
+
+    def write(tmp):
+        target.write_bytes(b"someone else's")  # appears while this run writes
+        with open(tmp, "wb") as f:
+            f.write(b"ours")
+
+    with pytest.raises(FileExistsError, match="appeared while this ran"):
+        write_atomically(target, write, overwrite=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["e.npz"] and target.read_bytes() == b"someone else's"
+    target.unlink()
+    write_atomically(target, lambda tmp: open(tmp, "wb").write(b"ours"), overwrite=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["e.npz"] and target.read_bytes() == b"ours"
+
+
 def test_writes_go_through_a_symlink(tmp_path):
     from vpengine._files import write_atomically
 

@@ -153,6 +153,34 @@ def test_one_attention_array_with_swapped_axes_is_the_one_named(tmp_path, stack)
     assert lines == [f"{key}: expected [{L}, 48, 3, 16], found [{L}, 48, 16, 3]"]
 
 
+@pytest.mark.parametrize("damage", ["deflate", "deflate64", "encrypted"])
+def test_zip_archives_numpy_cannot_read(tmp_path, damage):
+    """A damaged deflate stream (zlib.error), a compression method zipfile
+    lacks (Deflate64, NotImplementedError), a password (RuntimeError): a
+    CheckpointError naming the file, not a traceback."""
+    import struct
+    import zipfile
+
+    arrays, path = _official(tmp_path)
+    (np.savez_compressed if damage == "deflate" else np.savez)(path, **arrays)
+    data = bytearray(path.read_bytes())
+    if damage == "deflate":
+        info = zipfile.ZipFile(path).infolist()[0]
+        data[info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 21] ^= 0x5A
+    else:  # every local and central header: method 9, or the encrypted flag
+        for sig, at in ((b"PK\x03\x04", 4), (b"PK\x01\x02", 6)):
+            i = data.find(sig)
+            while i >= 0:
+                if damage == "deflate64":
+                    data[i + at + 4:i + at + 6] = struct.pack("<H", 9)
+                else:
+                    data[i + at + 2] |= 1
+                i = data.find(sig, i + 4)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=path.name):
+        vpengine.load_official(path)
+
+
 def test_checkpoint_truncated_and_not_npz(tmp_path):
     arrays, path = _official(tmp_path)
     np.savez(path, **arrays)
@@ -167,6 +195,7 @@ def test_checkpoint_truncated_and_not_npz(tmp_path):
         vpengine.load_official(text)
     with pytest.raises(CheckpointError, match="not found"):
         vpengine.load_official(tmp_path / "absent.npz")
+
     other = tmp_path / "other.npz"
     np.savez(other, weights=np.zeros(3))
     with pytest.raises(CheckpointError, match="not an official VideoPrism checkpoint"):

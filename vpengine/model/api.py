@@ -73,16 +73,17 @@ def load_official(path: str | os.PathLike) -> nn.Module:
     return _load_state(model_from_config(config), state, str(path))
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> None:
+def save(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = True) -> None:
     """Write weights and config to one safetensors file (written to a temporary
-    name and renamed, so an interrupted save never leaves a partial file)."""
+    name and renamed, so an interrupted save never leaves a partial file);
+    ``overwrite=False`` raises FileExistsError rather than replace a file."""
     from safetensors.torch import save_file
 
     if not hasattr(model, "config"):
         raise ValueError("save() expects a vpengine model (VideoEncoder or VideoTextModel)")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "config": json.dumps(config_to_dict(model.config))}
-    write_atomically(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    write_atomically(path, lambda tmp: save_file(state, tmp, metadata=meta), overwrite=overwrite)
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:

@@ -12,6 +12,7 @@ import collections
 import math
 import re
 import zipfile
+import zlib
 
 import numpy as np
 import torch
@@ -46,7 +47,9 @@ def read_npz(path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"checkpoint file not found: {path}") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path} is a directory, not a .npz checkpoint") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+    # zlib.error: a corrupt compressed member; NotImplementedError: Deflate64
+    # and other methods zipfile lacks; RuntimeError: an encrypted archive.
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
         raise CheckpointError(
             f"{path} is not a readable .npz checkpoint (truncated or not an npz archive): {e}"
         ) from None

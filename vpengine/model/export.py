@@ -106,11 +106,12 @@ def to_official(model: nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def save_official(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write the official ``.npz`` layout (``np.savez``, uncompressed)."""
+def save_official(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = True) -> None:
+    """Write the official ``.npz`` layout (``np.savez``, uncompressed);
+    ``overwrite=False`` raises FileExistsError rather than replace a file."""
     arrays = to_official(model)
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
             np.savez(f, **arrays)
 
-    write_atomically(path, write)
+    write_atomically(path, write, overwrite=overwrite)
