@@ -369,3 +369,41 @@ def test_text_paddings_and_similarity_are_checked():
                         (v, t[:, :5], "embedding widths differ")):
         with pytest.raises(ValueError, match=match):
             model.similarity(a, b)
+
+
+def test_nan_or_inf_weights_are_a_damaged_checkpoint(tmp_path):
+    arrays, path = _official(tmp_path)
+    key = next(k for k in sorted(arrays) if k.endswith("/w") or k.endswith("kernel") or arrays[k].ndim > 1)
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[3] = np.nan
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match="NaN or infinite values in 1 tensors"):
+        vpengine.load_official(path)
+    model = model_from_config(ENC)
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("inf"))
+    vpengine.save(model, tmp_path / "inf.safetensors")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        vpengine.load(tmp_path / "inf.safetensors")
+
+
+def test_a_config_far_larger_than_its_weights_is_refused_before_it_is_built(tmp_path):
+    """A hand-edited config of thousands of layers: the check runs on the meta
+    device, and the message names a few of the missing tensors, not all."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model = model_from_config(ENC)
+    vpengine.save(model, tmp_path / "m.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        meta = dict(f.metadata())
+    config = json.loads(meta["config"])
+    config["config"]["num_spatial_layers"] = 2_000
+    meta["config"] = json.dumps(config)
+    save_file(load_file(tmp_path / "m.safetensors"), tmp_path / "big.safetensors", metadata=meta)
+    with pytest.raises(CheckpointError, match=r"missing: .*\(\d+ more\)") as e:
+        vpengine.load(tmp_path / "big.safetensors")
+    assert len(str(e.value)) < 5000

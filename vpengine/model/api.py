@@ -41,28 +41,44 @@ def build(name_or_config: str | ModelConfig, *, seed: int | None = 0) -> nn.Modu
     return model.eval()
 
 
-def _load_state(model: nn.Module, state: dict, source: str) -> nn.Module:
-    expected = dict(model.state_dict())
+def _load_state(config: ModelConfig, state: dict, source: str) -> nn.Module:
+    """The model of ``config`` holding ``state``; CheckpointError when they do
+    not match or a value is not finite. The shapes are checked on a model on
+    the meta device first: a hand-edited config of 20,000 layers would
+    otherwise allocate gigabytes before being refused."""
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in model_from_config(config).state_dict().items()}
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
-    bad = [f"{k}: expected {list(expected[k].shape)}, found {list(state[k].shape)}"
-           for k in expected if k in state and state[k].shape != expected[k].shape]
+    bad = [f"{k}: expected {list(expected[k])}, found {list(state[k].shape)}"
+           for k in expected if k in state and state[k].shape != expected[k]]
     # load_state_dict would cast an int or bool tensor into the float parameter
     # without a word (as read_npz refuses for .npz files).
     typed = [f"{k}: {v.dtype}" for k, v in sorted(state.items()) if k in expected and not v.is_floating_point()]
     if missing or extra or bad or typed:
         parts = []
         if missing:
-            parts.append("missing: " + ", ".join(missing))
+            parts.append("missing: " + _some(missing))
         if extra:
-            parts.append("unexpected: " + ", ".join(extra))
+            parts.append("unexpected: " + _some(extra))
         if bad:
-            parts.append("mis-shaped: " + "; ".join(bad))
+            parts.append("mis-shaped: " + _some(bad, "; "))
         if typed:
-            parts.append("not floating point: " + "; ".join(typed))
+            parts.append("not floating point: " + _some(typed, "; "))
         raise CheckpointError(f"{source} does not match its model config ({' | '.join(parts)})")
+    # NaN or inf weights are a damaged file (or a diverged run): every output
+    # would be NaN, written out as embeddings without a word.
+    nonfinite = [k for k, v in sorted(state.items()) if not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise CheckpointError(f"{source} holds NaN or infinite values in {len(nonfinite)} tensors: "
+                              + _some(nonfinite))
+    model = model_from_config(config)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def _some(items: list[str], sep: str = ", ", n: int = 12) -> str:
+    return sep.join(items[:n]) + (f"{sep}... ({len(items) - n} more)" if len(items) > n else "")
 
 
 def load_official(path: str | os.PathLike) -> nn.Module:
@@ -70,7 +86,7 @@ def load_official(path: str | os.PathLike) -> nn.Module:
     array shapes; returns a VideoEncoder or a VideoTextModel in eval mode."""
     arrays = read_npz(path)
     config, state = convert_official(arrays, source=str(path))
-    return _load_state(model_from_config(config), state, str(path))
+    return _load_state(config, state, str(path))
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = True) -> None:
@@ -105,7 +121,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         config = config_from_dict(json.loads(meta["config"]))
     except ValueError as e:  # json.JSONDecodeError is a ValueError too
         raise CheckpointError(f"{path}: its stored config is not valid: {e}") from None
-    return _load_state(model_from_config(config), state, path).to(device)
+    return _load_state(config, state, path).to(device)
 
 
 def from_pretrained(
