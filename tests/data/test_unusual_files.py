@@ -3,7 +3,8 @@
 - an MP4 edit list (the lead-in frames of ``ffmpeg -ss X -c copy``): not frames;
 - rotation metadata: DALI's clips are turned upright like PyAV's;
 - a stream that changes resolution midway; one whose timestamps repeat;
-- MKV, WebM and AVI cut short, which demux without an error;
+- MKV, WebM and AVI cut short, which demux without an error; an AVI whose
+  header counts held frames, which is not cut short;
 - a relative path with a colon, a BOM in a CSV manifest, NaN and bool times.
 
 Which stream is the video, and in which order its frames come: test_streams.py.
@@ -191,6 +192,31 @@ def test_raw_elementary_streams_have_no_timestamps_but_read(tmp_path, name, code
     assert info.backend == "pyav" and info.num_source_frames == 20 and info.fps == pytest.approx(FPS)
     assert gray_index(frames) == info.frame_indices == [0, 2, 5, 7, 10, 12, 15, 17]
     assert info.timestamps == pytest.approx([i / FPS for i in info.frame_indices])
+
+
+def test_an_avi_with_held_frames_is_not_truncation(tmp_path):
+    """A capture program holds a frame with empty chunks, which the header
+    counts and FFmpeg skips: fewer frames than declared, the file complete."""
+    path = str(tmp_path / "held.avi")
+    with av.open(path, "w") as c:
+        s = c.add_stream("mjpeg", rate=FPS)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p"
+        packets = []
+        for i, rgb in enumerate(index_frames(12)):
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            f.pts = i
+            packets += s.encode(f)
+        for p in packets + s.encode():
+            p.duration = 3 * FPS if p.pts == 11 else 1  # the last frame held for 3 s
+            c.mux(p)
+    with av.open(path) as c:
+        assert c.streams.video[0].frames > 12  # the header counts the empty chunks
+    frames, info = read_clip(path, ClipSpec(6, size=None), backend="pyav")
+    assert info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
+    data = open(path, "rb").read()
+    (tmp_path / "cut.avi").write_bytes(data[:-200])  # cut into the index at the end: the frames all there
+    with pytest.raises(BadVideoError, match="truncated: its RIFF chunks declare 200 bytes past the end"):
+        read_clip(tmp_path / "cut.avi", ClipSpec(6, size=None), backend="pyav")
 
 
 def test_audio_outlasting_video_is_not_truncation(tmp_path):

@@ -34,6 +34,7 @@ from . import h26x
 from .errors import BackendUnsupported, BadVideoError, check_file
 from .file_cache import FileCache
 from .frame_sizes import TRACKED, SizeTracker
+from .riff import riff_shortfall
 
 
 def _av():
@@ -213,6 +214,12 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             tb = stream.time_base
             rate = stream.average_rate or stream.guessed_rate
             declared = _declared(container, stream)
+            if container.format.name == "avi":
+                short = riff_shortfall(path)
+                if short:
+                    raise BadVideoError(path, f"truncated: its RIFF chunks declare {short} bytes past the end of the file")
+                if short == 0:  # complete: its frame count includes the empty chunks of held or dropped frames
+                    declared = (0, declared[1], None)
             # AVI has no presentation times (FFmpeg numbers its packets): with a
             # reordering codec the numbers may follow decode order.
             suspect = container.format.name == "avi" and bool(ctx.has_b_frames)
