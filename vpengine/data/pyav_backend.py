@@ -34,7 +34,7 @@ from . import h26x
 from .errors import BackendUnsupported, BadVideoError, check_file
 from .file_cache import FileCache
 from .frame_sizes import TRACKED, SizeTracker
-from .riff import riff_shortfall
+from .completeness import check_complete, declared_extent, riff_shortfall
 
 
 def _av():
@@ -213,7 +213,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             colorspace = int(ctx.colorspace)
             tb = stream.time_base
             rate = stream.average_rate or stream.guessed_rate
-            declared = _declared(container, stream)
+            declared = declared_extent(container, stream)
             if container.format.name == "avi":
                 short = riff_shortfall(path)
                 if short:
@@ -269,7 +269,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     in_order = pts == sorted(pts)
     pts.sort()
     fps = float(rate) if rate else (len(pts) - 1) / max(float((pts[-1] - pts[0]) * tb), 1e-9)
-    _check_complete(path, declared, demuxed, float(end * tb), fps)
+    check_complete(path, declared, demuxed, float(end * tb), fps)
     if cut:  # short of nothing the header declares, or declaring nothing (IVF, AVI within its slack)
         raise BadVideoError(path, "truncated: the last packet is cut short (the demuxer flags it corrupt)")
     if untimed:
@@ -326,44 +326,3 @@ def _b_slices(path: str, index: int) -> bool | None:
         return None
     except Exception as e:
         raise _wrap(path, e, "cannot demux") from e
-
-
-def _declared(container, stream) -> tuple[int, float, float | None]:
-    """(frame count, start in s, end in s) the header declares for the video
-    stream: 0 / None where it does not say. The container's duration stands
-    for the stream's only in a file with no other stream (audio may outlast
-    video); demuxers disagree on whether it counts from 0 (Matroska) or from
-    the start time, so the earlier of the two ends is taken.
-    """
-    tb = stream.time_base
-    start = float(stream.start_time * tb) if stream.start_time is not None and tb is not None else 0.0
-    # MP4/MOV count every sample of the table, also those an edit list cuts
-    # away, which the demuxer then drops outright for intra-only codecs
-    # (MJPEG, ProRes, PNG): only the declared duration is a bound there.
-    mov = container.format.name.split(",")[0] == "mov"
-    frames = 0 if mov else int(stream.frames or 0)
-    if stream.duration is not None and tb is not None:
-        return frames, start, start + float(stream.duration * tb)
-    if container.duration is not None and len(container.streams) == 1:
-        c_start = (container.start_time or 0) / 1e6
-        return frames, start, min(c_start + container.duration / 1e6, container.duration / 1e6)
-    return frames, start, None
-
-
-def _check_complete(path: str, declared: tuple[int, float, float | None], demuxed: int, end_s: float,
-                    fps: float) -> None:
-    """Raise BadVideoError when the video stream stops short of what its header
-    declares: its end time before the declared duration's end, or fewer
-    packets than the declared frame count and an end before those frames'.
-    "Before" means by over 3 frame intervals and 5% (muxers round durations,
-    and AVI counts the frames before a late start, never by that much).
-    """
-    frames, start, declared_end = declared
-    slack = lambda end: max(3.0 / max(fps, 1e-3), 0.05 * (end - start))  # noqa: E731
-    if frames and demuxed < frames and fps > 0:
-        frames_end = start + frames / fps
-        if frames_end - end_s > slack(frames_end):
-            raise BadVideoError(path, f"truncated: the header declares {frames} frames, the file holds {demuxed}")
-    if declared_end is not None and declared_end - end_s > slack(declared_end):
-        raise BadVideoError(path, f"truncated: the header declares {declared_end:.3f} s, "
-                                  f"the video stream ends at {end_s:.3f} s")

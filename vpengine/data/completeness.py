@@ -1,0 +1,78 @@
+"""Whether a video file holds all it declares: truncation checks of the probe.
+
+- ``declared_extent``/``check_complete``: the frame count and duration a
+  header declares against what the demuxer found.
+- ``riff_shortfall``: AVI. Its header counts every frame chunk, also the
+  empty ones a capture program writes for a dropped or held frame, which
+  FFmpeg's demuxer skips: a complete file may then hold fewer frames than its
+  header declares, and that count cannot tell it from a truncated one. Its
+  top-level chunks can: ``RIFF`` ``AVI `` and, past 1 GB (OpenDML), ``RIFF``
+  ``AVIX`` follow one another to the end of the file, and a file cut short
+  ends inside the last one.
+"""
+from __future__ import annotations
+
+import os
+
+from .errors import BadVideoError
+
+
+def riff_shortfall(path: str) -> int | None:
+    """Bytes the top-level chunks need past the end of the file: 0 for a
+    complete file (trailing bytes after the last chunk are not judged),
+    None for a file that does not start with a RIFF chunk."""
+    size = os.path.getsize(path)
+    pos = 0
+    with open(path, "rb") as f:
+        while pos + 8 <= size:
+            f.seek(pos)
+            head = f.read(8)
+            if head[:4] != b"RIFF":
+                return None if pos == 0 else 0
+            n = int.from_bytes(head[4:8], "little")
+            end = pos + 8 + n
+            if end > size:
+                return end - size
+            pos = end + (n & 1)  # chunks are padded to an even size
+    return None if pos == 0 else 0
+
+
+def declared_extent(container, stream) -> tuple[int, float, float | None]:
+    """(frame count, start in s, end in s) the header declares for the video
+    stream: 0 / None where it does not say. The container's duration stands
+    for the stream's only in a file with no other stream (audio may outlast
+    video); demuxers disagree on whether it counts from 0 (Matroska) or from
+    the start time, so the earlier of the two ends is taken.
+    """
+    tb = stream.time_base
+    start = float(stream.start_time * tb) if stream.start_time is not None and tb is not None else 0.0
+    # MP4/MOV count every sample of the table, also those an edit list cuts
+    # away, which the demuxer then drops outright for intra-only codecs
+    # (MJPEG, ProRes, PNG): only the declared duration is a bound there.
+    mov = container.format.name.split(",")[0] == "mov"
+    frames = 0 if mov else int(stream.frames or 0)
+    if stream.duration is not None and tb is not None:
+        return frames, start, start + float(stream.duration * tb)
+    if container.duration is not None and len(container.streams) == 1:
+        c_start = (container.start_time or 0) / 1e6
+        return frames, start, min(c_start + container.duration / 1e6, container.duration / 1e6)
+    return frames, start, None
+
+
+def check_complete(path: str, declared: tuple[int, float, float | None], demuxed: int, end_s: float,
+                    fps: float) -> None:
+    """Raise BadVideoError when the video stream stops short of what its header
+    declares: its end time before the declared duration's end, or fewer
+    packets than the declared frame count and an end before those frames'.
+    "Before" means by over 3 frame intervals and 5% (muxers round durations,
+    and AVI counts the frames before a late start, never by that much).
+    """
+    frames, start, declared_end = declared
+    slack = lambda end: max(3.0 / max(fps, 1e-3), 0.05 * (end - start))  # noqa: E731
+    if frames and demuxed < frames and fps > 0:
+        frames_end = start + frames / fps
+        if frames_end - end_s > slack(frames_end):
+            raise BadVideoError(path, f"truncated: the header declares {frames} frames, the file holds {demuxed}")
+    if declared_end is not None and declared_end - end_s > slack(declared_end):
+        raise BadVideoError(path, f"truncated: the header declares {declared_end:.3f} s, "
+                                  f"the video stream ends at {end_s:.3f} s")
