@@ -22,6 +22,11 @@ import os
 
 import torch
 
+# Imported here, not where used: the first calls of a backend's reasons may run
+# on several threads at once, and a fork while one of them held the import's
+# module lock left the child's copy locked: its first op hung for good.
+from . import _elf
+
 _MARKER = b"VPENGINE_BUILD_INFO:"
 _REBUILD = "rebuild with `pip install --no-build-isolation -e .`"
 
@@ -94,8 +99,6 @@ def _cxx_runtime_reason(name: str, path: str) -> str | None:
     numbers vanish from the messages). setup.py links the shared runtime
     explicitly; this catches a build that still did not.
     """
-    from . import _elf
-
     libc10 = _torch_libc10()
     torch_needs = _elf.needed_libraries(libc10) if libc10 else None
     runtime = [lib for lib in torch_needs or [] if lib.startswith("libstdc++.so")]

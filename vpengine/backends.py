@@ -22,6 +22,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from . import _ext
+
 BACKEND_NAMES = ("ref", "triton", "cuda", "cpu")
 _ENV = "VPENGINE_BACKEND"
 
@@ -44,16 +46,10 @@ def _global_reasons(name: str) -> list[str]:
     if name == "ref":
         return []
     if name == "triton":
-        from . import _ext
-
         return _ext.triton_reasons()
     if name == "cpu":
-        from . import _ext
-
         return _ext.cpu_ext_reasons()
     if name == "cuda":
-        from . import _ext
-
         return _ext.cuda_ext_reasons()
     return [f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}"]
 
