@@ -181,3 +181,76 @@ def test_parameter_sets_of_other_hevc_layers_are_not_the_frames_size(tmp_path):
             if packet.size:
                 tracker.feed(bytes(packet) + (b"\x00\x00\x01" + layer1_sps if i == 0 else b""))
     assert tracker.sizes == {(56, 40)} and tracker.varies is False
+
+
+def _flv_tags(data: bytes):
+    """(file header, [(tag type, timestamp ms, body)]) of an FLV file."""
+    start = int.from_bytes(data[5:9], "big") + 4
+    pos, tags = start, []
+    while pos + 11 <= len(data):
+        size = int.from_bytes(data[pos + 1:pos + 4], "big")
+        ts = int.from_bytes(data[pos + 4:pos + 7], "big") | data[pos + 7] << 24
+        tags.append((data[pos], ts, data[pos + 11:pos + 11 + size]))
+        pos += 15 + size
+    return data[:start], tags
+
+
+def _flv_tag(kind: int, ts: int, body: bytes) -> bytes:
+    head = bytes([kind]) + len(body).to_bytes(3, "big") + (ts & 0xFFFFFF).to_bytes(3, "big") + bytes([ts >> 24])
+    return head + b"\0\0\0" + body + (11 + len(body)).to_bytes(4, "big")
+
+
+def test_a_new_configuration_record_midway_is_read(tmp_path):
+    """An RTMP/OBS recording that changes resolution: FLV's second AVC
+    sequence header, an MP4's second sample description. The new SPS is in
+    neither the stream's extradata nor the packets: FFmpeg hands it over as
+    new_extradata side data."""
+    parts = []
+    for n, (h, w) in enumerate([(48, 64), (32, 96)]):
+        path = tmp_path / f"p{n}.flv"
+        with av.open(str(path), "w") as c:
+            st = c.add_stream("libx264", rate=10, options={"bf": "0"})
+            st.height, st.width, st.pix_fmt = h, w, "yuv420p"
+            for i, rgb in enumerate(_frames(8, h, w, seed=n)):
+                f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                f.pts = i
+                c.mux(st.encode(f))
+            c.mux(st.encode(None))
+        parts.append(_flv_tags(path.read_bytes()))
+    (head, first), (_, second) = parts
+    shift = max(ts for kind, ts, _ in first if kind == 9) + 100
+    flv = tmp_path / "switch.flv"
+    flv.write_bytes(head + b"".join(_flv_tag(*t) for t in first)
+                    + b"".join(_flv_tag(kind, ts + shift, body) for kind, ts, body in second if kind == 9))
+    mp4 = tmp_path / "switch.mp4"  # FFmpeg writes the second record as a second stsd entry
+    with av.open(str(flv)) as i, av.open(str(mp4), "w") as o:
+        out = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(i.streams.video[0]):
+            if p.size:
+                p.stream = out
+                o.mux(p)
+    for path in (flv, mp4):
+        tracker, decoded = _parsed_and_decoded(str(path))
+        assert tracker.sizes == decoded == {(64, 48), (96, 32)} and tracker.varies is True, path.suffix
+        assert pyav_backend.probe(str(path)).frame_sizes_vary() is True
+
+
+def test_a_left_crop_to_the_same_size_is_still_a_change(tmp_path):
+    """64x48, then 80x48 coded and cropped 16 on the left: one cropped size,
+    but FFmpeg leaves an unaligned left crop alone and decodes 80x48. Streams
+    are compared by everything the size comes from."""
+    packets = [(p, 0) for p in _packets("libx264", "yuv420p", {"bf": "0"}, _frames(6, 48, 64))[0]]
+    cropped, _ = _packets("libx264", "yuv420p", {"bf": "0", "x264-params": "crop-rect=16,0,0,0"}, _frames(6, 48, 80, 1))
+    packets += [(p, 6) for p in cropped]
+    path = str(tmp_path / "crop.ts")
+    with av.open(path, "w") as c:
+        st = c.add_stream("libx264", rate=10)
+        st.height, st.width, st.pix_fmt, st.time_base = 48, 64, "yuv420p", fractions.Fraction(1, 10)
+        for p, offset in packets:
+            q = av.Packet(bytes(p))
+            q.pts, q.dts = p.pts + offset, p.dts + offset
+            q.time_base, q.is_keyframe, q.stream = fractions.Fraction(1, 10), p.is_keyframe, st
+            c.mux(q)
+    tracker, decoded = _parsed_and_decoded(path)
+    assert decoded == {(64, 48), (80, 48)} and tracker.varies is True
+    assert any("change size midway" in r for r in dali_backend.file_reasons(pyav_backend.probe(path), "gpu"))

@@ -58,30 +58,53 @@ class SizeTracker:
         self.unreadable = False
         self.slots: list[tuple[int, int] | None] = [None] * 8  # VP9 reference frames
         self.length_size: int | None = None  # H.264/HEVC: None for Annex B start codes
-        if codec in h26x.SPS_SIZE:
-            try:
-                self.length_size, sps = h26x.config_record(codec, bytes(extradata or b""))
-                self.sizes.update(h26x.SPS_SIZE[codec](nal) for nal in sps)
-            except (IndexError, ValueError):
-                self.unreadable = True
+        self.geometries: set[tuple] = set()  # H.264/HEVC: what each SPS's size comes from
+        if codec in h26x.SPS_SHAPE:
+            self.length_size = self._record(extradata)
 
     @property
     def varies(self) -> bool | None:
         if self.unreadable or not self.sizes:  # no size seen: no answer either
             return None
-        return len(self.sizes) > 1
+        return len(self.sizes) > 1 or len(self.geometries) > 1
+
+    def feed_extradata(self, extradata) -> None:
+        """A new configuration record met midway: FLV's second AVC sequence
+        header, an MP4 sample description of its own (FFmpeg hands it over
+        as a packet's ``new_extradata`` side data), with the SPS of what follows."""
+        if self.codec in h26x.SPS_SHAPE and not self.unreadable:
+            length_size = self._record(extradata)
+            if length_size != self.length_size:
+                self.unreadable = True  # the packets' framing changed too: not followed here
+
+    def _record(self, extradata) -> int | None:
+        try:
+            length_size, sps = h26x.config_record(self.codec, bytes(extradata or b""))
+            for nal in sps:
+                self._add(h26x.SPS_SHAPE[self.codec](nal))
+            return length_size
+        except (IndexError, ValueError):
+            self.unreadable = True
+            return None
+
+    def _add(self, shape) -> None:
+        self.sizes.add(shape.size)
+        self.geometries.add(shape.geometry)
 
     def feed(self, packet) -> None:
-        """``packet``: anything with the buffer protocol (a PyAV Packet)."""
+        """``packet``: anything with the buffer protocol (a PyAV Packet, whose
+        ``new_extradata`` side data is read too)."""
+        if hasattr(packet, "has_sidedata") and packet.has_sidedata("new_extradata"):
+            self.feed_extradata(bytes(packet.get_sidedata("new_extradata")))
         if self.unreadable:
             return
         view = memoryview(packet).cast("B")
         try:
             if self.codec == "vp9":
                 self._vp9(view)
-            elif self.codec in h26x.SPS_SIZE:
+            elif self.codec in h26x.SPS_SHAPE:
                 for nal in h26x.sps_nals(self.codec, view, self.length_size):
-                    self.sizes.add(h26x.SPS_SIZE[self.codec](nal))
+                    self._add(h26x.SPS_SHAPE[self.codec](nal))
             else:
                 size = (_vp8 if self.codec == "vp8" else _jpeg)(view[:_HEAD].tobytes())
                 if size is not None:

@@ -20,7 +20,7 @@ ValueError or IndexError, which makes the tracker's answer unknown.
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 _SPS_TYPE = {"h264": 7, "hevc": 33}
 # H.264 profiles whose SPS carries chroma format, bit depths and scaling lists
@@ -68,8 +68,18 @@ def _subsampling(chroma_format_idc: int) -> tuple[int, int]:
     return ((1, 1), (2, 2), (2, 1), (1, 1))[chroma_format_idc]
 
 
-def h264_sps_size(nal: bytes) -> tuple[int, int]:
-    """(width, height) of the frames an H.264 SPS NAL unit (header byte included) describes."""
+class SpsShape(NamedTuple):
+    """What an SPS says of the frames: ``size``, (width, height) as the SPS
+    crops them, and ``geometry``, every field that size comes from. Streams
+    are compared by geometry: FFmpeg does not apply an unaligned left or top
+    crop, so two SPSs of one cropped size may decode to two sizes."""
+
+    size: tuple[int, int]
+    geometry: tuple
+
+
+def h264_sps_shape(nal: bytes) -> SpsShape:
+    """The frames an H.264 SPS NAL unit (header byte included) describes."""
     g = _rbsp(nal, 1)
     profile = g.u(8)
     g.u(16)  # constraint flags, level_idc
@@ -110,7 +120,8 @@ def h264_sps_size(nal: bytes) -> tuple[int, int]:
     height = 16 * (2 - frame_mbs_only) * height_units - unit_y * (top + bottom)
     if width <= 0 or height <= 0:
         raise ValueError(f"H.264 SPS crops its frames to {width}x{height}")
-    return width, height
+    return SpsShape((width, height), (width_mbs, height_units, frame_mbs_only, chroma, separate,
+                                      left, right, top, bottom))
 
 
 def _skip_scaling_list(g: _Golomb, size: int) -> None:
@@ -121,8 +132,8 @@ def _skip_scaling_list(g: _Golomb, size: int) -> None:
         last = nxt or last
 
 
-def hevc_sps_size(nal: bytes) -> tuple[int, int]:
-    """(width, height) of the frames an HEVC SPS NAL unit (2-byte header included) describes."""
+def hevc_sps_shape(nal: bytes) -> SpsShape:
+    """The frames an HEVC SPS NAL unit (2-byte header included) describes."""
     g = _rbsp(nal, 2)
     g.u(4)  # sps_video_parameter_set_id
     sub_layers = g.u(3)  # sps_max_sub_layers_minus1
@@ -137,7 +148,9 @@ def hevc_sps_size(nal: bytes) -> tuple[int, int]:
     chroma = g.ue()
     if chroma == 3 and g.u(1):  # separate_colour_plane_flag
         chroma = 0
-    width, height = g.ue(), g.ue()
+    coded = g.ue(), g.ue()
+    width, height = coded
+    left = right = top = bottom = 0
     if g.u(1):  # conformance_window_flag
         left, right, top, bottom = _crop(g)
         sub_w, sub_h = _subsampling(chroma)
@@ -145,10 +158,10 @@ def hevc_sps_size(nal: bytes) -> tuple[int, int]:
         height -= sub_h * (top + bottom)
     if width <= 0 or height <= 0:
         raise ValueError(f"HEVC SPS crops its frames to {width}x{height}")
-    return width, height
+    return SpsShape((width, height), (*coded, chroma, left, right, top, bottom))
 
 
-SPS_SIZE = {"h264": h264_sps_size, "hevc": hevc_sps_size}
+SPS_SHAPE = {"h264": h264_sps_shape, "hevc": hevc_sps_shape}
 
 
 def nal_type(codec: str, first_bytes: bytes | memoryview) -> int:
