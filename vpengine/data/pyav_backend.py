@@ -28,21 +28,14 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cached_property, lru_cache
+from functools import cached_property
 
-from . import h26x
-from .errors import BackendUnsupported, BadVideoError, check_file
-from .file_cache import FileCache
-from .frame_sizes import TRACKED, SizeTracker
 from .completeness import check_complete, declared_extent, riff_shortfall
-
-
-def _av():
-    try:
-        import av
-    except ImportError as e:  # the `video` extra is not installed
-        raise BackendUnsupported(f"PyAV is not installed ({e}); pip install av") from e
-    return av
+from .errors import BadVideoError, check_file
+from .file_cache import FileCache
+from .frame_sizes import TRACKED
+from .pyav_io import _av, _open, _wrap
+from .stream_facts import _output_reorders, _quarter_turns, _size_varies
 
 
 @dataclass(frozen=True)
@@ -107,11 +100,6 @@ class VideoProbe:
         return i0, i1
 
 
-def _wrap(path: str, e: Exception, what: str) -> BadVideoError:
-    msg = str(e).split(": '", 1)[0]  # FFmpeg messages end with the path; keep the reason
-    return BadVideoError(path, f"{what}: {type(e).__name__}: {msg}")
-
-
 def _video_stream(container, path: str, without: frozenset[int] = frozenset()):
     """The video stream the ffmpeg command line decodes by default (and so
     mediapy, the official reader): never an attached picture (the cover art of
@@ -136,39 +124,6 @@ def _video_stream(container, path: str, without: frozenset[int] = frozenset()):
             raise BadVideoError(path, "the video stream has no frames")
         raise BadVideoError(path, "no video stream (only a cover image)" if videos else "no video stream")
     return best
-
-
-@lru_cache(maxsize=65536)
-def _quarter_turns(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int) -> int:  # a changed file is read again
-    try:
-        with _open(_av(), path) as container:
-            stream = container.streams.video[index]
-            stream.thread_count = 1  # frame threads would wait for several packets before the first frame
-            frame = next(container.decode(stream), None)
-            rotation = frame.rotation if frame is not None else 0
-    except Exception as e:
-        raise _wrap(path, e, "cannot decode a first frame") from e
-    return round(rotation / 90) % 4 if rotation else 0
-
-
-@lru_cache(maxsize=65536)
-def _size_varies(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int, codec: str) -> bool | None:
-    try:
-        with _open(_av(), path) as container:
-            stream = container.streams.video[index]
-            tracker = SizeTracker(codec, stream.codec_context.extradata)
-            for packet in container.demux(stream):
-                if packet.size:
-                    tracker.feed(packet)
-    except Exception as e:
-        raise _wrap(path, e, "cannot demux") from e
-    return tracker.varies
-
-
-def _open(av, path: str):
-    # FFmpeg reads "name:rest" as a URL of protocol "name" (a file "take:1.mp4"
-    # fails with ProtocolNotFoundError); an absolute path starts with "/".
-    return av.open(os.path.abspath(path))
 
 
 # Probes of unchanged files are remembered (file_cache.py): a demux reads the
@@ -285,44 +240,3 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     key.sort()
     return VideoProbe(path, tuple(pts), tuple(k for k, _ in key), Fraction(tb), fps, height, width, codec, index,
                       by_order, colorspace, tuple(d for _, d in key))
-
-
-@lru_cache(maxsize=65536)
-def _output_reorders(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int, limit: int = 64) -> bool:
-    """Whether the decoder gives frames with falling timestamps (remembered
-    per file: a loader probes it every epoch). H.264: whether any packet
-    holds a B slice, read from the slice headers of the whole stream (x264
-    may code a long noisy intro with none). Other codecs, or H.264 headers
-    that do not parse: the first ``limit`` frames, decoded."""
-    b_slices = _b_slices(path, index)
-    if b_slices is not None:
-        return b_slices
-    try:
-        with _open(_av(), path) as container:
-            last = None
-            for n, frame in enumerate(container.decode(container.streams.video[index])):
-                if frame.pts is not None:
-                    if last is not None and frame.pts < last:
-                        return True
-                    last = frame.pts
-                if n + 1 >= limit:
-                    break
-    except Exception as e:
-        raise _wrap(path, e, "cannot decode the first frames") from e
-    return False
-
-
-def _b_slices(path: str, index: int) -> bool | None:
-    """Whether an H.264 stream has B slices; None for other codecs or headers that do not parse."""
-    try:
-        with _open(_av(), path) as container:
-            stream = container.streams.video[index]
-            if stream.codec_context.codec.canonical_name != "h264":
-                return None
-            length_size, _ = h26x.config_record("h264", bytes(stream.codec_context.extradata or b""))
-            return any(h26x.h264_has_b_slice(memoryview(packet).cast("B"), length_size)
-                       for packet in container.demux(stream) if packet.size)
-    except (IndexError, ValueError):
-        return None
-    except Exception as e:
-        raise _wrap(path, e, "cannot demux") from e

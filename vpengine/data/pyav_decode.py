@@ -20,7 +20,8 @@ import itertools
 import numpy as np
 
 from .errors import BadVideoError
-from .pyav_backend import VideoProbe, _av, _open, _wrap
+from .pyav_backend import VideoProbe
+from .pyav_io import _av, _open, _wrap
 
 
 def _groups(vp: VideoProbe, want_pts: list[int], seek: bool) -> list[tuple[int | None, list[int]]]:

@@ -1,0 +1,80 @@
+"""Facts about a file's video stream that the probe reads only when asked,
+from its packets or a short decode; each is remembered per unchanged file
+(a loader asks every epoch): its rotation, whether its frame size changes,
+whether an AVI's packet numbers follow decode order.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from . import h26x
+from .frame_sizes import SizeTracker
+from .pyav_io import _av, _open, _wrap
+
+
+@lru_cache(maxsize=65536)
+def _quarter_turns(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int) -> int:  # a changed file is read again
+    try:
+        with _open(_av(), path) as container:
+            stream = container.streams.video[index]
+            stream.thread_count = 1  # frame threads would wait for several packets before the first frame
+            frame = next(container.decode(stream), None)
+            rotation = frame.rotation if frame is not None else 0
+    except Exception as e:
+        raise _wrap(path, e, "cannot decode a first frame") from e
+    return round(rotation / 90) % 4 if rotation else 0
+
+
+@lru_cache(maxsize=65536)
+def _size_varies(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int, codec: str) -> bool | None:
+    try:
+        with _open(_av(), path) as container:
+            stream = container.streams.video[index]
+            tracker = SizeTracker(codec, stream.codec_context.extradata)
+            for packet in container.demux(stream):
+                if packet.size:
+                    tracker.feed(packet)
+    except Exception as e:
+        raise _wrap(path, e, "cannot demux") from e
+    return tracker.varies
+
+
+@lru_cache(maxsize=65536)
+def _output_reorders(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int, limit: int = 64) -> bool:
+    """Whether the decoder gives frames with falling timestamps (remembered
+    per file: a loader probes it every epoch). H.264: whether any packet
+    holds a B slice, read from the slice headers of the whole stream (x264
+    may code a long noisy intro with none). Other codecs, or H.264 headers
+    that do not parse: the first ``limit`` frames, decoded."""
+    b_slices = _b_slices(path, index)
+    if b_slices is not None:
+        return b_slices
+    try:
+        with _open(_av(), path) as container:
+            last = None
+            for n, frame in enumerate(container.decode(container.streams.video[index])):
+                if frame.pts is not None:
+                    if last is not None and frame.pts < last:
+                        return True
+                    last = frame.pts
+                if n + 1 >= limit:
+                    break
+    except Exception as e:
+        raise _wrap(path, e, "cannot decode the first frames") from e
+    return False
+
+
+def _b_slices(path: str, index: int) -> bool | None:
+    """Whether an H.264 stream has B slices; None for other codecs or headers that do not parse."""
+    try:
+        with _open(_av(), path) as container:
+            stream = container.streams.video[index]
+            if stream.codec_context.codec.canonical_name != "h264":
+                return None
+            length_size, _ = h26x.config_record("h264", bytes(stream.codec_context.extradata or b""))
+            return any(h26x.h264_has_b_slice(memoryview(packet).cast("B"), length_size)
+                       for packet in container.demux(stream) if packet.size)
+    except (IndexError, ValueError):
+        return None
+    except Exception as e:
+        raise _wrap(path, e, "cannot demux") from e
