@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from clip_facts import FPS, gray_index
-from vpengine.data import BadVideoError, ClipLoader, ClipSpec, read_clip, read_manifest
+from vpengine.data import BadVideoError, ClipLoader, ClipSpec, pyav_backend, read_clip, read_manifest
 from vpengine.data.synthetic import encode_video, index_frames
 
 av = pytest.importorskip("av")
@@ -217,6 +217,70 @@ def test_an_avi_with_held_frames_is_not_truncation(tmp_path):
     (tmp_path / "cut.avi").write_bytes(data[:-200])  # cut into the index at the end: the frames all there
     with pytest.raises(BadVideoError, match="truncated: its RIFF chunks declare 200 bytes past the end"):
         read_clip(tmp_path / "cut.avi", ClipSpec(6, size=None), backend="pyav")
+
+
+def _plain_decode(path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def _same_frames_as_a_plain_decode(path):
+    want = _plain_decode(path)
+    frames, info = read_clip(path, ClipSpec(len(want), sampling="stride", stride=1, size=None), backend="pyav")
+    assert info.num_source_frames == len(want)
+    assert all(np.array_equal(frames[i].numpy(), want[i]) for i in range(len(want)))
+    return pyav_backend.probe(str(path))
+
+
+def test_an_hevc_segment_keeps_its_decodable_leading_pictures(tmp_path):
+    """A segment cut at an IDR_W_RADL picture (x265 radl): its RADL pictures
+    show before the IDR and decode from it alone. They are frames."""
+    opts = {"x265-params": "log-level=error:open-gop=0:radl=2:keyint=8:min-keyint=8:bframes=3:scenecut=0:b-adapt=0"}
+    full = encode_video(tmp_path / "full.mkv", index_frames(34), "libx265", fps=FPS, codec_options=opts)
+    cut = tmp_path / "segment.mkv"
+    with av.open(full) as c, av.open(str(cut), "w") as o:
+        out = o.add_stream_from_template(c.streams.video[0])
+        packets = [p for p in c.demux(c.streams.video[0]) if p.size]
+        second_idr = [i for i, p in enumerate(packets) if p.is_keyframe][1]
+        for p in packets[second_idr:]:
+            p.stream = out
+            o.mux(p)
+    probe = _same_frames_as_a_plain_decode(cut)
+    assert probe.skipped_start == 0
+
+
+def test_an_intra_refresh_capture_starts_where_the_decoder_does(tmp_path):
+    """An MPEG-TS capture of an x264 intra-refresh stream cut at a recovery
+    point (flagged as a keyframe): the decoder gives nothing until the
+    refresh completes; the frames start there, and DALI, which would count
+    the others, is not asked."""
+    from vpengine.data import dali_backend
+
+    full = encode_video(tmp_path / "ir.ts", index_frames(34), "libx264", fps=FPS,
+                        codec_options={"x264-params": "intra-refresh=1:keyint=8:bframes=0"})
+    with av.open(full) as c:
+        pos = [p.pos for p in c.demux(video=0) if p.size][8]
+    cut = tmp_path / "capture.ts"
+    cut.write_bytes(open(full, "rb").read()[pos - pos % 188:])
+    probe = _same_frames_as_a_plain_decode(cut)
+    assert probe.skipped_start > 0
+    assert any("starts mid-GOP" in r for r in dali_backend.file_reasons(probe, "gpu"))
+
+
+@pytest.mark.parametrize("codec,ext,opts", [
+    ("libx264", "h264", {"x264-params": "open-gop=1:keyint=8:min-keyint=8:bframes=3:scenecut=0"}),
+    ("libx265", "hevc", {"x265-params": "log-level=error:keyint=8:min-keyint=8:bframes=3:scenecut=0"})])
+def test_a_raw_stream_counts_the_frames_its_decoder_gives(tmp_path, codec, ext, opts):
+    """Cut at an open-GOP keyframe (its leading pictures never come out) and
+    ended by end-of-sequence units (a packet with no picture): a raw stream
+    has no timestamps, so its frames are counted by decoding."""
+    full = encode_video(tmp_path / f"src.{ext}", index_frames(34), codec, fps=FPS, codec_options=opts)
+    with av.open(full) as c:
+        second_key = [p.pos for p in c.demux(video=0) if p.size and p.is_keyframe][1]
+    eos = b"\x00\x00\x00\x01\x0b" if ext == "h264" else b"\x00\x00\x00\x01\x48\x01"
+    cut = tmp_path / f"cut.{ext}"
+    cut.write_bytes(open(full, "rb").read()[second_key:] + eos)
+    _same_frames_as_a_plain_decode(cut)
 
 
 def test_audio_outlasting_video_is_not_truncation(tmp_path):

@@ -48,8 +48,11 @@ one whose header counts the empty chunks of held frames reads; a last packet
 the demuxer flags as cut short in IVF, FLV, AVI), as do repeated timestamps and wanted frames the decoder
 flags as concealed (a last frame cut short in MPEG-TS or NUT, which declare
 no end; a clip without that frame still reads). A recording that starts
-mid-GOP (an MPEG-TS capture) starts at its first keyframe: the frames
-before it cannot be decoded and are not counted.
+mid-GOP (an MPEG-TS capture) starts where its decoder does: the frames it
+cannot decode are not counted, found by decoding the first frames (of every
+MPEG-TS/PS file, and of any file whose first packets are not a keyframe's),
+and DALI, which would count them, is not asked. A raw H.264/HEVC elementary
+stream has no timestamps: its frames are counted by decoding it once.
 """
 from .clip import BACKENDS, ClipInfo, read_clip
 from .errors import BackendUnsupported, BadFile, BadVideoError

@@ -74,6 +74,9 @@ def file_reasons(probe, device: str) -> list[str]:
     if probe.display_by_output_order:
         why.append("its frames are numbered by the decoder's output order, not by timestamps "
                    "(H.264 with B-frames in AVI, or a raw elementary stream)")
+    if probe.skipped_start:
+        why.append(f"it starts mid-GOP: its first {probe.skipped_start} frames cannot be decoded, and DALI "
+                   "would count them as frames")
     if probe.stream != 0:
         why.append(f"the video is stream {probe.stream} of the file's video streams and DALI decodes the first")
     if not why and probe.codec in TRACKED:  # the one check that reads the file: only if nothing else refuses it

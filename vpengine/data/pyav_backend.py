@@ -35,7 +35,7 @@ from .errors import BadVideoError, check_file
 from .file_cache import FileCache
 from .frame_sizes import TRACKED
 from .pyav_io import _av, _open, _wrap
-from .stream_facts import _output_reorders, _quarter_turns, _size_varies
+from .stream_facts import _output_reorders, _quarter_turns, _size_varies, decoder_start, output_count
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,10 @@ class VideoProbe:
     # Whether the frames' sizes change midway (None: not known yet; see
     # frame_sizes_vary, which reads it when DALI is considered).
     size_varies: bool | None = None
+    # Frames demuxed at the start that the decoder never gives (a recording
+    # that starts mid-GOP): not frames of the video here, though DALI's
+    # decoder would count them.
+    skipped_start: int = 0
 
     @property
     def num_frames(self) -> int:
@@ -126,6 +130,9 @@ def _video_stream(container, path: str, without: frozenset[int] = frozenset()):
     return best
 
 
+# Containers a recording may start anywhere in: their first frames are checked by decoding.
+_CAPTURES = frozenset({"mpegts", "mpeg"})
+
 # Probes of unchanged files are remembered (file_cache.py): a demux reads the
 # whole file (measured here: 9 us a packet in MP4, 29 in MPEG-TS, so 0.3-1 s
 # for an hour of video), and a manifest of windows of one long video would pay
@@ -169,7 +176,8 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             tb = stream.time_base
             rate = stream.average_rate or stream.guessed_rate
             declared = declared_extent(container, stream)
-            if container.format.name == "avi":
+            fmt = container.format.name
+            if fmt == "avi":
                 short = riff_shortfall(path)
                 if short:
                     raise BadVideoError(path, f"truncated: its RIFF chunks declare {short} bytes past the end of the file")
@@ -206,11 +214,20 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
         raise
     except Exception as e:  # av.error.* (InvalidDataError, ...), OSError, UnicodeDecodeError
         raise _wrap(path, e, "cannot open as a video") from e
-    if key and (lead or min(pts) < key[0][0]):
-        # A recording that starts mid-GOP (an MPEG-TS capture, say): the frames
-        # before its first keyframe, in decode or display order, lack their
-        # references and decoders drop them. They are not the file's frames.
-        pts = [p for p in pts[lead:] if p >= key[0][0]]
+    st = os.stat(path)
+    facts = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, index)
+    skipped = 0
+    if untimed and pts:
+        pts = list(range(output_count(*facts)))  # k: the decoder's k-th frame
+    elif pts and (key and (lead or min(pts) < key[0][0]) or fmt in _CAPTURES):
+        # A recording that starts mid-GOP (an MPEG-TS capture, say): its first
+        # frames may not exist. Which do, the decoder tells (decoder_start).
+        # In MPEG-TS/PS even a first keyframe may be an intra-refresh recovery
+        # point, after which the decoder gives nothing for a few frames.
+        doubt = set(pts[:lead]) | ({p for p in pts if p < key[0][0]} if key else set())
+        first, shown = decoder_start(*facts, max(doubt) if doubt else min(pts) - 1)
+        kept = [p for p in pts if first is not None and p >= first and (p not in doubt or p in shown)]
+        skipped, pts = len(pts) - len(kept), kept
     if not pts:  # another video stream may have them (ffmpeg would take that one)
         return _demux(path, _empty | {index})
     if untimed:  # frame numbers: the time base is one frame
@@ -230,8 +247,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     if untimed:
         by_order = True
     elif suspect and in_order:
-        st = os.stat(path)
-        by_order = _output_reorders(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, index)
+        by_order = _output_reorders(*facts)
     else:
         by_order = False
     dup = next((p for p, q in zip(pts, pts[1:]) if p == q), None)
@@ -239,4 +255,4 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
         raise BadVideoError(path, f"two frames share the timestamp {float(dup * tb):.3f} s; cannot index frames")
     key.sort()
     return VideoProbe(path, tuple(pts), tuple(k for k, _ in key), Fraction(tb), fps, height, width, codec, index,
-                      by_order, colorspace, tuple(d for _, d in key))
+                      by_order, colorspace, tuple(d for _, d in key), skipped_start=skipped)

@@ -78,3 +78,45 @@ def _b_slices(path: str, index: int) -> bool | None:
         return None
     except Exception as e:
         raise _wrap(path, e, "cannot demux") from e
+
+
+@lru_cache(maxsize=65536)
+def decoder_start(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int,
+                  last: int) -> tuple[int | None, frozenset[int]]:
+    """(pts of the first frame the decoder gives whole, the pts up to
+    ``last`` that it gives whole), decoding from the start of the stream.
+
+    For a file that starts mid-GOP: which of its first frames exist. The
+    frames before the first keyframe lack their references and decoders drop
+    them; so do the leading pictures of an open GOP (H.264 leading B-frames,
+    HEVC RASL), but not HEVC's decodable ones (RADL); an x264 intra-refresh
+    capture gives nothing until its refresh completes, a few frames past the
+    recovery point flagged as a keyframe. Output comes in display order, so
+    the decode stops at the first frame past ``last``.
+    """
+    first, shown = None, set()
+    try:
+        with _open(_av(), path) as container:
+            for frame in container.decode(container.streams.video[index]):
+                if frame.pts is None or frame.is_corrupt:
+                    continue
+                first = frame.pts if first is None else first
+                if frame.pts > last:
+                    break
+                shown.add(frame.pts)
+    except Exception as e:
+        raise _wrap(path, e, "cannot decode the first frames") from e
+    return first, frozenset(shown)
+
+
+@lru_cache(maxsize=65536)
+def output_count(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int) -> int:
+    """Frames the decoder gives for the whole stream: the frames of a raw
+    elementary stream, which has no timestamps to count by (a packet may
+    hold no picture, an end-of-stream unit say, and the leading pictures of
+    an open GOP at its start never come out). One full decode per file."""
+    try:
+        with _open(_av(), path) as container:
+            return sum(1 for _ in container.decode(container.streams.video[index]))
+    except Exception as e:
+        raise _wrap(path, e, "decode failed (truncated or corrupt)") from e
