@@ -35,7 +35,7 @@ from .errors import BadVideoError, check_file
 from .file_cache import FileCache
 from .frame_sizes import TRACKED
 from .pyav_io import _av, _open, _wrap
-from .stream_facts import _output_reorders, _quarter_turns, _size_varies, decoder_start, output_count
+from .stream_facts import StartWatch, _output_reorders, _quarter_turns, _size_varies, decoder_start, output_count
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             pts, key, demuxed, end, cut = [], [], 0, None, False
             lead = 0  # frames demuxed before the first keyframe
             untimed, tick = 0, None  # packets without timestamps; their duration
+            watch = None  # the decoder's first frames (StartWatch), where they are in doubt
             for packet in container.demux(stream):
                 demuxed += packet.size > 0 or packet.pts is not None  # not the flush packet at the end
                 if packet.size == 0:  # the flush packet, or an empty sample (a dropped frame)
@@ -202,14 +203,20 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                         raise BadVideoError(path, "some packets have timestamps and some none; cannot index frames")
                     at, untimed, tick = untimed, untimed + 1, tick or packet.duration
                 cut = packet.is_corrupt  # of the last packet: a read that hit the end of the file
+                if watch is None:  # the first packet: a capture format, or not a keyframe
+                    watch = StartWatch(stream) if not untimed and (fmt in _CAPTURES or not packet.is_keyframe) else False
                 if packet.is_keyframe:  # a discarded keyframe is still a seek point
                     key.append((int(at), int(at if packet.dts is None or untimed else packet.dts)))
+                if watch:
+                    watch.feed(packet, key[0][0] if key else None)
                 if packet.is_discard:
                     continue
                 pts.append(int(at))
                 lead += not key
                 stop = at + (1 if untimed else packet.duration or 0)
                 end = stop if end is None else max(end, stop)
+            if watch:
+                watch.close(key[0][0] if key else None)
     except BadVideoError:
         raise
     except Exception as e:  # av.error.* (InvalidDataError, ...), OSError, UnicodeDecodeError
@@ -219,13 +226,14 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     skipped = 0
     if untimed and pts:
         pts = list(range(output_count(*facts)))  # k: the decoder's k-th frame
-    elif pts and (key and (lead or min(pts) < key[0][0]) or fmt in _CAPTURES):
+    elif pts and (key and (lead or min(pts) < key[0][0]) or watch):
         # A recording that starts mid-GOP (an MPEG-TS capture, say): its first
-        # frames may not exist. Which do, the decoder tells (decoder_start).
+        # frames may not exist. Which do, the decoder tells (StartWatch while
+        # demuxing; decoder_start for a file whose doubt showed only later).
         # In MPEG-TS/PS even a first keyframe may be an intra-refresh recovery
         # point, after which the decoder gives nothing for a few frames.
         doubt = set(pts[:lead]) | ({p for p in pts if p < key[0][0]} if key else set())
-        first, shown = decoder_start(*facts, max(doubt) if doubt else min(pts) - 1)
+        first, shown = (watch.first, watch.shown) if watch else decoder_start(*facts, max(doubt))
         kept = [p for p in pts if first is not None and p >= first and (p not in doubt or p in shown)]
         skipped, pts = len(pts) - len(kept), kept
     if not pts:  # another video stream may have them (ffmpeg would take that one)

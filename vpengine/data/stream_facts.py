@@ -97,7 +97,9 @@ def decoder_start(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int
     first, shown = None, set()
     try:
         with _open(_av(), path) as container:
-            for frame in container.decode(container.streams.video[index]):
+            stream = container.streams.video[index]
+            stream.thread_count = 1  # frame threads would decode several frames ahead of the first output
+            for frame in container.decode(stream):
                 if frame.pts is None or frame.is_corrupt:
                     continue
                 first = frame.pts if first is None else first
@@ -120,3 +122,41 @@ def output_count(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int)
             return sum(1 for _ in container.decode(container.streams.video[index]))
     except Exception as e:
         raise _wrap(path, e, "decode failed (truncated or corrupt)") from e
+
+
+class StartWatch:
+    """:func:`decoder_start`'s answer while the probe demuxes, without opening
+    the file again (an MPEG-TS open reads megabytes to find its streams):
+    ``feed`` it each packet with the first keyframe's pts once known. It
+    decodes until the decoder gives a frame at or past that keyframe, so
+    every frame shown before it has been seen: a few frames."""
+
+    def __init__(self, stream):
+        stream.thread_count = 1  # frame threads would decode several frames ahead of the first output
+        self.ctx = stream.codec_context
+        self.first: int | None = None
+        self.shown: set[int] = set()
+        self.done = False
+
+    def feed(self, packet, key0: int | None) -> None:
+        if not self.done:
+            self._see(packet, key0)
+
+    def close(self, key0: int | None) -> None:
+        if not self.done:
+            self._see(None, key0)  # flush the frames the decoder still holds
+        self.done = True
+
+    def _see(self, packet, key0: int | None) -> None:
+        try:
+            frames = self.ctx.decode(packet)
+        except Exception:  # av.error.InvalidDataError: a packet whose references the capture lacks
+            return
+        for frame in frames:
+            if frame.pts is None or frame.is_corrupt:
+                continue
+            self.first = frame.pts if self.first is None else self.first
+            self.shown.add(frame.pts)
+            if key0 is not None and frame.pts >= key0:
+                self.done = True
+                return
