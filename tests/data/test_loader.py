@@ -83,6 +83,22 @@ def test_tsv_has_no_quoting(tmp_path):
                                          "a cat sleeps"]
 
 
+def test_tsv_quoted_by_its_writer(tmp_path):
+    """pandas and csv.writer quote a caption holding a tab, a line break or a
+    quote mark; R and QUOTE_ALL quote every field, the header too."""
+    import csv
+
+    captions = ["a dog runs.\nThen it sits.", "col1\tcol2", 'say "hi"', "plain"]
+    for quoting in (csv.QUOTE_MINIMAL, csv.QUOTE_ALL):
+        p = tmp_path / f"q{quoting}.tsv"
+        with open(p, "w", newline="", encoding="utf-8-sig") as f:  # with a byte order mark, as Excel writes
+            w = csv.writer(f, delimiter="\t", quoting=quoting)
+            w.writerow(["path", "caption"])
+            w.writerows([f"{i}.mp4", c] for i, c in enumerate(captions))
+        rows = read_manifest(p)
+        assert [(os.path.basename(r.path), r.caption) for r in rows] == [(f"{i}.mp4", c) for i, c in enumerate(captions)]
+
+
 @pytest.mark.parametrize("header", ["path, caption, start, end", "Path,Caption,Start,End",
                                     "path,caption,time_start,time_end", " PATH ,Text,start_time,END_TIME"])
 def test_csv_column_names_ignore_case_and_spaces(tmp_path, header):

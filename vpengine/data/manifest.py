@@ -13,9 +13,10 @@ matched without regard to case or surrounding spaces)::
     videos/a.mp4,a dog runs,1.5,6.0
     videos/b.webm,,,
 
-A CSV may put a space after each comma. A TSV has no quoting (a caption may
-begin with a quote mark); a field wholly in CSV-style quotes, as pandas
-writes one holding a quote mark, is unquoted.
+A CSV may put a space after each comma. A TSV is read with CSV's quoting
+where the whole file follows it (pandas, csv.writer and R quote captions
+holding tabs, line breaks or quote marks), else without quoting (a caption
+may begin with a quote mark), unquoting only fields wholly in quotes.
 
 Relative paths are resolved against ``root`` (default: the manifest's own
 folder). A malformed row is a mistake in the manifest, not a bad video, so it
@@ -56,6 +57,28 @@ def _field(row: dict, name: str):
         if value is not None and value != "":
             return value
     return None
+
+
+def _csv_rows(f):
+    """(header, (line number, row) pairs) of a CSV file; a space may follow each comma."""
+    reader = csv.DictReader(f, skipinitialspace=True)
+    return reader.fieldnames, ((reader.line_num, row) for row in reader)
+
+
+def _tsv_rows(f):
+    """(header, (line number, row) pairs) of a TSV file, read with CSV's quoting
+    where the whole file follows it (pandas and csv.writer quote a caption
+    holding a tab, a line break or a quote mark; R quotes every field), else
+    with none: a caption that merely begins with a quote mark, or holds an
+    unbalanced one, breaks CSV's rules (strict mode says so) and would have
+    swallowed the rows after it."""
+    reader = csv.DictReader(f, delimiter="\t", strict=True)
+    try:
+        return reader.fieldnames, [(reader.line_num, row) for row in reader]
+    except csv.Error:
+        f.seek(0)
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return reader.fieldnames, [(reader.line_num, {k: _tsv_field(v) for k, v in row.items()}) for row in reader]
 
 
 def _tsv_field(value):
@@ -150,16 +173,11 @@ def read_manifest(manifest, root: str | None = None) -> list[ManifestEntry]:
                 entries.append(_entry(row, len(entries), base, where))
     elif ext in (".csv", ".tsv"):
         with open(manifest, encoding="utf-8-sig", newline="") as f:
-            if ext == ".tsv":  # no quoting: a leading quote mark must not swallow the rows after it
-                reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            else:
-                reader = csv.DictReader(f, skipinitialspace=True)
-            names = [_key(k) for k in reader.fieldnames or ()]
+            fieldnames, rows = (_tsv_rows if ext == ".tsv" else _csv_rows)(f)
+            names = [_key(k) for k in fieldnames or ()]
             if not any(k in names for k in _ALIASES["path"]):
-                raise ValueError(f"{manifest}: the header must name a 'path' column; got {reader.fieldnames}")
-            for lineno, row in enumerate(reader, 2):
-                if ext == ".tsv":
-                    row = {k: _tsv_field(v) for k, v in row.items()}
+                raise ValueError(f"{manifest}: the header must name a 'path' column; got {fieldnames}")
+            for lineno, row in rows:
                 entries.append(_entry(row, len(entries), base, f"{manifest}:{lineno}"))
     else:
         raise ValueError(f"manifest must end in .jsonl, .json, .csv or .tsv; got {manifest!r}")
