@@ -19,8 +19,10 @@ from .errors import BadVideoError
 
 def riff_shortfall(path: str) -> int | None:
     """Bytes the top-level chunks need past the end of the file: 0 for a
-    complete file (trailing bytes after the last chunk are not judged),
-    None for a file that does not start with a RIFF chunk."""
+    complete file (trailing bytes after the last chunk are not judged), or
+    one whose sizes were never filled in (a writer that could not seek back,
+    as FFmpeg writing to a pipe, leaves 0xFFFFFFFF; its header counts are
+    placeholders too); None for a file that does not start with a RIFF chunk."""
     size = os.path.getsize(path)
     pos = 0
     with open(path, "rb") as f:
@@ -30,6 +32,8 @@ def riff_shortfall(path: str) -> int | None:
             if head[:4] != b"RIFF":
                 return None if pos == 0 else 0
             n = int.from_bytes(head[4:8], "little")
+            if n in (0, 0xFFFFFFFF):  # never filled in: nothing to judge by
+                return 0
             end = pos + 8 + n
             if end > size:
                 return end - size
