@@ -14,7 +14,11 @@ Decoding: :mod:`vpengine.data.pyav_decode`.
 Frames the container tells the player to discard (the lead-in of an MP4
 edit list, as ``ffmpeg -ss X -c copy`` writes) are decoded for reference but
 never shown; they are not frames of the video (DALI does not count them
-either). A file whose demuxed frames fall short of what its header declares
+either). Nor are the first frames of a recording that starts mid-GOP that its
+decoder cannot give; for those alone the probe decodes (the first few frames
+of an MPEG-TS/PS file or of a stream that does not start at a keyframe; see
+stream_facts.StartWatch). A raw H.264/HEVC stream, with no timestamps to
+count by, is counted by one full decode. A file whose demuxed frames fall short of what its header declares
 (frame count, or the duration of a video-only file) is truncated, and raises.
 
 Footgun (toolchain notes): never touch a stream object after its container
