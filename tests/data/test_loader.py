@@ -81,6 +81,9 @@ def test_tsv_has_no_quoting(tmp_path):
     rows = read_manifest(p)
     assert [r.caption for r in rows] == ['"Stop!" she shouts', '"Hello, said the man', '"Quoted" by pandas',
                                          "a cat sleeps"]
+    # a stray quote closed by another at a later row's end is valid CSV: the rows between merge
+    p.write_text('path\tcaption\na.mp4\t"Quoted opening\nb.mp4\tends in a quote"\nc.mp4\tthird\n')
+    assert [r.caption for r in read_manifest(p)] == ['"Quoted opening', 'ends in a quote"', "third"]
 
 
 def test_tsv_quoted_by_its_writer(tmp_path):

@@ -312,6 +312,44 @@ def test_an_avi_written_to_a_pipe_reads(tmp_path):
     assert info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
 
 
+def _ts_with_junk_first(tmp_path, name, with_pts: bool):
+    """A capture whose video PID starts with 6 junk TS packets: a PES with a
+    timestamp and a fake slice (the decoder refuses it), or with none."""
+    full = encode_video(tmp_path / "src.ts", index_frames(30), "libx264", fps=FPS)
+    data = open(full, "rb").read()
+    packets = [bytearray(data[i:i + 188]) for i in range(0, len(data), 188)]
+    first = next(i for i, p in enumerate(packets) if ((p[1] & 0x1F) << 8 | p[2]) == 0x100)
+    rng = np.random.default_rng(0)
+    junk = []
+    for k in range(6):
+        j = bytearray(rng.integers(0, 256, 188, dtype=np.uint8).tobytes())
+        j[0:4] = bytes([0x47, 0x41 if k == 0 else 0x01, 0x00, 0x10 | k])
+        if k == 0:
+            pts = 3600
+            head = [0, 0, 1, 0xE0, 0, 0, 0x80, 0x80 if with_pts else 0x00, 5 if with_pts else 0]
+            if with_pts:
+                head += [0x21 | ((pts >> 29) & 0x0E), (pts >> 22) & 0xFF, ((pts >> 14) & 0xFE) | 1, (pts >> 7) & 0xFF,
+                         ((pts << 1) & 0xFE) | 1]
+            j[4:4 + len(head)] = bytes(head)
+            j[4 + len(head):9 + len(head)] = b"\x00\x00\x00\x01\x41"
+        junk.append(j)
+    path = tmp_path / name
+    path.write_bytes(b"".join(bytes(p) for p in packets[:first] + junk + packets[first:]))
+    return path
+
+
+@pytest.mark.parametrize("with_pts", [True, False], ids=["timed", "untimed"])
+def test_a_capture_with_junk_before_its_stream(tmp_path, with_pts):
+    """A packet the decoder refuses is skipped, as the ffmpeg command line
+    skips it (it ended every decode of the file); a first packet without a
+    timestamp in a timed stream is not indexed (it made the file 'mixed')."""
+    path = _ts_with_junk_first(tmp_path, "junk.ts", with_pts)
+    frames, info = read_clip(path, ClipSpec(30, sampling="stride", stride=1, size=None), backend="pyav")
+    assert info.num_source_frames == 30 and gray_index(frames) == list(range(30))
+    frames, info = read_clip(path, ClipSpec(8, size=None), backend="pyav")
+    assert gray_index(frames) == info.frame_indices
+
+
 def test_audio_outlasting_video_is_not_truncation(tmp_path):
     path = str(tmp_path / "av.mkv")
     with av.open(path, "w") as out:

@@ -70,15 +70,21 @@ def _tsv_rows(f):
     where the whole file follows it (pandas and csv.writer quote a caption
     holding a tab, a line break or a quote mark; R quotes every field), else
     with none: a caption that merely begins with a quote mark, or holds an
-    unbalanced one, breaks CSV's rules (strict mode says so) and would have
-    swallowed the rows after it."""
+    unbalanced one, breaks CSV's rules (strict mode says so, or the merged
+    rows show) and would have swallowed the rows after it."""
     reader = csv.DictReader(f, delimiter="\t", strict=True)
     try:
-        return reader.fieldnames, [(reader.line_num, row) for row in reader]
+        rows = [(reader.line_num, row) for row in reader]
+        # A stray quote closed by another at a row's end is valid CSV and
+        # merges the rows between: a field holding both a line break and a
+        # tab (a merged row's columns) is that, not a caption.
+        if not any("\n" in v and "\t" in v for _, row in rows for v in row.values() if isinstance(v, str)):
+            return reader.fieldnames, rows
     except csv.Error:
-        f.seek(0)
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        return reader.fieldnames, [(reader.line_num, {k: _tsv_field(v) for k, v in row.items()}) for row in reader]
+        pass
+    f.seek(0)
+    reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+    return reader.fieldnames, [(reader.line_num, {k: _tsv_field(v) for k, v in row.items()}) for row in reader]
 
 
 def _tsv_field(value):

@@ -198,21 +198,23 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                 demuxed += packet.size > 0 or packet.pts is not None  # not the flush packet at the end
                 if packet.size == 0:  # the flush packet, or an empty sample (a dropped frame)
                     continue
+                if watch is None:  # the first packet: a capture format, or not a keyframe
+                    watch = StartWatch(stream) if fmt in _CAPTURES or not packet.is_keyframe else False
+                if watch:  # the decoder sees every packet, as the reader's will
+                    watch.feed(packet, key[0][0] if key and not untimed else None)
                 at = packet.pts
-                if at is None or untimed:
+                if at is None and pts[untimed:]:
+                    continue  # a frame without a timestamp in a timed stream: it cannot be addressed
+                if at is None:
                     # A raw H.264/HEVC elementary stream carries no timestamps:
                     # frames are numbered as the demuxer gives them (decode
                     # order) and read back by the decoder's output order.
-                    if at is not None or pts[untimed:]:
-                        raise BadVideoError(path, "some packets have timestamps and some none; cannot index frames")
                     at, untimed, tick = untimed, untimed + 1, tick or packet.duration
+                elif untimed:  # only the first packets had none (a capture's stray first PES): index the rest
+                    pts, key, lead, end, untimed = [], [], 0, None, 0
                 cut = packet.is_corrupt  # of the last packet: a read that hit the end of the file
-                if watch is None:  # the first packet: a capture format, or not a keyframe
-                    watch = StartWatch(stream) if not untimed and (fmt in _CAPTURES or not packet.is_keyframe) else False
                 if packet.is_keyframe:  # a discarded keyframe is still a seek point
                     key.append((int(at), int(at if packet.dts is None or untimed else packet.dts)))
-                if watch:
-                    watch.feed(packet, key[0][0] if key else None)
                 if packet.is_discard:
                     continue
                 pts.append(int(at))
@@ -220,7 +222,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                 stop = at + (1 if untimed else packet.duration or 0)
                 end = stop if end is None else max(end, stop)
             if watch:
-                watch.close(key[0][0] if key else None)
+                watch.close(key[0][0] if key and not untimed else None)
     except BadVideoError:
         raise
     except Exception as e:  # av.error.* (InvalidDataError, ...), OSError, UnicodeDecodeError
@@ -238,7 +240,9 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
         # point, after which the decoder gives nothing for a few frames.
         doubt = set(pts[:lead]) | ({p for p in pts if p < key[0][0]} if key else set())
         first, shown = (watch.first, watch.shown) if watch else decoder_start(*facts, max(doubt))
-        kept = [p for p in pts if first is not None and p >= first and (p not in doubt or p in shown)]
+        horizon = watch.horizon if watch else None
+        kept = [p for p in pts if first is not None and p >= first
+                and (p not in doubt or p in shown or (horizon is not None and p > horizon))]
         skipped, pts = len(pts) - len(kept), kept
     if not pts:  # another video stream may have them (ffmpeg would take that one)
         return _demux(path, _empty | {index})

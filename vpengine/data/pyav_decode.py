@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import BadVideoError
 from .pyav_backend import VideoProbe
-from .pyav_io import _av, _open, _wrap
+from .pyav_io import _av, _open, _wrap, decoded
 
 
 def _groups(vp: VideoProbe, want_pts: list[int], seek: bool) -> list[tuple[int | None, list[int]]]:
@@ -64,7 +64,7 @@ def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int,
         seeker = _Seeker(av, container, stream, vp)
         for kf, targets in _groups(vp, want_pts, seek):
             if frames is None or (kf is not None and _skips_a_gop(vp, position, kf)):
-                frames = container.decode(stream) if kf is None else seeker.seek(kf)
+                frames = decoded(container, stream) if kf is None else seeker.seek(kf)
             last = targets[-1]
             wanted = set(targets)
             for frame in frames:
@@ -115,7 +115,7 @@ class _Seeker:
         tries = [dts] if self.by_dts else [kf] + ([dts] if dts != kf else [])
         for target in tries:
             self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
-            frames = self.container.decode(self.stream)
+            frames = decoded(self.container, self.stream)
             first = next((f for f in frames if f.pts is not None and f.pts >= kf), None)
             if first is None:  # landed late in the last GOP, or past the end (FLV): nothing came out
                 continue
@@ -148,7 +148,7 @@ def _decode_in_output_order(av, vp: VideoProbe, want_pts: list[int], threads: in
         stream = container.streams.video[vp.stream]
         stream.thread_type = "AUTO"
         stream.thread_count = threads
-        for k, frame in enumerate(container.decode(stream)):
+        for k, frame in enumerate(decoded(container, stream)):
             if k >= vp.num_frames:
                 break
             if vp.pts[k] in wanted:

@@ -23,3 +23,17 @@ def _open(av, path: str):
 def _wrap(path: str, e: Exception, what: str) -> BadVideoError:
     msg = str(e).split(": '", 1)[0]  # FFmpeg messages end with the path; keep the reason
     return BadVideoError(path, f"{what}: {type(e).__name__}: {msg}")
+
+
+def decoded(container, stream):
+    """``container.decode(stream)``, except that a packet the decoder refuses
+    (InvalidDataError: a damaged or foreign packet) is skipped, as the ffmpeg
+    command line (mediapy's reader) skips it: the frames it held are missing,
+    which the callers see, rather than the end of the file."""
+    invalid = _av().error.InvalidDataError
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except invalid:
+            continue
+        yield from frames

@@ -9,7 +9,7 @@ from functools import lru_cache
 
 from . import h26x
 from .frame_sizes import SizeTracker
-from .pyav_io import _av, _open, _wrap
+from .pyav_io import _av, _open, _wrap, decoded
 
 
 @lru_cache(maxsize=65536)
@@ -18,7 +18,7 @@ def _quarter_turns(path: str, size: int, mtime_ns: int, ctime_ns: int, index: in
         with _open(_av(), path) as container:
             stream = container.streams.video[index]
             stream.thread_count = 1  # frame threads would wait for several packets before the first frame
-            frame = next(container.decode(stream), None)
+            frame = next(decoded(container, stream), None)
             rotation = frame.rotation if frame is not None else 0
     except Exception as e:
         raise _wrap(path, e, "cannot decode a first frame") from e
@@ -52,7 +52,7 @@ def _output_reorders(path: str, size: int, mtime_ns: int, ctime_ns: int, index: 
     try:
         with _open(_av(), path) as container:
             last = None
-            for n, frame in enumerate(container.decode(container.streams.video[index])):
+            for n, frame in enumerate(decoded(container, container.streams.video[index])):
                 if frame.pts is not None:
                     if last is not None and frame.pts < last:
                         return True
@@ -99,7 +99,7 @@ def decoder_start(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int
         with _open(_av(), path) as container:
             stream = container.streams.video[index]
             stream.thread_count = 1  # frame threads would decode several frames ahead of the first output
-            for frame in container.decode(stream):
+            for frame in decoded(container, stream):
                 if frame.pts is None or frame.is_corrupt:
                     continue
                 first = frame.pts if first is None else first
@@ -119,7 +119,7 @@ def output_count(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int)
     an open GOP at its start never come out). One full decode per file."""
     try:
         with _open(_av(), path) as container:
-            return sum(1 for _ in container.decode(container.streams.video[index]))
+            return sum(1 for _ in decoded(container, container.streams.video[index]))
     except Exception as e:
         raise _wrap(path, e, "decode failed (truncated or corrupt)") from e
 
@@ -131,16 +131,28 @@ class StartWatch:
     decodes until the decoder gives a frame at or past that keyframe, so
     every frame shown before it has been seen: a few frames."""
 
+    # Packets decoded at most: a stream whose demuxer flags no keyframe would
+    # otherwise be decoded whole. Frames past the horizon are not in doubt.
+    LIMIT = 300
+
     def __init__(self, stream):
         stream.thread_count = 1  # frame threads would decode several frames ahead of the first output
         self.ctx = stream.codec_context
         self.first: int | None = None
         self.shown: set[int] = set()
         self.done = False
+        self.fed = 0
+        self.horizon: int | None = None  # pts past which nothing was judged (None: the whole stream was)
 
     def feed(self, packet, key0: int | None) -> None:
-        if not self.done:
-            self._see(packet, key0)
+        if self.done:
+            return
+        self.fed += 1
+        if self.fed > self.LIMIT:
+            self.done = True
+            self.horizon = max(self.shown, default=self.first)
+            return
+        self._see(packet, key0)
 
     def close(self, key0: int | None) -> None:
         if not self.done:
