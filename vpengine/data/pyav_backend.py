@@ -18,8 +18,9 @@ either). Nor are the first frames of a recording that starts mid-GOP that its
 decoder cannot give; for those alone the probe decodes (the first few frames
 of an MPEG-TS/PS file or of a stream that does not start at a keyframe; see
 stream_facts.StartWatch). A raw H.264/HEVC stream, with no timestamps to
-count by, is counted by one full decode. A file whose demuxed frames fall short of what its header declares
-(frame count, or the duration of a video-only file) is truncated, and raises.
+count by, is counted by one full decode. A file whose demuxed frames fall
+short of what its header declares (frame count, or the duration of a
+video-only file) is truncated, and raises (completeness.py).
 
 Footgun (toolchain notes): never touch a stream object after its container
 closed (reading ``average_rate`` then segfaulted), so everything is copied
@@ -189,7 +190,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                     declared = (0, declared[1], None)
             # AVI has no presentation times (FFmpeg numbers its packets): with a
             # reordering codec the numbers may follow decode order.
-            suspect = container.format.name == "avi" and bool(ctx.has_b_frames)
+            suspect = fmt == "avi" and bool(ctx.has_b_frames)
             pts, key, demuxed, end, cut = [], [], 0, None, False
             lead = 0  # frames demuxed before the first keyframe
             untimed, tick = 0, None  # packets without timestamps; their duration
