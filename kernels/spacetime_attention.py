@@ -94,10 +94,11 @@ def _fwd_kernel(
     # non-finite value. The second (ISO) returns at once unless its tile's
     # flag is set, and then recomputes the tile a sequence at a time
     # (_iso_dot). Flags written by every tile need no zeroed buffer (no
-    # memset launch), and one NaN costs one tile's redo, not the grid's. One kernel doing both held the G
-    # isolated dots' registers on every tile: 255 registers and a 336-byte
-    # stack for G = 8 on sm_90 (125 and none now), and VideoPrism-L's time
-    # axis took 2x as long (H100 run of 2026-11-27 against 2026-11-26).
+    # memset launch), and one NaN costs one tile's redo, not the grid's.
+    # One kernel doing both held the G isolated dots' registers on every
+    # tile: 255 registers and a 336-byte stack for G = 8 on sm_90 (125 and
+    # none now), and VideoPrism-L's time axis took 2x as long (H100 run of
+    # 2026-11-27 against 2026-11-26).
     tile = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
     if ISO:
         if tl.load(NONFINITE + tile) == 0:
