@@ -31,14 +31,29 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None], *, o
         write(tmp)
         # Some writers (safetensors) replace the file with a private (0600) one.
         os.chmod(tmp, 0o666 & ~_umask())
+        # The bytes reach the disk before the name does: a crash or power loss
+        # after the rename must not leave an empty or partial file under it.
+        _fsync(tmp)
         if overwrite:
             os.replace(tmp, path)
         else:
             _place_new(tmp, path)
+        _fsync(folder, directory=True)  # and the rename itself
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def _fsync(path: str, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:  # some filesystems cannot sync a directory; a file that cannot be synced is an error
+            raise
+    finally:
+        os.close(fd)
 
 
 def _place_new(tmp: str, path: str) -> None:

@@ -197,6 +197,25 @@ def test_a_file_that_appears_during_a_run_is_not_replaced(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["e.npz"] and target.read_bytes() == b"ours"
 
 
+def test_the_bytes_are_synced_before_the_name(tmp_path, monkeypatch):
+    """A crash after the rename must find the whole file: the temporary file
+    is synced before it is renamed, and then its folder."""
+    import os
+
+    from vpengine import _files
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", b)) or real_replace(a, b))
+    target = tmp_path / "e.npz"
+    _files.write_atomically(target, lambda tmp: open(tmp, "wb").write(b"data"))
+    kinds = [(kind, os.path.basename(p) if kind == "fsync" else p) for kind, p in events]
+    assert kinds[0][0] == "fsync" and kinds[0][1].endswith(".tmp")
+    assert kinds[1] == ("replace", str(target)) and kinds[2] == ("fsync", tmp_path.name)
+
+
 def test_writes_go_through_a_symlink(tmp_path):
     from vpengine._files import write_atomically
 
