@@ -30,20 +30,6 @@ _VP9_HEAD = 32  # a VP9 uncompressed header up to its frame size: at most ~110 b
 _TAIL = 64  # and of its end, for a VP9 superframe index (at most 2 + 4 * 8 bytes)
 
 
-class _Bits:
-    """MSB-first bit reader over one int (a VP9 header is under 200 bits);
-    reading past the end raises IndexError."""
-
-    def __init__(self, data: bytes):
-        self.value, self.left = int.from_bytes(data, "big"), 8 * len(data)
-
-    def __call__(self, n: int) -> int:
-        if n > self.left:
-            raise IndexError("header ends early")
-        self.left -= n
-        return (self.value >> self.left) & ((1 << n) - 1)
-
-
 class SizeTracker:
     """Feed a stream's packets in decode order; :attr:`varies` says whether
     the frames' sizes change (None: a header could not be read)."""
@@ -115,7 +101,7 @@ class SizeTracker:
     def _vp9(self, view: memoryview) -> None:
         tail = view[-_TAIL:].tobytes()
         for start, stop in _superframe(tail, len(view)):
-            size = _vp9_frame(_Bits(view[start:min(stop, start + _VP9_HEAD)].tobytes()), self.slots)
+            size = _vp9_frame(h26x.Bits(view[start:min(stop, start + _VP9_HEAD)].tobytes()), self.slots)
             if size is not None:
                 self.sizes.add(size)
 
@@ -173,7 +159,7 @@ def _superframe(tail: bytes, size: int) -> list[tuple[int, int]]:
     return [(0, size)]
 
 
-def _vp9_color_config(f: _Bits, profile: int) -> None:
+def _vp9_color_config(f: h26x.Bits, profile: int) -> None:
     if profile >= 2:
         f(1)  # ten_or_twelve_bit
     if f(3) != 7:  # color_space other than RGB
@@ -184,7 +170,7 @@ def _vp9_color_config(f: _Bits, profile: int) -> None:
         f(1)  # reserved_zero
 
 
-def _vp9_frame(f: _Bits, slots: list) -> tuple[int, int] | None:
+def _vp9_frame(f: h26x.Bits, slots: list) -> tuple[int, int] | None:
     """The size of one VP9 frame (None: it shows an existing frame), updating
     the reference slots it refreshes."""
     if f(2) != 2:

@@ -29,17 +29,21 @@ _EPB = re.compile(b"\x00\x00\x03")
 _SPS_MAX = 1024  # bytes of an SPS read: scaling lists and VUI fit many times over
 
 
-class _Golomb:
-    """MSB-first bit reader with Exp-Golomb codes; past the end: IndexError."""
+class Bits:
+    """MSB-first bit reader over one int (headers of a few hundred bits),
+    with Exp-Golomb codes; reading past the end raises IndexError. Also
+    frame_sizes.py's reader of VP9 headers (``bits(n)`` is ``bits.u(n)``)."""
 
-    def __init__(self, rbsp: bytes):
-        self.value, self.left = int.from_bytes(rbsp, "big"), 8 * len(rbsp)
+    def __init__(self, data: bytes):
+        self.value, self.left = int.from_bytes(data, "big"), 8 * len(data)
 
     def u(self, n: int) -> int:
         if n > self.left:
-            raise IndexError("parameter set ends early")
+            raise IndexError("header ends early")
         self.left -= n
         return (self.value >> self.left) & ((1 << n) - 1)
+
+    __call__ = u
 
     def ue(self) -> int:
         zeros = 0
@@ -54,11 +58,11 @@ class _Golomb:
         return (k + 1) // 2 if k & 1 else -(k // 2)
 
 
-def _rbsp(nal: bytes, header: int) -> _Golomb:
-    return _Golomb(_EPB.sub(b"\x00\x00", nal[header:_SPS_MAX]))
+def _rbsp(nal: bytes, header: int) -> Bits:
+    return Bits(_EPB.sub(b"\x00\x00", nal[header:_SPS_MAX]))
 
 
-def _crop(g: _Golomb) -> tuple[int, int, int, int]:
+def _crop(g: Bits) -> tuple[int, int, int, int]:
     return g.ue(), g.ue(), g.ue(), g.ue()  # left, right, top, bottom
 
 
@@ -124,7 +128,7 @@ def h264_sps_shape(nal: bytes) -> SpsShape:
                                       left, right, top, bottom))
 
 
-def _skip_scaling_list(g: _Golomb, size: int) -> None:
+def _skip_scaling_list(g: Bits, size: int) -> None:
     last = nxt = 8
     for _ in range(size):
         if nxt:
@@ -227,9 +231,10 @@ def annex_b(data: bytes) -> Iterator[tuple[int, int]]:
         start = stop
 
 
-def sps_nals(codec: str, packet: memoryview, length_size: int | None) -> Iterator[bytes]:
-    """The SPS NAL units of one packet (their first _SPS_MAX bytes)."""
-    want = _SPS_TYPE[codec]
+def nal_units(packet: memoryview, length_size: int | None) -> Iterator[memoryview]:
+    """The NAL units of one packet, framed by start codes (``length_size``
+    None) or by lengths; a forbidden_zero_bit set means the framing is not
+    what was assumed, and raises ValueError."""
     if length_size is None:
         data = packet.tobytes()
         nals = (memoryview(data)[a:b] for a, b in annex_b(data))
@@ -238,6 +243,13 @@ def sps_nals(codec: str, packet: memoryview, length_size: int | None) -> Iterato
     for nal in nals:
         if nal[0] & 0x80:
             raise ValueError("NAL unit with forbidden_zero_bit set (not an H.264/HEVC stream as framed)")
+        yield nal
+
+
+def sps_nals(codec: str, packet: memoryview, length_size: int | None) -> Iterator[bytes]:
+    """The SPS NAL units of one packet (their first _SPS_MAX bytes)."""
+    want = _SPS_TYPE[codec]
+    for nal in nal_units(packet, length_size):
         if nal_type(codec, nal) == want and (codec == "h264" or _base_layer(nal)):
             yield bytes(nal[:_SPS_MAX])
 
@@ -254,14 +266,7 @@ _H264_SLICES = (1, 5)  # coded slice of a non-IDR / an IDR picture
 def h264_has_b_slice(packet: memoryview, length_size: int | None) -> bool:
     """Whether a packet holds a B slice (slice_type 1 or 6): from the first
     two Exp-Golomb codes of each slice header, first_mb_in_slice and slice_type."""
-    if length_size is None:
-        data = packet.tobytes()
-        nals = (memoryview(data)[a:b] for a, b in annex_b(data))
-    else:
-        nals = length_prefixed(packet, length_size)
-    for nal in nals:
-        if nal[0] & 0x80:
-            raise ValueError("NAL unit with forbidden_zero_bit set (not an H.264 stream as framed)")
+    for nal in nal_units(packet, length_size):
         if nal[0] & 0x1F in _H264_SLICES:
             g = _rbsp(bytes(nal[:16]), 1)  # two codes of at most 65 bits each fit 15 bytes
             g.ue()

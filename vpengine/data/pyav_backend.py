@@ -240,8 +240,8 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
         # In MPEG-TS/PS even a first keyframe may be an intra-refresh recovery
         # point, after which the decoder gives nothing for a few frames.
         doubt = set(pts[:lead]) | ({p for p in pts if p < key[0][0]} if key else set())
-        first, shown = (watch.first, watch.shown) if watch else decoder_start(*facts, max(doubt))
-        horizon = watch.horizon if watch else None
+        first, shown, horizon = (watch.first, watch.shown, watch.horizon) if watch \
+            else decoder_start(*facts, max(doubt))
         kept = [p for p in pts if first is not None and p >= first
                 and (p not in doubt or p in shown or (horizon is not None and p > horizon))]
         skipped, pts = len(pts) - len(kept), kept

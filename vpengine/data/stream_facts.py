@@ -82,33 +82,30 @@ def _b_slices(path: str, index: int) -> bool | None:
 
 @lru_cache(maxsize=65536)
 def decoder_start(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int,
-                  last: int) -> tuple[int | None, frozenset[int]]:
-    """(pts of the first frame the decoder gives whole, the pts up to
-    ``last`` that it gives whole), decoding from the start of the stream.
+                  last: int) -> tuple[int | None, frozenset[int], int | None]:
+    """:class:`StartWatch`'s answer (first, shown, horizon) from a decode of
+    the stream's start, for a file whose doubt showed only after its first
+    packets: its frames up to pts ``last`` are judged.
 
     For a file that starts mid-GOP: which of its first frames exist. The
     frames before the first keyframe lack their references and decoders drop
     them; so do the leading pictures of an open GOP (H.264 leading B-frames,
     HEVC RASL), but not HEVC's decodable ones (RADL); an x264 intra-refresh
     capture gives nothing until its refresh completes, a few frames past the
-    recovery point flagged as a keyframe. Output comes in display order, so
-    the decode stops at the first frame past ``last``.
+    recovery point flagged as a keyframe.
     """
-    first, shown = None, set()
     try:
         with _open(_av(), path) as container:
             stream = container.streams.video[index]
-            stream.thread_count = 1  # frame threads would decode several frames ahead of the first output
-            for frame in decoded(container, stream):
-                if frame.pts is None or frame.is_corrupt:
-                    continue
-                first = frame.pts if first is None else first
-                if frame.pts > last:
+            watch = StartWatch(stream)
+            for packet in container.demux(stream):
+                watch.feed(packet, last + 1)
+                if watch.done:
                     break
-                shown.add(frame.pts)
+            watch.close(last + 1)
     except Exception as e:
         raise _wrap(path, e, "cannot decode the first frames") from e
-    return first, frozenset(shown)
+    return watch.first, frozenset(watch.shown), watch.horizon
 
 
 @lru_cache(maxsize=65536)
@@ -125,11 +122,13 @@ def output_count(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int)
 
 
 class StartWatch:
-    """:func:`decoder_start`'s answer while the probe demuxes, without opening
-    the file again (an MPEG-TS open reads megabytes to find its streams):
-    ``feed`` it each packet with the first keyframe's pts once known. It
-    decodes until the decoder gives a frame at or past that keyframe, so
-    every frame shown before it has been seen: a few frames."""
+    """Which of a stream's first frames its decoder gives whole: ``first``,
+    the first such pts, and ``shown``, those before the first keyframe's.
+    The probe feeds it while it demuxes, without opening the file again (an
+    MPEG-TS open reads megabytes to find its streams): each packet, with the
+    first keyframe's pts once known. It decodes until the decoder gives a
+    frame at or past that keyframe, so every frame shown before it has been
+    seen: a few frames (see :func:`decoder_start` for what goes missing)."""
 
     # Packets decoded at most: a stream whose demuxer flags no keyframe would
     # otherwise be decoded whole. Frames past the horizon are not in doubt.
