@@ -202,8 +202,13 @@ def _main(argv=None) -> int:
             print(f"vpengine embed: {e}", file=sys.stderr)
             return 2
         if summary["clips"] == 0:
-            why = (f"{summary['skipped']} bad files, listed in {args.out}" if summary["skipped"]
-                   else f"the manifest lists no clips; {args.out} is empty")
+            if summary["output"] is None:
+                why = (f"{summary['skipped']} bad files, listed in the summary above; "
+                       f"{args.out} existed and is left as it was")
+            elif summary["skipped"]:
+                why = f"{summary['skipped']} bad files, listed in {args.out}"
+            else:
+                why = f"the manifest lists no clips; {args.out} is empty"
             print(f"vpengine embed: no clip could be embedded ({why})", file=sys.stderr)
             return 1
         return 0

@@ -6,7 +6,10 @@ A video-text model writes its L2-normalized video embeddings; a video encoder
 writes the mean of its tokens (``--pool mean``, ``[N, D]``) or all tokens
 (``--pool tokens``, ``[N, T*S, D]``). Bad files are skipped and listed, never
 fatal (``--strict`` raises). The output is written once, at the end, to a
-temporary name and renamed: an interrupted run leaves no partial file.
+temporary name and renamed: an interrupted run leaves no partial file. A run
+that embedded nothing leaves an existing output as it was, even with
+``overwrite``: a listing of failures is not worth the embeddings it would
+replace.
 """
 from __future__ import annotations
 
@@ -78,8 +81,12 @@ def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
             np.savez(f, **arrays)
 
-    write_atomically(out, write, overwrite=overwrite)
-    summary = {"clips": len(rows), "skipped": loader.num_bad, "output": out,
+    written = bool(rows) or not os.path.lexists(out)
+    if written:
+        write_atomically(out, write, overwrite=overwrite)
+    else:
+        log(f"warning: no clip was embedded; {out} is left as it was")
+    summary = {"clips": len(rows), "skipped": loader.num_bad, "output": out if written else None,
                "shape": list(arrays["embeddings"].shape),
                "bad_files": [{"path": b.path, "reason": b.reason} for b in loader.bad_files]}
     log(json.dumps(summary))

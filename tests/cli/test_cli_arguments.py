@@ -67,8 +67,23 @@ def test_embed_of_an_empty_manifest_exits_1_and_bad_rows_are_numbered(tmp_path, 
     manifest.write_text("")
     rc = main(["embed", str(manifest), "--model", str(model), "--out", str(out), "--overwrite", "--frames", "4",
                "--size", "16"])
-    assert rc == 1 and "the manifest lists no clips" in capsys.readouterr().err
-    assert np.load(out)["embeddings"].shape == (0, 32)
+    assert rc == 1 and "left as it was" in capsys.readouterr().err
+    assert np.load(out)["bad_rows"].tolist() == [0, 1]  # the earlier run's output, kept
+
+
+def test_embed_that_embeds_nothing_keeps_the_old_output(tmp_path, capsys):
+    """--overwrite replaces an output with a better one, never with a list of failures."""
+    (tmp_path / "bad.mp4").write_text("not a video")
+    model, manifest = _model_and_manifest(tmp_path, [{"path": str(tmp_path / "bad.mp4")}])
+    out = tmp_path / "e.npz"
+    out.write_bytes(b"last week's embeddings")
+    rc = main(["embed", str(manifest), "--model", str(model), "--out", str(out), "--overwrite", "--frames", "4",
+               "--size", "16", "--decoder", "pyav"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "left as it was" in captured.err
+    assert str(tmp_path / "bad.mp4") in captured.out  # the summary still lists what failed
+    assert out.read_bytes() == b"last week's embeddings"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4", "e.npz", "m.jsonl", "m.safetensors"]
 
 
 def test_convert_names_a_training_checkpoint(tmp_path, capsys):
