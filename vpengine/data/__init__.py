@@ -39,8 +39,9 @@ reads them with PyAV and a forced ``dali-cpu`` refuses them. The torch ``bicubic
 documented approximation of ``lanczos``: mean 0.1-0.5 levels apart, up to 12
 at sharp edges.
 
-Files as players show them: frames come out upright (rotation metadata
-applied, by every backend), the lead-in frames of an MP4 edit list are not
+Files as players show them: frames come out upright (the display matrix's
+rotation and mirroring applied as the ffmpeg command line does, by every
+backend; see orientation.py), the lead-in frames of an MP4 edit list are not
 frames, and a stream that changes resolution midway is resized frame by
 frame. A file cut short raises BadVideoError even where its container still
 demuxes (Matroska, WebM; an AVI whose RIFF chunks run past its end, while

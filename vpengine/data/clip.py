@@ -129,7 +129,7 @@ def decode_plan(plan: ClipPlan, spec: ClipSpec, backend: str, threads: int = 0,
         clips = dali_backend.decode_batch(
             [plan.probe.path], [plan.indices], [plan.probe.codec],
             device=backend[5:], size=spec.size, resize=spec.resize, device_id=device_id,
-            quarter_turns=[plan.probe.quarter_turns],
+            orientations=[plan.probe.orientation],
         )
         return clips[0]
     raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")

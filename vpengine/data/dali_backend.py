@@ -20,10 +20,11 @@ Pixels differ from PyAV's: DALI upsamples chroma bilinearly where swscale
 differ on sharp colour edges (measured on the VP9 fixtures in
 tests/data/test_dali.py; tolerance documented in vpengine/data/__init__.py).
 
-DALI ignores rotation metadata; ``decode_batch`` turns the clips upright
-itself from the quarter turns the caller read (``VideoProbe.quarter_turns``),
+DALI ignores the display matrix; ``decode_batch`` turns and mirrors the
+clips itself by the orientations the caller read (``VideoProbe.orientation``),
 resizing a sideways-stored clip to the transposed size first, so the output
-matches PyAV's (resizing the whole frame commutes with quarter turns).
+matches PyAV's (resizing the whole frame commutes with quarter turns and
+mirrors).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import threading
 import numpy as np
 import torch
 
+from . import orientation
 from .errors import BackendUnsupported, BadVideoError
 from .frame_sizes import TRACKED
 
@@ -187,7 +189,7 @@ def decode_batch(
     num_threads: int = 2,
     device_id: int | None = None,
     batch_size: int | None = None,
-    quarter_turns: list[int] | None = None,
+    orientations: list[int] | None = None,
 ) -> torch.Tensor:
     """Decode ``indices[i]`` of ``paths[i]`` for every i with DALI; uint8 ``[B, T, h, w, 3]``.
 
@@ -195,8 +197,8 @@ def decode_batch(
     copy); ``"cpu"`` a CPU tensor. ``size=None`` keeps the source size (all
     clips must then share it). A failed batch is retried clip by clip
     by the caller: a one-clip batch raises BadVideoError naming the file, a
-    larger one DaliBatchFailed. ``quarter_turns[i]`` (``np.rot90``'s k, 0 when
-    absent) turns clip i upright after decoding.
+    larger one DaliBatchFailed. ``orientations[i]`` (see :mod:`.orientation`,
+    0 when absent) puts clip i upright after decoding.
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
@@ -211,23 +213,25 @@ def decode_batch(
         device_id = torch.cuda.current_device()
     if device == "cpu":
         device_id = None
-    turns = [0] * len(paths) if quarter_turns is None else [int(k) % 4 for k in quarter_turns]
+    turns = [orientation.UPRIGHT] * len(paths) if orientations is None else [int(o) for o in orientations]
     if len(turns) != len(paths):
-        raise ValueError(f"quarter_turns has {len(turns)} entries for {len(paths)} paths")
+        raise ValueError(f"orientations has {len(turns)} entries for {len(paths)} paths")
+    if any(not 0 <= o < 8 for o in turns):
+        raise ValueError(f"orientations must lie in 0..7; got {turns}")
     batch_size = batch_size or max(len(paths), 1)
     if not any(turns):
         return _run(device, paths, indices, size, resize, batch_size, num_threads, device_id)
     # Clips stored sideways decode and resize at the transposed size, then turn.
     out: list = [None] * len(paths)
     for odd in (0, 1):
-        sel = [i for i, k in enumerate(turns) if k % 2 == odd]
+        sel = [i for i, o in enumerate(turns) if orientation.swaps_axes(o) == odd]
         if not sel:
             continue
         part_size = size if not odd or size is None else (size[1], size[0])
         clips = _run(device, [paths[i] for i in sel], [indices[i] for i in sel], part_size, resize,
                      batch_size, num_threads, device_id)
         for j, i in enumerate(sel):
-            out[i] = torch.rot90(clips[j], turns[i], dims=(1, 2)) if turns[i] else clips[j]
+            out[i] = orientation.apply_torch(clips[j], turns[i])
     return torch.stack(out)
 
 

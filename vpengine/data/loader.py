@@ -204,7 +204,7 @@ class ClipLoader:
             plan = plan_clip(e.path, spec, self._row_seed(row))
             why = dali_backend.file_reasons(plan.probe, self.dali_device) if self.dali_device else None
             if self.dali_device is not None and not why:
-                plan.probe.quarter_turns  # DALI ignores rotation; read it here, in the pool
+                plan.probe.orientation  # DALI ignores the display matrix; read it here, in the pool
                 return row, plan, spec, None, None
             if self.dali_device is not None and self.backend != "auto":
                 raise BackendUnsupported(f"{self.backend}: " + "; ".join(why))
@@ -225,7 +225,7 @@ class ClipLoader:
         try:
             clips = dali_backend.decode_batch([p.probe.path for p in plans], [p.indices for p in plans],
                                               [p.probe.codec for p in plans],
-                                              quarter_turns=[p.probe.quarter_turns for p in plans], **kw)
+                                              orientations=[p.probe.orientation for p in plans], **kw)
             for k, i in enumerate(todo):
                 items[i] = (*items[i][:3], clips[k], "dali-" + dev)
         except (dali_backend.DaliBatchFailed, BadVideoError):
@@ -233,7 +233,7 @@ class ClipLoader:
                 p = items[i][1]
                 try:
                     clip = dali_backend.decode_batch([p.probe.path], [p.indices], [p.probe.codec],
-                                                     quarter_turns=[p.probe.quarter_turns], **kw)[0]
+                                                     orientations=[p.probe.orientation], **kw)[0]
                     items[i] = (*items[i][:3], clip, "dali-" + dev)
                 except BadVideoError as err:
                     items[i] = (items[i][0], None, items[i][2], err, None)

@@ -40,7 +40,7 @@ from .errors import BadVideoError, check_file
 from .file_cache import FileCache
 from .frame_sizes import TRACKED
 from .pyav_io import _av, _open, _wrap
-from .stream_facts import StartWatch, _output_reorders, _quarter_turns, _size_varies, decoder_start, output_count
+from .stream_facts import StartWatch, _orientation, _output_reorders, _size_varies, decoder_start, output_count
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class VideoProbe:
     keyframe_pts: tuple[int, ...]  # sorted
     time_base: Fraction
     fps: float
-    height: int  # as stored; decoded frames are turned upright (see `quarter_turns`)
+    height: int  # as stored; decoded frames are turned upright (see `orientation`)
     width: int
     codec: str  # FFmpeg's codec name ("h264", "av1"), not its decoder's ("libdav1d")
     stream: int = 0  # index among the file's video streams (not 0 after a leading cover image)
@@ -80,14 +80,14 @@ class VideoProbe:
         return float(self.pts[i] * self.time_base)
 
     @cached_property
-    def quarter_turns(self) -> int:
-        """Counter-clockwise quarter turns (``np.rot90``'s k) that put the
-        stored frames upright: the stream's display matrix. FFmpeg hands it
+    def orientation(self) -> int:
+        """How the stream's display matrix turns and mirrors the stored frames
+        (an orientation of :mod:`.orientation`). FFmpeg hands it
         out only with decoded frames, so this decodes one (a few ms at 720p,
         remembered per file across epochs). DALI needs it; the PyAV path reads
         it from every frame it decodes anyway."""
         st = os.stat(self.path)
-        return _quarter_turns(self.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.stream)
+        return _orientation(self.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.stream)
 
     def frame_sizes_vary(self) -> bool | None:
         """Whether the frames' sizes change midway, read from the packets' own

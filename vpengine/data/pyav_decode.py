@@ -19,6 +19,7 @@ import itertools
 
 import numpy as np
 
+from . import orientation
 from .errors import BadVideoError
 from .pyav_backend import VideoProbe
 from .pyav_io import _av, _open, _wrap, decoded
@@ -132,9 +133,7 @@ class _Seeker:
 
 
 def _upright_rgb(frame) -> np.ndarray:
-    rgb_HW3 = frame.to_ndarray(format="rgb24")
-    k = round(frame.rotation / 90) % 4 if frame.rotation else 0
-    return np.ascontiguousarray(np.rot90(rgb_HW3, k)) if k else rgb_HW3
+    return orientation.apply_np(frame.to_ndarray(format="rgb24"), orientation.of_frame(frame))
 
 
 def _decode_in_output_order(av, vp: VideoProbe, want_pts: list[int], threads: int,
@@ -166,8 +165,9 @@ def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> list[
     uint8 ``[H, W, 3]`` array per index. Their sizes differ where the stream
     changes resolution midway (``stack_frames`` deals with that).
 
-    The frames come out in display orientation: a stream's rotation metadata
-    is applied, as the ffmpeg command line (mediapy) does by default.
+    The frames come out in display orientation: a stream's display matrix
+    (rotation and mirroring) is applied, as the ffmpeg command line (mediapy)
+    does by default.
     """
     av = _av()
     want = sorted({vp.pts[i] for i in indices})

@@ -1,28 +1,27 @@
 """Facts about a file's video stream that the probe reads only when asked,
 from its packets or a short decode; each is remembered per unchanged file
-(a loader asks every epoch): its rotation, whether its frame size changes,
+(a loader asks every epoch): its orientation, whether its frame size changes,
 whether an AVI's packet numbers follow decode order.
 """
 from __future__ import annotations
 
 from functools import lru_cache
 
-from . import h26x
+from . import h26x, orientation
 from .frame_sizes import SizeTracker
 from .pyav_io import _av, _open, _wrap, decoded
 
 
 @lru_cache(maxsize=65536)
-def _quarter_turns(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int) -> int:  # a changed file is read again
+def _orientation(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int) -> int:  # a changed file is read again
     try:
         with _open(_av(), path) as container:
             stream = container.streams.video[index]
             stream.thread_count = 1  # frame threads would wait for several packets before the first frame
             frame = next(decoded(container, stream), None)
-            rotation = frame.rotation if frame is not None else 0
+            return orientation.of_frame(frame) if frame is not None else orientation.UPRIGHT
     except Exception as e:
         raise _wrap(path, e, "cannot decode a first frame") from e
-    return round(rotation / 90) % 4 if rotation else 0
 
 
 @lru_cache(maxsize=65536)

@@ -69,13 +69,15 @@ def encode_video(
     pts_ms: list[int] | None = None,
     gop: int | None = None,
     rotation: int | None = None,
+    mirror: tuple[bool, bool] = (False, False),
     codec_options: dict | None = None,
     container_options: dict | None = None,
 ) -> str:
     """Encode uint8 RGB frames to ``path`` (container from its extension); returns the path.
 
     pts_ms: explicit presentation times in milliseconds (variable frame rate).
-    gop: keyframe interval. rotation: display-matrix rotation in degrees.
+    gop: keyframe interval. rotation: display-matrix rotation in degrees;
+    mirror: its (horizontal, vertical) flips, as PyAV's set_display_rotation.
     codec_options: encoder options, e.g. ``{"x265-params": "log-level=error"}``;
     container_options: muxer options, e.g. ``{"movflags": "faststart"}``.
     4:2:0 H.264/HEVC need even sizes; VP9 takes odd ones.
@@ -95,8 +97,8 @@ def encode_video(
         stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
         if gop is not None:
             stream.codec_context.gop_size = gop
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
+        if rotation is not None or any(mirror):
+            stream.set_display_rotation(rotation or 0, hflip=mirror[0], vflip=mirror[1])
         if pts_ms is not None:
             stream.codec_context.time_base = ms
             stream.time_base = ms
