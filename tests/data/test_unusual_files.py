@@ -159,8 +159,9 @@ def test_a_frame_cut_short_in_a_stream_without_an_end_is_not_returned(tmp_path, 
     data = open(full, "rb").read()
     (tmp_path / name).write_bytes(data[: len(data) // 2])
     n = read_clip(tmp_path / name, ClipSpec(2, size=None), backend="pyav")[1].num_source_frames
-    with pytest.raises(BadVideoError, match=rf"frames \[{n - 1}\] decoded with errors"):
-        read_clip(tmp_path / name, ClipSpec(n, size=None), backend="pyav")
+    for _ in range(4):  # FFmpeg's frame threads could drop the corrupt flag, by timing (pyav_decode._thread_type)
+        with pytest.raises(BadVideoError, match=rf"frames \[{n - 1}\] decoded with errors"):
+            read_clip(tmp_path / name, ClipSpec(n, size=None), backend="pyav")
     _, info = read_clip(tmp_path / name, ClipSpec(n - 1, sampling="stride", stride=1), backend="pyav")
     assert info.frame_indices == list(range(n - 1))
 

@@ -11,8 +11,9 @@ Quick use::
 
 Backend agreement (same file, spec and seed): frame indices, timestamps and
 paddings are identical (one shared host-side plan). Pixels: ``pyav`` with the
-``lanczos`` filter is the official preprocessing bit for bit (PIL Lanczos on
-uint8 frames, as mediapy). DALI converts YUV to RGB with bilinear chroma
+``lanczos`` filter is the official preprocessing bit for bit (YUV to RGB as
+the ffmpeg command line converts, 10-bit and odd sizes included, then PIL
+Lanczos on uint8 frames, as mediapy). DALI converts YUV to RGB with bilinear chroma
 upsampling where FFmpeg's swscale takes the nearest chroma sample, and
 resizes with its own Lanczos-3. Stated tolerance, as tests/data/test_dali.py
 asserts on VP9/MJPEG fixtures (4:2:0, 4:2:2, 4:4:4): on flat gray at most 1

@@ -22,7 +22,7 @@ import numpy as np
 from . import orientation
 from .errors import BadVideoError
 from .pyav_backend import VideoProbe
-from .pyav_io import _av, _open, _wrap, decoded
+from .pyav_io import RGB24, _av, _open, _wrap, decoded
 
 
 def _groups(vp: VideoProbe, want_pts: list[int], seek: bool) -> list[tuple[int | None, list[int]]]:
@@ -52,14 +52,38 @@ def _skips_a_gop(vp: VideoProbe, position: int | None, kf: int) -> bool:
     return bisect.bisect_left(vp.keyframe_pts, kf) - bisect.bisect_right(vp.keyframe_pts, position) >= 1
 
 
+def _thread_type(vp: VideoProbe, want_pts: list[int]) -> str:
+    """Frame + slice threads (1.4x on 720p H.264, toolchain notes), except for
+    frames of the stream's last GOP: FFmpeg's frame-threaded decoder can hand
+    out the concealed last frame of a stream cut mid-frame without its corrupt
+    flag (a NUT file cut in half: 2 to 7 reads in 10, by thread timing; never
+    with slice threads), and the end of a stream is where a cut lands."""
+    last_key = vp.keyframe_pts[-1] if vp.keyframe_pts else None
+    return "SLICE" if last_key is None or want_pts[-1] >= last_key else "AUTO"
+
+
+def _decode_split(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int,
+                  damaged: set[int]) -> dict[int, np.ndarray]:
+    """``_decode``, with the frames of the last GOP decoded apart (see
+    _thread_type) when seeking; a linear decode is one pass."""
+    last_key = vp.keyframe_pts[-1] if vp.keyframe_pts else None
+    head = [p for p in want_pts if seek and last_key is not None and p < last_key]
+    tail = want_pts[len(head):]
+    got = _decode(av, vp, head, seek, threads, damaged) if head else {}
+    if tail:
+        got.update(_decode(av, vp, tail, seek, threads, damaged))
+    return got
+
+
 def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int,
             damaged: set[int] | None = None) -> dict[int, np.ndarray]:
     """Wanted frames by pts; those decoded with errors go to ``damaged``."""
     got: dict[int, np.ndarray] = {}
     damaged = set() if damaged is None else damaged
+    rgb = RGB24()
     with _open(av, vp.path) as container:
         stream = container.streams.video[vp.stream]
-        stream.thread_type = "AUTO"  # frame + slice threads: 1.4x on 720p H.264 (toolchain notes)
+        stream.thread_type = _thread_type(vp, want_pts)
         stream.thread_count = threads
         frames, position = None, None  # decoder iterator; pts of the last frame it gave
         seeker = _Seeker(av, container, stream, vp)
@@ -76,7 +100,7 @@ def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int,
                     if frame.is_corrupt:
                         damaged.add(frame.pts)
                     else:
-                        got[frame.pts] = _upright_rgb(frame)
+                        got[frame.pts] = _upright_rgb(frame, rgb)
                 if frame.pts >= last:
                     break
     return got
@@ -132,8 +156,8 @@ class _Seeker:
         raise _SeekPointNotIntra
 
 
-def _upright_rgb(frame) -> np.ndarray:
-    return orientation.apply_np(frame.to_ndarray(format="rgb24"), orientation.of_frame(frame))
+def _upright_rgb(frame, rgb: RGB24) -> np.ndarray:
+    return orientation.apply_np(rgb(frame), orientation.of_frame(frame))
 
 
 def _decode_in_output_order(av, vp: VideoProbe, want_pts: list[int], threads: int,
@@ -143,9 +167,10 @@ def _decode_in_output_order(av, vp: VideoProbe, want_pts: list[int], threads: in
     a keyframe's position in display order is not known from its timestamp."""
     got: dict[int, np.ndarray] = {}
     wanted = set(want_pts)
+    rgb = RGB24()
     with _open(av, vp.path) as container:
         stream = container.streams.video[vp.stream]
-        stream.thread_type = "AUTO"
+        stream.thread_type = _thread_type(vp, want_pts)
         stream.thread_count = threads
         for k, frame in enumerate(decoded(container, stream)):
             if k >= vp.num_frames:
@@ -154,7 +179,7 @@ def _decode_in_output_order(av, vp: VideoProbe, want_pts: list[int], threads: in
                 if frame.is_corrupt:
                     damaged.add(vp.pts[k])
                     break
-                got[vp.pts[k]] = _upright_rgb(frame)
+                got[vp.pts[k]] = _upright_rgb(frame, rgb)
                 if len(got) == len(wanted):
                     break
     return got
@@ -177,12 +202,12 @@ def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> list[
             got = _decode_in_output_order(av, vp, want, threads, damaged)
         else:
             try:
-                got = _decode(av, vp, want, True, threads, damaged)
+                got = _decode_split(av, vp, want, True, threads, damaged)
             except _SeekPointNotIntra:
                 got = {}
             if len(got) < len(want):  # a frame damaged after a seek may be whole from the start
                 damaged.clear()
-                got = _decode(av, vp, want, False, threads, damaged)
+                got = _decode_split(av, vp, want, False, threads, damaged)
     except Exception as e:
         raise _wrap(vp.path, e, "decode failed (truncated or corrupt)") from e
     if damaged:
