@@ -139,6 +139,30 @@ def test_truncated_files_without_an_index_raise(tmp_path, name, codec):
         read_clip(tmp_path / name, ClipSpec(4, size=None), backend="pyav")
 
 
+@pytest.mark.parametrize("ext,codec", [("webm", "libvpx-vp9"), ("mkv", "libx264")])
+def test_a_matroska_file_whose_last_frame_is_held_is_not_truncation(tmp_path, ext, codec):
+    """A slideshow or a recording that ends on a still: the last frame shown
+    for 3 s. WebM stores no frame durations, so the stream seems to end 3 s
+    before the declared duration; the Segment's size says the file is whole."""
+    src = encode_video(tmp_path / f"src.{ext}", index_frames(30), codec, fps=FPS, gop=10)
+    path = str(tmp_path / f"held.{ext}")
+    with av.open(src) as inp, av.open(path, "w") as out:
+        s = inp.streams.video[0]
+        t = out.add_stream_from_template(s)
+        packets = [p for p in inp.demux(s) if p.size]
+        last = max(p.pts for p in packets)
+        for p in packets:
+            p.duration = int(1 / (FPS * s.time_base)) * (30 if p.pts == last else 1)
+            p.stream = t
+            out.mux(p)
+    frames, info = read_clip(path, ClipSpec(8, size=None), backend="pyav")
+    assert info.num_source_frames == 30 and gray_index(frames) == info.frame_indices
+    data = open(path, "rb").read()
+    (tmp_path / f"cut.{ext}").write_bytes(data[: len(data) - 300])
+    with pytest.raises(BadVideoError, match="truncated: its Matroska segment declares 300 bytes past the end"):
+        read_clip(tmp_path / f"cut.{ext}", ClipSpec(8, size=None), backend="pyav")
+
+
 @pytest.mark.parametrize("name,codec", [("cut.avi", "libx264"), ("cut.ivf", "libvpx-vp9"), ("cut.flv", "libx264")])
 def test_a_last_packet_cut_short_is_truncation(tmp_path, name, codec):
     """Cut a few percent short: within the declared duration's slack, but the

@@ -9,6 +9,11 @@
   top-level chunks can: ``RIFF`` ``AVI `` and, past 1 GB (OpenDML), ``RIFF``
   ``AVIX`` follow one another to the end of the file, and a file cut short
   ends inside the last one.
+- ``ebml_shortfall``: Matroska and WebM. The muxer writes the Segment's size
+  when it finishes, so a file cut short ends inside it. The declared
+  duration cannot tell: WebM stores no frame durations, so a last frame held
+  on screen (a slideshow, a recording that ends on a still) leaves the
+  stream's end short of the declared duration in a complete file.
 """
 from __future__ import annotations
 
@@ -39,6 +44,41 @@ def riff_shortfall(path: str) -> int | None:
                 return end - size
             pos = end + (n & 1)  # chunks are padded to an even size
     return None if pos == 0 else 0
+
+
+def _vint(f, keep_marker: bool) -> tuple[int, int] | None:
+    """An EBML variable-length integer at ``f``'s position: (value, length in
+    bytes); element IDs keep their length marker, sizes drop it."""
+    first = f.read(1)
+    if not first or first[0] == 0:
+        return None
+    n = 9 - first[0].bit_length()
+    rest = f.read(n - 1)
+    if len(rest) < n - 1:
+        return None
+    value = int.from_bytes(first + rest, "big")
+    return (value if keep_marker else value & ((1 << (7 * n)) - 1)), n
+
+
+def ebml_shortfall(path: str) -> int | None:
+    """Bytes the first Matroska Segment declares past the end of the file: 0
+    for a complete one; None where nothing can be judged: not Matroska, or a
+    Segment of unknown size (a live recording the muxer could not go back to)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = _vint(f, True)
+        if head is None or head[0] != 0x1A45DFA3:  # the EBML header
+            return None
+        length = _vint(f, False)
+        if length is None:
+            return None
+        f.seek(length[0], os.SEEK_CUR)
+        seg, seg_size = _vint(f, True), _vint(f, False)
+        if seg is None or seg[0] != 0x18538067 or seg_size is None:
+            return None
+        if seg_size[0] == (1 << (7 * seg_size[1])) - 1:  # all ones: size unknown
+            return None
+        return max(0, f.tell() + seg_size[0] - size)
 
 
 def declared_extent(container, stream) -> tuple[int, float, float | None]:

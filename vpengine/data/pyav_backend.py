@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
 
-from .completeness import check_complete, declared_extent, riff_shortfall
+from .completeness import check_complete, declared_extent, ebml_shortfall, riff_shortfall
 from .errors import BadVideoError, check_file
 from .file_cache import FileCache
 from .frame_sizes import TRACKED
@@ -188,6 +188,13 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                     raise BadVideoError(path, f"truncated: its RIFF chunks declare {short} bytes past the end of the file")
                 if short == 0:  # complete: its frame count includes the empty chunks of held or dropped frames
                     declared = (0, declared[1], None)
+            elif fmt == "matroska,webm":
+                short = ebml_shortfall(path)
+                if short:
+                    raise BadVideoError(path, f"truncated: its Matroska segment declares {short} bytes past the end "
+                                              "of the file")
+                if short == 0:  # complete: a last frame held past the others' pace is not a cut
+                    declared = (declared[0], declared[1], None)
             # AVI has no presentation times (FFmpeg numbers its packets): with a
             # reordering codec the numbers may follow decode order.
             suspect = fmt == "avi" and bool(ctx.has_b_frames)
