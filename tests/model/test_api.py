@@ -1,5 +1,7 @@
 """Public model API: presets, official checkpoints of any shape, safetensors IO,
 from_pretrained through a Hugging Face cache, input validation, autocast."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -407,3 +409,26 @@ def test_a_config_far_larger_than_its_weights_is_refused_before_it_is_built(tmp_
     with pytest.raises(CheckpointError, match=r"missing: .*\(\d+ more\)") as e:
         vpengine.load(tmp_path / "big.safetensors")
     assert len(str(e.value)) < 5000
+
+
+def test_frame_paddings_are_checked_like_text_paddings():
+    model = _random(ENC)
+    video = _video()
+    with torch.no_grad():
+        for bad, got in ((torch.full((2, 5), float("nan")), "10 NaN"), (torch.full((2, 5), 2.0), "[2.0, 2.0]")):
+            with pytest.raises(ValueError, match=r"frame_paddings must lie in \[0, 1\].*" + re.escape(got)):
+                model(video, bad)
+        ok = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+        assert torch.equal(model(video, ok), model(video, ok.float()))
+
+
+def test_video_text_forward_skips_either_side():
+    model = _random(LVT)
+    ids, pads = torch.randint(0, 50, (3, 6)), torch.zeros(3, 6)
+    with torch.no_grad():
+        v, t = model(None, ids, pads)
+        assert v is None and torch.equal(t, model.encode_text(ids, pads))
+        v, t = model(_video())
+        assert t is None and torch.equal(v, model.encode_video(_video()))
+        with pytest.raises(ValueError, match="a video, text ids, or both"):
+            model(None)

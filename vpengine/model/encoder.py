@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import ops
 from .config import EncoderConfig
-from .layers import LayerNorm, SpaceTimeStack
+from .layers import LayerNorm, SpaceTimeStack, check_paddings
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -88,6 +88,7 @@ def check_frame_paddings(frame_paddings, B: int, T: int, device) -> torch.Tensor
     if not isinstance(frame_paddings, torch.Tensor) or tuple(frame_paddings.shape) != (B, T):
         got = tuple(frame_paddings.shape) if isinstance(frame_paddings, torch.Tensor) else type(frame_paddings).__name__
         raise ValueError(f"frame_paddings must be [B, T] = [{B}, {T}] (1 = padded frame); got {got}")
+    check_paddings(frame_paddings, "frame_paddings")
     return frame_paddings.to(device=device, dtype=torch.float32)
 
 

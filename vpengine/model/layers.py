@@ -23,6 +23,26 @@ from .. import backends, ops
 LN_EPS = 1e-6
 
 
+
+def check_paddings(p: torch.Tensor, what: str) -> None:
+    """Paddings (1 = padded) must lie in [0, 1]: catches NaN (every output
+    would be NaN) and a mask scaled wrong; an inverted 0/1 mask cannot be
+    told from a valid one. Skipped under torch.compile (reading values would
+    break the graph)."""
+    if p.dtype.is_complex:
+        raise ValueError(f"{what} must be real (1 = padded, 0 = kept); got {p.dtype}")
+    if not p.numel() or torch.compiler.is_compiling():
+        return
+    p = p.detach().to(torch.float32)
+    if bool(((p >= 0) & (p <= 1)).all()):
+        return
+    nan = int(p.isnan().sum())
+    finite = p[~p.isnan()]
+    got = (f"{nan} NaN" + (", and " if finite.numel() else "")) if nan else ""
+    if finite.numel():
+        got += f"values in [{finite.min().item()}, {finite.max().item()}]"
+    raise ValueError(f"{what} must lie in [0, 1] (1 = padded, 0 = kept); got {got}")
+
 class LayerNorm(nn.Module):
     """LayerNorm with eps 1e-6 and gain ``1 + scale`` (official ``LayerNorm``)."""
 

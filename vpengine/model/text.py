@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import TextConfig
-from .layers import LayerNorm, TextBlock
+from .layers import LayerNorm, TextBlock, check_paddings
 
 
 def sinusoid_table(length: int, dim: int, device=None) -> torch.Tensor:
@@ -68,19 +68,7 @@ class TextEncoder(nn.Module):
             )
         if ids_BL.dtype.is_floating_point or ids_BL.dtype.is_complex or ids_BL.dtype == torch.bool:
             raise ValueError(f"text ids must be an integer tensor; got {ids_BL.dtype}")
-        if paddings_BL.dtype.is_complex:
-            raise ValueError(f"text paddings must be real (1 = pad, 0 = token); got {paddings_BL.dtype}")
-        if paddings_BL.numel() and not torch.compiler.is_compiling():
-            p = paddings_BL.detach().to(torch.float32)
-            # Catches NaN, and an attention mask passed as paddings scaled wrong;
-            # an inverted 0/1 mask cannot be told from a valid one.
-            if not bool(((p >= 0) & (p <= 1)).all()):
-                nan = int(p.isnan().sum())
-                finite = p[~p.isnan()]
-                got = (f"{nan} NaN" + (", and " if finite.numel() else "")) if nan else ""
-                if finite.numel():
-                    got += f"values in [{finite.min().item()}, {finite.max().item()}]"
-                raise ValueError(f"text paddings must lie in [0, 1] (1 = pad, 0 = token); got {got}")
+        check_paddings(paddings_BL, "text paddings")
         in_graph = torch.compiler.is_compiling()  # reading values would break the graph
         if ids_BL.numel() and not in_graph and (int(ids_BL.min()) < 0 or int(ids_BL.max()) >= c.vocab_size):
             raise ValueError(

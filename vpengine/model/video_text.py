@@ -60,8 +60,11 @@ class VideoTextModel(nn.Module):
 
     def forward(self, video, text_ids=None, text_paddings=None, frame_paddings=None, normalize: bool = True):
         """Both towers: ``(video_embeddings [B, D], text_embeddings [Bt, D])``;
-        pass ``text_ids=None`` to skip the text side."""
-        v = self.encode_video(video, frame_paddings, normalize=normalize)
+        pass ``video=None`` or ``text_ids=None`` to skip that side (its
+        result is None), as the official model allows."""
+        if video is None and text_ids is None:
+            raise ValueError("pass a video, text ids, or both")
+        v = None if video is None else self.encode_video(video, frame_paddings, normalize=normalize)
         t = None if text_ids is None else self.encode_text(text_ids, text_paddings, normalize=normalize)
         return v, t
 
