@@ -491,3 +491,21 @@ def test_a_bad_thread_count_is_not_a_bad_file(tmp_path, threads):
     path = _encode_late(str(tmp_path / "v.mp4"), "libx264", 4, 0)
     with pytest.raises(ValueError, match="threads must be an integer"):
         read_clip(path, ClipSpec(2, size=None), backend="pyav", threads=threads)
+
+
+@pytest.mark.parametrize("name,codec", [("clock.ts", "libx264"), ("clock.mpg", "mpeg2video")])
+def test_mpeg_ts_and_ps_times_count_from_the_file_start(tmp_path, name, codec):
+    """MPEG-TS/PS timestamps run on a clock the muxer starts anywhere (FFmpeg:
+    1.4 s, PyAV 0.2 s): windows and timestamps count from the file's start,
+    as in the same frames in MP4, as players show them and ffmpeg -ss seeks."""
+    frames = index_frames(30)
+    mp4 = encode_video(tmp_path / "same.mp4", frames, "libx264", fps=FPS)
+    path = encode_video(tmp_path / name, frames, codec, fps=FPS)
+    with av.open(path) as c:
+        assert c.start_time > 0  # the clock does not start at 0
+    for spec in (ClipSpec(4, size=None, start_time=2.0, end_time=3.0), ClipSpec(8, size=None)):
+        got, info = read_clip(path, spec, backend="pyav")
+        _, want = read_clip(mp4, spec, backend="pyav")
+        assert info.frame_indices == want.frame_indices and gray_index(got) == info.frame_indices
+        assert info.timestamps == pytest.approx(want.timestamps)
+    assert info.timestamps[0] == pytest.approx(0.0)

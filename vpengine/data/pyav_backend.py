@@ -7,7 +7,10 @@ timestamps, sorted, are the frames in display order (packets come in decode
 order, so with B-frames they are not sorted). Their count is the official
 ``num_frames`` (mediapy counts frames with ``ffmpeg -vcodec copy``, the same
 demux-only count), and ``pts * time_base`` is each frame's timestamp, exact for
-variable-frame-rate files too.
+variable-frame-rate files too. In MPEG-TS/PS the timestamps run on the
+recorder's or broadcaster's clock, which starts anywhere (the ffmpeg muxer
+starts it at 1.4 s): there times count from the file's start time, as
+players show them and ``ffmpeg -ss`` seeks.
 
 Decoding: :mod:`vpengine.data.pyav_decode`.
 
@@ -71,13 +74,16 @@ class VideoProbe:
     # that starts mid-GOP): not frames of the video here, though DALI's
     # decoder would count them.
     skipped_start: int = 0
+    # Subtracted from every timestamp: the container's start time in
+    # MPEG-TS/PS (see the module docstring), 0 elsewhere.
+    start: Fraction = Fraction(0)
 
     @property
     def num_frames(self) -> int:
         return len(self.pts)
 
     def timestamp(self, i: int) -> float:
-        return float(self.pts[i] * self.time_base)
+        return float(self.pts[i] * self.time_base - self.start)
 
     @cached_property
     def orientation(self) -> int:
@@ -182,6 +188,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             rate = stream.average_rate or stream.guessed_rate
             declared = declared_extent(container, stream)
             fmt = container.format.name
+            clock = Fraction(container.start_time, 1_000_000) if fmt in _CAPTURES and container.start_time else 0
             if fmt == "avi":
                 short = riff_shortfall(path)
                 if short:
@@ -279,4 +286,5 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
         raise BadVideoError(path, f"two frames share the timestamp {float(dup * tb):.3f} s; cannot index frames")
     key.sort()
     return VideoProbe(path, tuple(pts), tuple(k for k, _ in key), Fraction(tb), fps, height, width, codec, index,
-                      by_order, colorspace, tuple(d for _, d in key), skipped_start=skipped)
+                      by_order, colorspace, tuple(d for _, d in key), skipped_start=skipped,
+                      start=Fraction(0) if untimed else clock)

@@ -43,7 +43,9 @@ class ClipSpec:
         mediapy does); ``"bicubic"``/``"bilinear"``/``"area"``/``"nearest"``
         are faster torch filters (antialiased where torch supports it).
     start_time, end_time: optional window in seconds; only frames whose
-        timestamp t satisfies ``start_time <= t < end_time`` count as the source.
+        timestamp t satisfies ``start_time <= t < end_time`` count as the source
+        (``ClipInfo.timestamps``: in MPEG-TS/PS counted from the file's start,
+        whose clock starts anywhere, as players and ``ffmpeg -ss`` count).
     """
 
     num_frames: int
