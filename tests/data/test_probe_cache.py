@@ -1,8 +1,11 @@
 """Probes are remembered per unchanged file: a manifest of many windows of one
 long video demuxes it once, not once per window."""
+import bisect
 import os
+import random
 import threading
 import time
+from fractions import Fraction
 
 import pytest
 
@@ -142,3 +145,32 @@ def test_a_file_removed_after_its_probe_is_missing(tmp_path, demuxes):
     os.remove(path)
     with pytest.raises(BadVideoError, match="missing"):
         pyav_backend.probe(path)
+
+
+class _CountingBase(Fraction):
+    """A time base that counts the timestamps computed with it."""
+    calls = 0
+
+    def __rmul__(self, other):
+        type(self).calls += 1
+        return Fraction(other) * Fraction(self)
+
+
+def test_a_window_of_a_long_video_reads_few_timestamps():
+    """A 28-hour video (3M frames): each window bisects its timestamps; it
+    had computed every one of them (25 s a window). Results as the linear
+    definition: first frame at or after start, first at or after end."""
+    tb = _CountingBase(1, 30000)
+    vp = pyav_backend.VideoProbe("x", tuple(range(0, 3_000_000 * 1001, 1001)), (0,), tb, 29.97, 8, 8, "h264")
+    assert vp.window(3600.0, 3610.0) == (107893, 108192) and _CountingBase.calls < 100
+    rng = random.Random(0)
+    for _ in range(300):
+        pts = sorted(rng.sample(range(1000), rng.randint(1, 40)))
+        vp = pyav_backend.VideoProbe("x", tuple(pts), (pts[0],), Fraction(1, rng.choice([90000, 1000, 7])), 30.0,
+                                     8, 8, "h264", start=Fraction(rng.randint(0, 5), 3))
+        ts = [vp.timestamp(i) for i in range(len(pts))]
+        for a, b in ((rng.choice([None, rng.uniform(-1, 150), *ts]), rng.choice([None, rng.uniform(-1, 150), *ts]))
+                     for _ in range(10)):
+            want = (0 if a is None else bisect.bisect_left(ts, a - 1e-9),
+                    len(ts) if b is None else bisect.bisect_left(ts, b - 1e-9))
+            assert vp.window(a, b) == want

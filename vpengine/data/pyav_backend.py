@@ -108,10 +108,12 @@ class VideoProbe:
         return _size_varies(self.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.stream, self.codec)
 
     def window(self, start_time: float | None, end_time: float | None) -> tuple[int, int]:
-        """Index range [i0, i1) of the frames with start_time <= t < end_time."""
-        ts = [self.timestamp(i) for i in range(self.num_frames)]
-        i0 = 0 if start_time is None else bisect.bisect_left(ts, start_time - 1e-9)
-        i1 = self.num_frames if end_time is None else bisect.bisect_left(ts, end_time - 1e-9)
+        """Index range [i0, i1) of the frames with start_time <= t < end_time.
+        Bisects the timestamps, computing O(log n) of them (all of them took
+        8 s for a 9-hour video, at every window asked of it)."""
+        t = lambda p: float(p * self.time_base - self.start)  # noqa: E731  (= timestamp, by pts)
+        i0 = 0 if start_time is None else bisect.bisect_left(self.pts, start_time - 1e-9, key=t)
+        i1 = self.num_frames if end_time is None else bisect.bisect_left(self.pts, end_time - 1e-9, key=t)
         return i0, i1
 
 
