@@ -71,3 +71,18 @@ def test_frames_are_converted_as_the_ffmpeg_command_line_does(tmp_path, name, co
     got, _ = read_clip(path, ClipSpec(len(want), size=None), backend="pyav")
     assert np.array_equal(got.numpy(), want)
     assert np.abs(plain.astype(int) - want).max() > 8  # where to_ndarray's conversion is not the CLI's
+
+
+def test_high_bit_depth_streams_are_kept_off_dali(tmp_path):
+    """Unverified through DALI (no high-depth VP9 encoder here, no DALI on the
+    GPU runs): ``auto`` reads them with PyAV, converted as above."""
+    from vpengine.data import dali_backend, pyav_backend
+
+    try:
+        ten = _encode(tmp_path / "ten.mp4", _content(3, 48, 64), "libx264", "yuv420p10le")
+    except (av.error.FFmpegError, ValueError) as e:
+        pytest.skip(f"cannot encode 10-bit H.264: {e}")
+    eight = _encode(tmp_path / "eight.mp4", _content(3, 48, 64), "libx264", "yuv420p")
+    assert pyav_backend.probe(ten).bit_depth == 10 and pyav_backend.probe(eight).bit_depth == 8
+    assert any("10-bit" in r for r in dali_backend.file_reasons(pyav_backend.probe(ten), "gpu"))
+    assert not any("bit" in r for r in dali_backend.file_reasons(pyav_backend.probe(eight), "gpu"))

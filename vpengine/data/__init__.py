@@ -33,7 +33,8 @@ to decode (its CPU decoder keeps the first size and misreads the later
 frames; its GPU decoder is not trusted to do better): ``auto`` reads it with
 PyAV and a forced DALI backend refuses it, as it refuses a VP8/VP9/MJPEG
 file whose frame headers, or an H.264/HEVC file whose parameter sets, cannot
-be read to tell (frame_sizes.py, h26x.py). AV1 and MPEG-4 Part 2 go
+be read to tell (frame_sizes.py, h26x.py); nor are streams of more than 8 bits
+per sample, unverified through DALI. AV1 and MPEG-4 Part 2 go
 to the GPU decoder unchecked. DALI's CPU decoder applies the BT.601
 matrix whatever the stream's tag (BT.709 flat red: 0 green levels where the
 tag asks for 23), so files tagged otherwise are not its to decode: ``auto``

@@ -73,6 +73,10 @@ def file_reasons(probe, device: str) -> list[str]:
         # Measured: BT.709 flat red came out (254, 0, 0) against (255, 23, 0).
         why.append(f"DALI's CPU decoder converts colour with the BT.601 matrix and this stream is tagged "
                    f"{_COLORSPACES.get(probe.colorspace, f'colorspace {probe.colorspace}')}")
+    if probe.bit_depth > 8:
+        # Not measured (no encoder here writes high-depth VP9; the GPU runs
+        # had no DALI): PyAV converts these as the ffmpeg command line does.
+        why.append(f"its {probe.bit_depth}-bit samples are not verified through DALI's decoder")
     if probe.display_by_output_order:
         why.append("its frames are numbered by the decoder's output order, not by timestamps "
                    "(H.264 with B-frames in AVI, or a raw elementary stream)")

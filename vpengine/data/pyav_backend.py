@@ -77,6 +77,8 @@ class VideoProbe:
     # Subtracted from every timestamp: the container's start time in
     # MPEG-TS/PS (see the module docstring), 0 elsewhere.
     start: Fraction = Fraction(0)
+    # Bits per sample of the stream's pixel format (10 for yuv420p10le); 0: not known.
+    bit_depth: int = 0
 
     @property
     def num_frames(self) -> int:
@@ -186,6 +188,8 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             codec = ctx.codec.canonical_name
             height, width = int(ctx.height), int(ctx.width)
             colorspace = int(ctx.colorspace)
+            fmt_ = ctx.format
+            bit_depth = max((c.bits for c in fmt_.components), default=0) if fmt_ is not None else 0
             tb = stream.time_base
             rate = stream.average_rate or stream.guessed_rate
             declared = declared_extent(container, stream)
@@ -289,4 +293,4 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     key.sort()
     return VideoProbe(path, tuple(pts), tuple(k for k, _ in key), Fraction(tb), fps, height, width, codec, index,
                       by_order, colorspace, tuple(d for _, d in key), skipped_start=skipped,
-                      start=Fraction(0) if untimed else clock)
+                      start=Fraction(0) if untimed else clock, bit_depth=bit_depth)
