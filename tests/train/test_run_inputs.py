@@ -66,6 +66,18 @@ def test_resume_compares_input_contents_not_paths(train_data, tmp_path, monkeypa
         train(_cfg(data, tmp_path / "run", steps=4), resume=True, log=_quiet)
 
 
+def test_a_manifest_of_absolute_paths_moved_alone_is_the_same_run(train_data, tmp_path):
+    rows = [json.loads(x) for x in (train_data / "m.jsonl").read_text().splitlines()]
+    text = "".join(json.dumps({**r, "path": str(train_data / r["path"])}) + "\n" for r in rows)
+    (tmp_path / "a.jsonl").write_text(text)
+    train(_cfg(train_data, tmp_path / "run", manifest=str(tmp_path / "a.jsonl")), log=_quiet)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "a.jsonl").write_text(text)  # the same rows, the same videos
+    train(_cfg(train_data, tmp_path / "run", manifest=str(tmp_path / "elsewhere" / "a.jsonl"), steps=3),
+          resume=True, log=_quiet)
+    assert json.loads(_log(tmp_path / "run")[-1])["step"] == 3
+
+
 def test_stage2_resumes_without_its_teacher_file(train_data, tmp_path):
     teacher = tmp_path / "teacher.safetensors"
     shutil.copy(train_data / "lvt.safetensors", teacher)

@@ -38,13 +38,15 @@ _NAMES = frozenset(k for keys in _ALIASES.values() for k in keys)
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One row: absolute video path, optional caption and time window, row number."""
+    """One row: absolute video path, optional caption and time window, row
+    number; ``given``: the path as the row wrote it (``~`` expanded)."""
 
     path: str
     caption: str | None = None
     start_time: float | None = None
     end_time: float | None = None
     index: int = 0
+    given: str = ""
 
 
 def _key(name) -> object:
@@ -126,14 +128,14 @@ def _entry(row: dict, index: int, root: str, where: str) -> ManifestEntry:
         path = os.fspath(path)
     if not isinstance(path, str):  # JSON numbers, objects and lists are not file names
         raise ValueError(f"{where}: path must be a string; got {path!r}")
-    path = os.path.expanduser(path)
+    given = path = os.path.expanduser(path)
     if not os.path.isabs(path):
         path = os.path.join(root, path)
     caption = _field(row, "caption")
     start, end = _time(_field(row, "start"), "start", where), _time(_field(row, "end"), "end", where)
     if start is not None and end is not None and end <= start:
         raise ValueError(f"{where}: end ({end}) must be greater than start ({start})")
-    return ManifestEntry(path, None if caption is None else str(caption), start, end, index)
+    return ManifestEntry(path, None if caption is None else str(caption), start, end, index, given)
 
 
 def _first_char(f) -> str:

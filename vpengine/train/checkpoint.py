@@ -40,13 +40,16 @@ def save_checkpoint(out_dir: str, state: dict, model: torch.nn.Module) -> None:
 
 def input_digests(cfg: TrainConfig, entries: list) -> dict[str, str]:
     """What a resume must find unchanged, by content: the manifest's rows as
-    the loader read them (the data order follows from them; paths relative
-    to the manifest, so a dataset moved with its manifest is the same) and
-    the tokenizer file."""
+    the loader read them (the data order follows from them; paths as the
+    rows wrote them, so a dataset moved with its manifest of relative paths,
+    or a manifest of absolute paths moved alone, is the same) and the
+    tokenizer file."""
     h = hashlib.sha256()
     root = os.path.dirname(os.path.abspath(cfg.manifest))
     for e in entries:
-        h.update(json.dumps([os.path.relpath(e.path, root), e.caption, e.start_time, e.end_time]).encode() + b"\n")
+        given = e.given or os.path.relpath(e.path, root)
+        path = given if os.path.isabs(given) else os.path.normpath(given)
+        h.update(json.dumps([path, e.caption, e.start_time, e.end_time]).encode() + b"\n")
     out = {"manifest": f"{len(entries)} rows, sha256 {h.hexdigest()[:16]}"}
     if cfg.tokenizer is not None and os.path.isfile(cfg.tokenizer):
         with open(cfg.tokenizer, "rb") as f:
