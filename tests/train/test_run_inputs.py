@@ -111,3 +111,27 @@ def test_a_log_line_cut_off_by_a_crash_stays_apart_from_the_next(train_data, tmp
     train(_cfg(train_data, out, steps=3), resume=True, log=_quiet)
     lines = _log(out)
     assert lines[-2] == '{"step": 2, "lo' and json.loads(lines[-1])["step"] == 3
+
+
+def test_an_epoch_without_a_batch_by_chance_does_not_end_the_run(train_data, tmp_path, monkeypatch):
+    """Training samples frames at random: a file damaged in a few frames fails
+    in some epochs only, and an epoch may then give no batch. The run goes
+    on; if the epochs stay empty it stops with an error, its steps saved."""
+    from vpengine.train import loop
+
+    real = loop._Run.epoch_steps
+    empty_from = {"epoch": 1, "until": 3}
+
+    def flaky(run):
+        if empty_from["epoch"] <= run.epoch < empty_from["until"]:
+            return 0, {}  # as an epoch whose sampled frames all hit damage
+        return real(run)
+
+    monkeypatch.setattr(loop._Run, "epoch_steps", flaky)
+    out = train(_cfg(train_data, tmp_path / "a", steps=5), log=_quiet)
+    assert out["steps"] == 5
+    empty_from["until"] = 10**9  # never again a batch after epoch 0 (3 steps of 2 clips)
+    with pytest.raises(ValueError, match=r"10 epochs in a row gave no batch.*step 3 is saved"):
+        train(_cfg(train_data, tmp_path / "b", steps=5), log=_quiet)
+    monkeypatch.setattr(loop._Run, "epoch_steps", real)
+    assert train(_cfg(train_data, tmp_path / "b", steps=5), resume=True, log=_quiet)["steps"] == 5

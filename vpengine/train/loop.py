@@ -177,9 +177,11 @@ class _Run:
         return done, last
 
 
-# Under several ranks an epoch can leave one rank without a batch by chance
-# (its shard drew the bad files); the next epoch reshuffles. One process reads
-# every row each epoch, so there an empty epoch is final.
+# An epoch can give no batch by chance: under several ranks one shard draws
+# the bad files, and training samples frames at random, so a file damaged in
+# some frames fails in some epochs only. The next epoch reshuffles and draws
+# again; only when no row at all could be read (one process), or a shard is
+# shorter than a batch, is it final.
 _EMPTY_EPOCHS = 10
 
 
@@ -227,11 +229,18 @@ def _train(run: _Run) -> dict:
             # resumed: every rank of a resumed epoch has consumed at least one batch.
             resumed = run.cursor > 0
             empty = 0 if done or resumed else empty + 1
-            if empty >= (_EMPTY_EPOCHS if run.world > 1 else 1):
+            # Final at once: a shard shorter than a batch, or nothing readable in one process.
+            never = len(run.loader.shard_rows()) < cfg.batch_size
+            none_read = run.world == 1 and run.loader.num_bad >= len(run.loader.entries)
+            if empty >= _EMPTY_EPOCHS or (empty and (never or none_read)):
                 unreadable = sum(_all_ranks(run.loader.num_bad, run.world))
                 rows = f"the manifest has {len(run.loader.entries)} rows and {unreadable} could not be read"
+                if run.step:  # the steps trained so far can be resumed once the data is mended
+                    run.checkpoint()
                 if run.world == 1:
-                    raise ValueError(f"epoch {run.epoch} gave no batch of {cfg.batch_size} clips: {rows}")
+                    raise ValueError(f"{empty} epoch{'s' if empty > 1 else ''} in a row gave no batch of "
+                                     f"{cfg.batch_size} clips: {rows} in the last one"
+                                     + (f"; step {run.step} is saved in {cfg.out_dir}" if run.step else ""))
                 raise ValueError(f"{empty} epochs in a row gave no step (a batch of {cfg.batch_size} clips on "
                                  f"each of {run.world} ranks): {rows} in the last one")
             run.epoch, run.cursor = run.epoch + 1, 0
