@@ -180,6 +180,16 @@ plot_roofline(read_jsonl('$JSONL', []), '$PNG')"
   echo; echo "=== full table: $TABLE ==="; head -c 4000 "$TABLE"; echo; echo "[...]"
 fi
 
+# Results get committed: name the checkout and the output folder, not where
+# they were on this machine (build logs print absolute paths).
+for f in "$LOG" "$TABLE"; do
+  [ -f "$f" ] && sed -i -e "s#$PWD#<repo>#g" -e "s#$(cd "$OUTDIR" && pwd)#<out>#g" "$f"
+done
+echo
+printf '%-28s %-28s %s\n' "step" "status" "seconds"
+for s in "${STEPS[@]}"; do IFS='|' read -r n st d <<< "$s"; printf '%-28s %-28s %s\n' "$n" "$st" "$d"; done
+echo "files: $JSONL $PNG $TABLE $LOG $TUNE"
+# The summary table comes last: the one thing to read.
 echo
 echo "=== SUMMARY: $NAME ($(( $(date +%s) - T0 ))s) ==="
 if [ -s "$JSONL" ]; then
@@ -187,11 +197,3 @@ if [ -s "$JSONL" ]; then
 else
   echo "no benchmark lines were written"
 fi
-printf '%-28s %-28s %s\n' "step" "status" "seconds"
-for s in "${STEPS[@]}"; do IFS='|' read -r n st d <<< "$s"; printf '%-28s %-28s %s\n' "$n" "$st" "$d"; done
-echo "files: $JSONL $PNG $TABLE $LOG $TUNE"
-# Results get committed: name the checkout and the output folder, not where
-# they were on this machine (build logs print absolute paths).
-for f in "$LOG" "$TABLE"; do
-  [ -f "$f" ] && sed -i -e "s#$PWD#<repo>#g" -e "s#$(cd "$OUTDIR" && pwd)#<out>#g" "$f"
-done

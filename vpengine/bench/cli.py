@@ -103,7 +103,7 @@ def _report(args, records, suite_status: dict, interrupted: bool) -> int:
     for s, v in suite_summary(recs).items():
         print(f"suite {s}: {v}")
     for s, status in suite_status.items():
-        if status.startswith(("skipped", "error")):
+        if status.startswith(("skipped", "error")) or "WARNING" in status:
             print(f"suite {s}: {status}")
     if args.json:
         print(f"wrote {len(records)} JSON lines to {args.json}")

@@ -74,7 +74,8 @@ def plot_roofline(records: list[dict], path: str | os.PathLike, title: str = "")
     ax.set_ylabel("achieved TFLOP/s")
     ax.set_title("compute kernels vs measured roofline")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, loc="lower right", ncol=1 if len(compute) < 20 else 2)
+    # Below the axes: inside, it hid the slow kernels at the bottom of the chart.
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0.0, -0.06), ncol=2 if len(compute) < 20 else 3)
 
     names = [f"{_label(op)} {shape} {dtype} [{backend}]" for (op, mode, shape, dtype, backend) in memory]
     vals = [v["gbps"] for v in memory.values()]

@@ -146,11 +146,11 @@ def check_jsonl_target(path: str | os.PathLike) -> None:
         raise ValueError(f"--json {path} is a directory; name a .jsonl file")
     if not path.exists() or path.stat().st_size == 0:
         return
-    with path.open() as f:
-        first = f.readline()
     try:
-        ok = isinstance(json.loads(first), dict) and "op" in json.loads(first) and "median" in json.loads(first)
-    except ValueError:
+        with path.open() as f:
+            first = json.loads(f.readline())
+        ok = isinstance(first, dict) and "op" in first and "median" in first
+    except ValueError:  # not JSON, or not text at all (UnicodeDecodeError)
         ok = False
     if not ok:
         raise ValueError(f"--json {path} exists and is not a vpengine bench results file; "

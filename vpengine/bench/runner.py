@@ -238,7 +238,7 @@ def run(
     emit = on_records or (lambda recs: None)
     t_start = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    busy = None
+    busy, n = None, 0
     if device.type == "cpu":
         n = pin_cpu_threads(threads)
         log(f"[bench] CPU, {n} pinned threads")
@@ -303,5 +303,10 @@ def run(
             out.results += results
         n_ok = sum(r.status == "ok" for r in results)
         out.suite_status[name] = f"{n_ok}/{len(results)} cases measured"
+        # Load that starts after the run began: the check before the ceilings never saw it.
+        late = cpu_load_note(n) if device.type == "cpu" else None
+        if late:
+            out.suite_status[name] += f"; WARNING, by its end: {late}"
+            log(f"[bench] WARNING after suite {name}: {late}")
         log(f"[bench] suite {name}: {out.suite_status[name]} ({time.perf_counter() - ts:.1f} s)")
     return out

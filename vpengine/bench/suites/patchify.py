@@ -68,6 +68,6 @@ def cases(ctx: SuiteContext) -> list[Case]:
                     suite=SUITE, op=OP, backend=backend, mode="fwd", shape=f"B={B} T={T} {size}x{size} P={P}",
                     dtype=dtype_name(dtype), setup=_make_setup(ctx, backend, B, T, size, P, dtype),
                     nbytes=F.patchify_bytes(B, T, size, size, element_size(dtype)), clips=B,
-                    baseline=backend in baselines, budget=memory_bound_budget(ctx),
+                    baseline=backend in baselines or backend == "ref", budget=memory_bound_budget(ctx),
                 ))
     return out

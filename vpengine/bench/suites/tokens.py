@@ -174,7 +174,7 @@ def cases(ctx: SuiteContext) -> list[Case]:
                             suite=SUITE, op=op, backend=backend, mode="fwd",
                             shape=f"B={B} N={N} K={K} D={D}", dtype=dtype_name(dtype),
                             setup=_make_setup(ctx, op, backend, B, N, K, D, dtype),
-                            nbytes=nbytes, baseline=backend in base_names, budget=budget,
+                            nbytes=nbytes, baseline=backend in base_names or backend == "ref", budget=budget,
                         ))
     return out
 
