@@ -188,8 +188,8 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             codec = ctx.codec.canonical_name
             height, width = int(ctx.height), int(ctx.width)
             colorspace = int(ctx.colorspace)
-            fmt_ = ctx.format
-            bit_depth = max((c.bits for c in fmt_.components), default=0) if fmt_ is not None else 0
+            pixels = ctx.format  # the pixel format, None where the stream does not say
+            bit_depth = max((c.bits for c in pixels.components), default=0) if pixels is not None else 0
             tb = stream.time_base
             rate = stream.average_rate or stream.guessed_rate
             declared = declared_extent(container, stream)
