@@ -13,7 +13,7 @@ import pytest
 
 from clip_facts import FPS
 from vpengine.data import ClipSpec, read_clip
-from vpengine.data.orientation import apply_np, from_matrix
+from vpengine.data.orientation import UPRIGHT, from_matrix
 from vpengine.data.synthetic import encode_video, index_frames
 
 av = pytest.importorskip("av")
@@ -80,9 +80,34 @@ def test_dali_turns_and_mirrors_like_pyav(tmp_path, key):
 
 
 def test_matrices_ffmpeg_ignores_leave_frames_as_stored():
-    a = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
     one = 1 << 16
     for m in [None, (0, 0, 0, 0, 0, 0, 0, 0, 1 << 30),  # degenerate: ffmpeg's angle is NaN
               (46341, -46341, 0, 46341, 46341, 0, 0, 0, 1 << 30)]:  # 45 degrees: ffmpeg's rotate filter
-        assert np.array_equal(apply_np(a, from_matrix(m)), a)
+        assert from_matrix(m) == UPRIGHT
     assert from_matrix((-one, 0, 0, 0, one, 0, 0, 0, 1 << 30)) != from_matrix((-one, 0, 0, 0, -one, 0, 0, 0, 1 << 30))
+
+
+def test_an_orientation_sei_holds_for_the_frames_after_it(tmp_path):
+    """An H.264 display-orientation SEI rides on the first frame only; the
+    command line turns every frame by it (measured: all 60 of a 60-frame
+    file), also where a read seeks past that frame."""
+    src = encode_video(tmp_path / "src.mp4", _marked(30), "libx264", fps=FPS, gop=10)
+    path = str(tmp_path / "sei.mp4")
+    with av.open(src) as inp, av.open(path, "w") as out:
+        s = inp.streams.video[0]
+        t = out.add_stream_from_template(s)
+        try:
+            bsf = av.BitStreamFilterContext("h264_metadata=display_orientation=insert:rotate=90:flip=horizontal", s, t)
+        except (AttributeError, ValueError, av.error.FFmpegError) as e:
+            pytest.skip(f"no h264_metadata bitstream filter here: {e}")
+        for p in inp.demux(s):
+            for q in bsf.filter(p if p.size else None):
+                q.stream = t
+                out.mux(q)
+    with av.open(path) as c:
+        stored = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    for start in (None, 1.0):  # from the first frame, and after a seek past it
+        frames, info = read_clip(path, ClipSpec(3, size=None, start_time=start), backend="pyav")
+        for got, i in zip(frames.numpy(), info.frame_indices):
+            want = D4["transpose"](stored[i])
+            assert got.shape == want.shape and np.abs(got.astype(int) - want).mean() < 1, (start, i)

@@ -12,6 +12,7 @@ Which stream is the video, and in which order its frames come: test_streams.py.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -509,3 +510,46 @@ def test_mpeg_ts_and_ps_times_count_from_the_file_start(tmp_path, name, codec):
         assert info.frame_indices == want.frame_indices and gray_index(got) == info.frame_indices
         assert info.timestamps == pytest.approx(want.timestamps)
     assert info.timestamps[0] == pytest.approx(0.0)
+
+
+def test_a_ts_clock_off_the_microsecond_grid_starts_at_exactly_0(tmp_path):
+    """The container's start time is rounded to microseconds; a first frame
+    at 90 kHz tick 900005 would come out 0.4 us before 0 and miss a window
+    starting at 0."""
+    path = str(tmp_path / "ticks.ts")
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=FPS)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 90000)
+        for i, rgb in enumerate(index_frames(10)):
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            f.pts, f.time_base = 900005 + i * 9000, Fraction(1, 90000)
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with av.open(path) as c:
+        assert c.start_time % 1 == 0 and (Fraction(c.streams.video[0].start_time, 90000) * 1_000_000) % 1 != 0
+    frames, info = read_clip(path, ClipSpec(4, size=None, start_time=0.0, end_time=0.4), backend="pyav")
+    assert info.window == (0, 4) and info.timestamps[0] == 0.0 and gray_index(frames) == [0, 1, 2, 3]
+
+
+def test_a_paletted_stream_is_not_read_by_seeking(tmp_path):
+    """pal8 rawvideo in AVI: the palette comes with the first packet only, so
+    frames decoded after a seek came out black."""
+    path = str(tmp_path / "pal.avi")
+    palette = np.zeros((256, 4), np.uint8)
+    palette[:, :3], palette[:, 3] = np.arange(256)[:, None], 255
+    with av.open(path, "w") as c:
+        s = c.add_stream("rawvideo", rate=FPS)
+        s.width, s.height, s.pix_fmt = 64, 48, "pal8"
+        for rgb in index_frames(30):
+            for p in s.encode(av.VideoFrame.from_ndarray((rgb[..., 0].copy(), palette), format="pal8")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with av.open(path) as c:
+        every = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    frames, info = read_clip(path, ClipSpec(3, size=None, start_time=2.0), backend="pyav")
+    assert info.frame_indices == [20, 23, 26]
+    assert np.array_equal(frames.numpy(), np.stack([every[i] for i in info.frame_indices]))

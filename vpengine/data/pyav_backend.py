@@ -79,6 +79,9 @@ class VideoProbe:
     start: Fraction = Fraction(0)
     # Bits per sample of the stream's pixel format (10 for yuv420p10le); 0: not known.
     bit_depth: int = 0
+    # A paletted stream (pal8: MS RLE, 8BPS): its palette comes with the
+    # first packet only, so a seek past it decodes black frames.
+    paletted: bool = False
 
     @property
     def num_frames(self) -> int:
@@ -145,6 +148,15 @@ def _video_stream(container, path: str, without: frozenset[int] = frozenset()):
     return best
 
 
+def _clock_start(container) -> Fraction:
+    """The earliest start of the file's streams, exact in their time bases
+    (``container.start_time`` is rounded to microseconds: a first frame at
+    90 kHz tick 900005 would come out 0.4 us before 0, outside a window at 0)."""
+    starts = [Fraction(s.start_time) * s.time_base for s in container.streams
+              if s.start_time is not None and s.time_base]
+    return min(starts) if starts else Fraction(0)
+
+
 # Containers a recording may start anywhere in: their first frames are checked by decoding.
 _CAPTURES = frozenset({"mpegts", "mpeg"})
 
@@ -190,11 +202,12 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             colorspace = int(ctx.colorspace)
             pixels = ctx.format  # the pixel format, None where the stream does not say
             bit_depth = max((c.bits for c in pixels.components), default=0) if pixels is not None else 0
+            paletted = pixels is not None and pixels.name == "pal8"
             tb = stream.time_base
             rate = stream.average_rate or stream.guessed_rate
             declared = declared_extent(container, stream)
             fmt = container.format.name
-            clock = Fraction(container.start_time, 1_000_000) if fmt in _CAPTURES and container.start_time else 0
+            clock = _clock_start(container) if fmt in _CAPTURES else Fraction(0)
             if fmt == "avi":
                 short = riff_shortfall(path)
                 if short:
@@ -293,4 +306,4 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     key.sort()
     return VideoProbe(path, tuple(pts), tuple(k for k, _ in key), Fraction(tb), fps, height, width, codec, index,
                       by_order, colorspace, tuple(d for _, d in key), skipped_start=skipped,
-                      start=Fraction(0) if untimed else clock, bit_depth=bit_depth)
+                      start=Fraction(0) if untimed else clock, bit_depth=bit_depth, paletted=paletted)

@@ -100,7 +100,7 @@ def _decode(av, vp: VideoProbe, want_pts: list[int], seek: bool, threads: int,
                     if frame.is_corrupt:
                         damaged.add(frame.pts)
                     else:
-                        got[frame.pts] = _upright_rgb(frame, rgb)
+                        got[frame.pts] = _upright_rgb(frame, rgb, vp)
                 if frame.pts >= last:
                     break
     return got
@@ -156,8 +156,11 @@ class _Seeker:
         raise _SeekPointNotIntra
 
 
-def _upright_rgb(frame, rgb: RGB24) -> np.ndarray:
-    return orientation.apply_np(rgb(frame), orientation.of_frame(frame))
+def _upright_rgb(frame, rgb: RGB24, vp: VideoProbe) -> np.ndarray:
+    # A frame without a display matrix takes the stream's (its first frame's):
+    # an orientation SEI marks one frame and holds for the rest, after a seek too.
+    o = orientation.of_frame(frame)
+    return rgb(frame, vp.orientation if o is None else o)
 
 
 def _decode_in_output_order(av, vp: VideoProbe, want_pts: list[int], threads: int,
@@ -179,7 +182,7 @@ def _decode_in_output_order(av, vp: VideoProbe, want_pts: list[int], threads: in
                 if frame.is_corrupt:
                     damaged.add(vp.pts[k])
                     break
-                got[vp.pts[k]] = _upright_rgb(frame, rgb)
+                got[vp.pts[k]] = _upright_rgb(frame, rgb, vp)
                 if len(got) == len(wanted):
                     break
     return got
@@ -202,7 +205,7 @@ def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> list[
             got = _decode_in_output_order(av, vp, want, threads, damaged)
         else:
             try:
-                got = _decode_split(av, vp, want, True, threads, damaged)
+                got = _decode_split(av, vp, want, not vp.paletted, threads, damaged)
             except _SeekPointNotIntra:
                 got = {}
             if len(got) < len(want):  # a frame damaged after a seek may be whole from the start

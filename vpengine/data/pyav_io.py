@@ -48,23 +48,29 @@ class RGB24:
     chroma siting and uses ffmpeg's bicubic default. ``frame.to_ndarray``
     calls swscale with bilinear chroma and no siting: the same bytes for
     8-bit 4:2:0 of even size, up to 35 levels off (mean 1.2) for 10-bit
-    4:2:0 and odd sizes. One converter per decode; the graph is rebuilt
-    when the frames' size, format or colour tags change."""
+    4:2:0 and odd sizes. ``orientation`` (orientation.py) turns and mirrors
+    the frame in the graph, before the conversion, as the command line does.
+    One converter per decode; the graph is rebuilt when the frames' size,
+    format, colour tags or orientation change."""
 
     def __init__(self):
         self._key, self._graph = None, None
 
-    def __call__(self, frame) -> np.ndarray:
-        key = (frame.width, frame.height, frame.format.name, int(frame.colorspace), int(frame.color_range))
+    def __call__(self, frame, orientation: int = 0) -> np.ndarray:
+        from .orientation import FILTERS
+
+        key = (frame.width, frame.height, frame.format.name, int(frame.colorspace), int(frame.color_range),
+               orientation)
         if key != self._key:
             self._graph, self._key = None, None
             graph = _av().filter.Graph()
             graph.threads = 1  # readers run in parallel already; a graph's own threads would oversubscribe
             src = graph.add("buffer", video_size=f"{frame.width}x{frame.height}", pix_fmt=frame.format.name,
                             time_base="1/1", pixel_aspect="1/1", colorspace=str(key[3]), range=str(key[4]))
-            fmt, sink = graph.add("format", "pix_fmts=rgb24"), graph.add("buffersink")
-            src.link_to(fmt)
-            fmt.link_to(sink)
+            chain = [src, *(graph.add(name, args) for name, args in FILTERS[orientation])]
+            chain += [graph.add("format", "pix_fmts=rgb24"), graph.add("buffersink")]
+            for a, b in zip(chain, chain[1:]):
+                a.link_to(b)
             graph.configure()
             self._graph, self._key = graph, key
         self._graph.push(frame)

@@ -19,7 +19,8 @@ def _orientation(path: str, size: int, mtime_ns: int, ctime_ns: int, index: int)
             stream = container.streams.video[index]
             stream.thread_count = 1  # frame threads would wait for several packets before the first frame
             frame = next(decoded(container, stream), None)
-            return orientation.of_frame(frame) if frame is not None else orientation.UPRIGHT
+            o = orientation.of_frame(frame) if frame is not None else None
+            return orientation.UPRIGHT if o is None else o
     except Exception as e:
         raise _wrap(path, e, "cannot decode a first frame") from e
 
