@@ -135,8 +135,13 @@ def test_budget_keeps_the_most_recent(tmp_path, demuxes, monkeypatch):
     assert demuxes == [a, b, c, b]
     monkeypatch.setattr(cache, "budget", cost - 1)
     pyav_backend.forget_probes()
-    pyav_backend.probe(a), pyav_backend.probe(a)  # over the budget alone: never kept
-    assert demuxes == [a, b, c, b, a, a] and len(cache) == 0
+    pyav_backend.probe(a), pyav_backend.probe(a), pyav_backend.probe(b)  # over the budget: kept alone
+    assert demuxes == [a, b, c, b, a, b] and len(cache) == 1 and pyav_backend.probe(b) is not None
+    assert demuxes[-1] == b and len(demuxes) == 6
+    monkeypatch.setattr(cache, "budget", cost // cache.OVERSIZE - 1)
+    pyav_backend.forget_probes()
+    pyav_backend.probe(a), pyav_backend.probe(a)  # over OVERSIZE budgets: never kept
+    assert demuxes[-2:] == [a, a] and len(cache) == 0
 
 
 def test_a_file_removed_after_its_probe_is_missing(tmp_path, demuxes):

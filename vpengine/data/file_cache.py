@@ -27,8 +27,12 @@ def file_key(path: str) -> tuple:
 class FileCache(Generic[V]):
     """``get(path, make)``: ``make(path)`` once per unchanged file, kept while
     the costs of the kept values add up to at most ``budget`` (least recently
-    used first out; a value costing more than the budget is never kept).
-    Exceptions of ``make`` are raised to the caller and never kept."""
+    used first out). A value costing more than the budget is kept alone, up
+    to ``OVERSIZE`` budgets (one very long video, read window after window,
+    would otherwise be read again for each); beyond that, never. Exceptions
+    of ``make`` are raised to the caller and never kept."""
+
+    OVERSIZE = 4
 
     def __init__(self, budget: int, cost: Callable[[V], int]):
         self.budget, self._cost = budget, cost
@@ -61,11 +65,11 @@ class FileCache(Generic[V]):
 
     def _keep(self, key: tuple, value: V) -> None:
         cost = self._cost(value)
-        if cost > self.budget:
+        if cost > self.OVERSIZE * self.budget:
             return
         self._items[key] = (value, cost)
         self.total += cost
-        while self.total > self.budget:
+        while self.total > max(self.budget, cost):  # an oversized value stays, alone
             self.total -= self._items.popitem(last=False)[1][1]
 
     def clear(self) -> None:

@@ -165,7 +165,8 @@ _CAPTURES = frozenset({"mpegts", "mpeg"})
 # for an hour of video), and a manifest of windows of one long video would pay
 # it for every window. The budget counts timestamps (about 40 bytes each): a
 # probe costs its frames, its keyframes twice (pts and dts) and 20 for the
-# rest, so about 40 MB in all, or 9 hours of 30 fps video.
+# rest, so about 40 MB in all, or 9 hours of 30 fps video; one probe of up
+# to 4 times that (36 hours) is kept alone.
 PROBE_CACHE_TIMESTAMPS = 1 << 20
 _probes: FileCache[VideoProbe] = FileCache(
     PROBE_CACHE_TIMESTAMPS, lambda vp: vp.num_frames + 2 * len(vp.keyframe_pts) + 20)
