@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from .errors import BackendUnsupported, BadVideoError
+from .orientation import FILTERS
 
 
 def _av():
@@ -57,8 +58,6 @@ class RGB24:
         self._key, self._graph = None, None
 
     def __call__(self, frame, orientation: int = 0) -> np.ndarray:
-        from .orientation import FILTERS
-
         key = (frame.width, frame.height, frame.format.name, int(frame.colorspace), int(frame.color_range),
                orientation)
         if key != self._key:
