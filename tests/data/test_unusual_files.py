@@ -160,7 +160,7 @@ def test_a_matroska_file_whose_last_frame_is_held_is_not_truncation(tmp_path, ex
     assert info.num_source_frames == 30 and gray_index(frames) == info.frame_indices
     data = open(path, "rb").read()
     (tmp_path / f"cut.{ext}").write_bytes(data[: len(data) - 300])
-    with pytest.raises(BadVideoError, match="truncated: its Matroska segment declares 300 bytes past the end"):
+    with pytest.raises(BadVideoError, match="truncated: its Matroska elements declare 300 bytes past the end"):
         read_clip(tmp_path / f"cut.{ext}", ClipSpec(8, size=None), backend="pyav")
 
 

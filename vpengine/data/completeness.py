@@ -10,7 +10,8 @@
   ``AVIX`` follow one another to the end of the file, and a file cut short
   ends inside the last one.
 - ``ebml_shortfall``: Matroska and WebM. The muxer writes the Segment's size
-  when it finishes, so a file cut short ends inside it. The declared
+  when it finishes, or, where it could not seek back, each Cluster's: a file
+  cut short ends inside one of them. The declared
   duration cannot tell: WebM stores no frame durations, so a last frame held
   on screen (a slideshow, a recording that ends on a still) leaves the
   stream's end short of the declared duration in a complete file.
@@ -60,25 +61,68 @@ def _vint(f, keep_marker: bool) -> tuple[int, int] | None:
     return (value if keep_marker else value & ((1 << (7 * n)) - 1)), n
 
 
+_SEGMENT, _CLUSTER, _EBML = 0x18538067, 0x1F43B675, 0x1A45DFA3
+
+
+def _element(f, size: int) -> tuple[int, int, bool] | int | None:
+    """The element header at ``f``'s position: (ID, data size, size unknown);
+    1 where the file ends inside it (at least that byte is missing); None
+    where the bytes are not an element header."""
+    start = f.tell()
+    if f.read(1) in (b"", b"\0"):
+        return None  # no ID starts with 0: padding a writer left, nothing to judge by
+    f.seek(start)
+    head = _vint(f, True)
+    length = _vint(f, False) if head is not None else None
+    if length is None:
+        return 1 if f.tell() >= size else None
+    return head[0], length[0], length[0] == (1 << (7 * length[1])) - 1
+
+
 def ebml_shortfall(path: str) -> int | None:
-    """Bytes the first Matroska Segment declares past the end of the file: 0
-    for a complete one; None where nothing can be judged: not Matroska, or a
-    Segment of unknown size (a live recording the muxer could not go back to)."""
+    """Bytes the first Matroska Segment (or its last element) declares past
+    the end of the file: 0 for a complete one; None where nothing can be
+    judged: not Matroska, or bytes that are not elements.
+
+    A writer that could not seek back (FFmpeg to a pipe, a browser's
+    MediaRecorder) leaves the Segment's size unknown; its elements then
+    follow one another to the end of the file, each with its own size, and a
+    file cut short ends inside the last one. A Cluster of unknown size holds
+    blocks of known size up to the next top-level element.
+    """
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = _vint(f, True)
-        if head is None or head[0] != 0x1A45DFA3:  # the EBML header
+        if head is None or head[0] != _EBML:
             return None
         length = _vint(f, False)
         if length is None:
             return None
         f.seek(length[0], os.SEEK_CUR)
-        seg, seg_size = _vint(f, True), _vint(f, False)
-        if seg is None or seg[0] != 0x18538067 or seg_size is None:
+        seg = _element(f, size)
+        if not isinstance(seg, tuple) or seg[0] != _SEGMENT:
             return None
-        if seg_size[0] == (1 << (7 * seg_size[1])) - 1:  # all ones: size unknown
-            return None
-        return max(0, f.tell() + seg_size[0] - size)
+        if not seg[2]:
+            return max(0, f.tell() + seg[1] - size)
+        return _children_shortfall(f, size)
+
+
+def _children_shortfall(f, size: int) -> int | None:
+    while f.tell() < size:
+        el = _element(f, size)
+        if not isinstance(el, tuple):
+            return el
+        eid, n, unknown = el
+        if eid == _EBML:
+            return 0  # a second stream chained after this one
+        if unknown:
+            if eid != _CLUSTER:
+                return None
+            continue  # step into it: its blocks have sizes
+        if f.tell() + n > size:
+            return f.tell() + n - size
+        f.seek(n, os.SEEK_CUR)
+    return 0
 
 
 def declared_extent(container, stream) -> tuple[int, float, float | None]:

@@ -218,8 +218,8 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             elif fmt == "matroska,webm":
                 short = ebml_shortfall(path)
                 if short:
-                    raise BadVideoError(path, f"truncated: its Matroska segment declares {short} bytes past the end "
-                                              "of the file")
+                    raise BadVideoError(path, f"truncated: its Matroska elements declare {short} bytes past the "
+                                              "end of the file")
                 if short == 0:  # complete: a last frame held past the others' pace is not a cut
                     declared = (declared[0], declared[1], None)
             # AVI has no presentation times (FFmpeg numbers its packets): with a
