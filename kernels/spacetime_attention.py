@@ -30,7 +30,9 @@ forward sums exp(z) directly (e^50 and e^-50 are normal fp32 and bf16
 numbers) with no running max: no row reductions and no rescaling of the
 accumulator per key block (sm_90 SASS of the B space loop: 443 -> 333
 instructions; 255 with unmasked full tiles). Paddings and fp16 keep the
-running max (bounded_softmax says when).
+running max (bounded_softmax says when). e^50 * v overflows fp32 for |v|
+beyond about 1e16 / L: a tile whose sum is not finite is redone with the
+running max, in the same program.
 
 Memory traffic: read q, k, v and write o (4 * B*T*S*H*E elements) plus the fp32
 lse (4 bytes per row and head). VideoPrism-B, 32 clips, bf16: 4 x 201 MB =
@@ -48,8 +50,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd_loops import _fwd_loop_split, _fwd_split_e
-from .attention_math import _dot, _iso_dot_if, _load, _padded, _softcap_tanh
+from .attention_fwd_loops import _any_nonfinite, _fwd_keys, _fwd_loop_split, _fwd_split_e
+from .attention_math import _load
 from .launch import launch, on_input_device
 
 NEG = -0.7 * 3.4028234663852886e38  # VideoPrism's mask value (fp32-representable)
@@ -139,70 +141,37 @@ def _fwd_kernel(
     kbase = base + (H * E) * s_qc + jk.to(tl.int64) * s_qj  # [BN]
     vbase = kbase + (H * E) * s_qc
 
-    m_i = tl.full([BM], float("-inf"), tl.float32)
-    l_i = tl.zeros([BM], tl.float32)
-    acc = tl.zeros([BM, EP], tl.float32)
+    seq = base + (H * E) * s_qc + jb.to(tl.int64) * s_qj  # keys of a G = 1 tile's sequence
     if POLY_EXP:
-        l_i, acc = _fwd_loop_split(q, base + (H * E) * s_qc + jb.to(tl.int64) * s_qj, s_qi, s_qc, e, L,
-                                   inv_cap, cap_log2e, l_i, acc, H * E, LPK, PREC, UPCAST, FAST_TANH)
+        l_i, acc = _fwd_loop_split(q, seq, s_qi, s_qc, e, L, inv_cap, cap_log2e, tl.zeros([BM], tl.float32),
+                                   tl.zeros([BM, EP], tl.float32), H * E, LPK, PREC, UPCAST, FAST_TANH)
+        m_i = tl.zeros([BM], tl.float32)
     else:
-        for n0 in range(0, L, LPK):
-            ik = n0 + c % LPK
-            k_ok = (ik < L) & (jk < J)
-            kT_ptrs = kbase[None, :] + ik[None, :] * s_qi + e[:, None] * s_qc
-            v_ptrs = vbase[:, None] + ik[:, None] * s_qi + e[None, :] * s_qc
-            if EVEN:
-                kT = _load(kT_ptrs, e_ok[:, None], E == EP)
-            else:
-                kT = tl.load(kT_ptrs, mask=e_ok[:, None] & k_ok[None, :], other=0.0)
-            if HAS_CAP:
-                # qk_scale is folded into inv_cap by the launcher.
-                z = cap_log2e * _softcap_tanh(_dot(q, kT, PREC, UPCAST) * inv_cap, FAST_TANH)
-            else:
-                z = _dot(q, kT, PREC, UPCAST) * (qk_scale * 1.4426950408889634)
-            if HAS_PAD:
-                padk = _padded(tl.load(PAD + b * s_pb + jk * s_pj + ik * s_pi, mask=k_ok, other=0.0))
-                z = tl.where(padk[None, :], -2.3819764264697e38, z)
-            # Keys past J only meet rows past J (never stored): leaving them valid
-            # (zeros loaded) keeps those rows finite. Every row then sees at least
-            # one valid key per block (key n0 of its own sequence), so m_new is
-            # finite and z - m_new never makes NaN.
-            if not EVEN:
-                valid = (ik < L)[None, :]
-                if G > 1:
-                    valid = valid & (gq[:, None] == gk[None, :])
-                z = tl.where(valid, z, float("-inf"))
-            if EVEN:
-                v = _load(v_ptrs, e_ok[None, :], E == EP)
-            else:
-                v = tl.load(v_ptrs, mask=k_ok[:, None] & e_ok[None, :], other=0.0)
-            if BOUNDED:
-                p = tl.exp2(z)
-                l_i += tl.sum(p, 1)
-                acc += _iso_dot_if(p.to(v.dtype), v, gk, gq, G, PREC, UPCAST, ISO)
-            else:
-                m_new = tl.maximum(m_i, tl.max(z, 1))
-                alpha = tl.exp2(m_i - m_new)
-                p = tl.exp2(z - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + _iso_dot_if(p.to(v.dtype), v, gk, gq, G, PREC, UPCAST, ISO)
-                m_i = m_new
-
+        m_i, l_i, acc = _fwd_keys(q, kbase, vbase, c, gq, gk, jk, e, e_ok, J, L, s_qi, s_qc, PAD, b, s_pb, s_pj,
+                                  s_pi, qk_scale, inv_cap, cap_log2e, BM, EP, E, G, LPK, HAS_PAD, HAS_CAP, EVEN,
+                                  BOUNDED, PREC, UPCAST, FAST_TANH, ISO)
+    if BOUNDED:
+        # e^50 * v leaves fp32's range for |v| beyond about 1e16 / L: redo
+        # the tile with the running max (a non-finite v lands here too, and
+        # comes out as it would have). Tiny values are not caught: p * v
+        # may flush to zero, an absolute error in o under 1e-16 (p >= e^-50).
+        if _any_nonfinite(acc) != 0:
+            m_i, l_i, acc = _fwd_keys(q, kbase, vbase, c, gq, gk, jk, e, e_ok, J, L, s_qi, s_qc, PAD, b, s_pb,
+                                      s_pj, s_pi, qk_scale, inv_cap, cap_log2e, BM, EP, E, G, LPK, HAS_PAD,
+                                      HAS_CAP, EVEN, False, PREC, UPCAST, FAST_TANH, ISO)
     if G > 1 and not ISO:
         # A non-finite v makes some acc non-finite (p * NaN, p * inf), as do
         # non-finite logits; either way the ISO launch redoes the tile.
-        tl.store(NONFINITE + tile, tl.max(tl.max((acc * 0.0 != 0.0).to(tl.int32), 1), 0))
+        tl.store(NONFINITE + tile, _any_nonfinite(acc))
     o = acc * (1.0 / l_i)[:, None]
-    if BOUNDED:
-        lse = tl.log2(l_i) * 0.6931471805599453
-    else:
-        # A fully masked row has m = NEG (its logits all equal NEG): its lse is
-        # NEG + log(L), which is NEG in fp32, as the reference computes it. A
-        # NaN logit makes l NaN (and m NaN or, where max skips NaN, -inf):
-        # its lse stays NaN, as the reference's, so the backward does not
-        # take the row for a fully masked one and zero its gradient.
-        lse = tl.where((m_i < -1.0e38) & (l_i == l_i), -2.3819764264697e38,
-                       (m_i + tl.log2(l_i)) * 0.6931471805599453)
+    # The bounded form has m = 0. A fully masked row has m = NEG (its logits
+    # all equal NEG): its lse is NEG + log(L), which is NEG in fp32, as the
+    # reference computes it. A NaN logit makes l NaN (and m NaN or, where max
+    # skips NaN, -inf): its lse stays NaN, as the reference's, so the
+    # backward does not take the row for a fully masked one and zero its
+    # gradient.
+    lse = tl.where((m_i < -1.0e38) & (l_i == l_i), -2.3819764264697e38,
+                   (m_i + tl.log2(l_i)) * 0.6931471805599453)
     o_ptrs = OUT + b.to(tl.int64) * s_ob + jq.to(tl.int64)[:, None] * s_oj + iq[:, None] * s_oi + h * E + e[None, :]
     l_ptrs = LSE + b.to(tl.int64) * s_lb + jq.to(tl.int64) * s_lj + iq * s_li + h
     if EVEN:
@@ -305,6 +274,7 @@ FAST_TANH_BF16 = os.environ.get("VPENGINE_EXACT_TANH", "") != "1"
 # Largest cap the forward runs without a running max: exp(+-50) = 5e21 and
 # 2e-22 keep every p, the row sums (L < 6e16) and p * v (|v| from 1e-16 to
 # 1e16 / L) normal in fp32; bf16 has fp32's exponent range, fp16 has not.
+# Larger |v| overflows, caught per tile (_fwd_kernel redoes it).
 BOUNDED_MAX_CAP = 50.0
 
 

@@ -175,3 +175,31 @@ def test_split_head_dim(monkeypatch, E, dtype):
     out, lse, flags = forward(monkeypatch, qkv, "space", 2, tile={"split_e": True})
     assert flags["SPLIT_E"]
     _check_space_fp64(f"split-E out E={E} {dtype}", qkv, 2, out, lse, dtype)
+
+
+# (axis, S, T, E, tile overrides): the plain loop on a full tile, a ragged one
+# and the packed time axis, and the two alternative loops.
+BEYOND = [
+    ("space", 64, 1, 16, None),
+    ("space", 50, 2, 16, None),
+    ("time", 3, 6, 16, None),
+    ("space", 128, 1, 16, {"poly_exp": True}),
+    ("space", 64, 1, 40, {"split_e": True}),
+]
+
+
+@pytest.mark.parametrize("axis,S,T,E,tile", BEYOND, ids=["full", "ragged", "packed", "poly-exp", "split-e"])
+def test_values_beyond_the_bounded_range_fall_back_to_the_running_max(monkeypatch, axis, S, T, E, tile):
+    """|v| ~ 1e20 with logits at +cap: e^50 * v overflows fp32 in the bounded
+    sum, so the tile is redone with the running max and matches fp64 (it came
+    out inf and NaN)."""
+    H = 2
+    qkv = make_qkv(1, T, S, H, E, torch.float32, scale=2.0, layout="contiguous")
+    qkv[..., : 2 * H * E] *= 20.0  # logits far past the cap: tanh saturates near +-50
+    qkv[..., 2 * H * E:] *= 1e20
+    out, lse, flags = forward(monkeypatch, qkv, axis, H, tile=tile)
+    assert flags["BOUNDED"]
+    out64, lse64 = spacetime_attention_ref(qkv.double(), axis, H, 50.0, return_lse=True)
+    (_, _), (out_p, _) = exact_and_plain(qkv, axis, H, 50.0, None, torch.zeros_like(out))
+    compare("out beyond the bounded range", out, out64, out_p, FLOOR[torch.float32] * 1e20)
+    torch.testing.assert_close(lse.double(), lse64, rtol=1e-6, atol=1e-5)
