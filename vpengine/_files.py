@@ -20,11 +20,20 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None], *, o
     this one checked): the file is linked into place, which fails atomically
     where a name exists.
     """
-    path = os.path.realpath(os.fspath(path))  # through a symlink: the link stays, its target is replaced
+    given = os.fspath(path)
+    # As open() sees it: "missing/../x" names no file (realpath would read it as "x").
+    if not os.path.isdir(os.path.dirname(given) or "."):
+        raise FileNotFoundError(f"cannot write {given}: folder {os.path.dirname(given)} does not exist")
+    path = os.path.realpath(given)  # through a symlink: the link stays, its target is replaced
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory")
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(f"{given} exists; it was left as it is")
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # Unique by the random part; the name is cut so the temporary one stays
+    # within the 255 bytes a file name may have wherever ``name`` fits.
+    stem = os.fsencode(name)[:200].decode(errors="ignore")
+    tmp = os.path.join(folder, f".{stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     # O_EXCL: a fresh file of ours; mode 0o666 under the umask, as a plain open() would give.
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
@@ -83,7 +92,8 @@ def check_writable(path: str | os.PathLike, what: str = "output", make_folders: 
     full = os.path.abspath(path)
     if os.path.isdir(full):
         raise ValueError(f"{what} {path} is a directory")
-    folder = os.path.dirname(full)
+    # The folder as open() resolves it: abspath would read "missing/../x" as "x".
+    folder = os.path.dirname(os.path.join(os.getcwd(), path))
     if make_folders:
         while not os.path.exists(folder):
             folder = os.path.dirname(folder)

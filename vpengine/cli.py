@@ -42,7 +42,7 @@ def _check_output(path: str, overwrite: bool, suffixes: tuple[str, ...], *inputs
         raise ValueError(f"output must end in {' or '.join(suffixes)}; got {path}")
     check_writable(path)
     if os.path.exists(path):
-        if any(os.path.exists(i) and os.path.samefile(path, i) for i in inputs):
+        if any(os.path.exists(i) and os.path.samefile(path, i) for i in inputs if i):
             raise ValueError(f"output {path} is an input of this command; choose another name")
         if not overwrite:
             raise ValueError(f"output {path} exists; pass --overwrite to replace it")
@@ -163,7 +163,7 @@ def _main(argv=None) -> int:
 
         try:
             return _convert(args)
-        except (CheckpointError, ValueError, OSError) as e:  # SafetensorError is an OSError
+        except (CheckpointError, ValueError, OSError) as e:  # save() raises a SafetensorError as an OSError
             print(f"vpengine convert: {e}", file=sys.stderr)
             return 2
     if args.command == "demo":
@@ -193,6 +193,10 @@ def _main(argv=None) -> int:
             device = _device(args.device)
             _check_output(args.out, args.overwrite, (".npz",), args.model, args.manifest)
             model = load_any(args.model)
+            patch = getattr(model.config, "encoder", model.config).patch_size
+            if args.size < 1 or args.size % patch:
+                raise ValueError(f"--size must be a positive multiple of the model's patch size {patch}; "
+                                 f"got {args.size}")
             summary = embed_manifest(model, args.manifest, args.out,
                            spec=ClipSpec(args.frames, size=(args.size, args.size)), batch_size=args.batch,
                            device=device, dtype=getattr(torch, args.dtype), pool=args.pool,
