@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from .._files import write_atomically
-from .config import HUB_FILES, PRESETS, ModelConfig, VideoTextConfig, config_from_dict, config_to_dict, get_config
+from .config import (HUB_FILES, PRESETS, EncoderConfig, ModelConfig, VideoTextConfig, config_from_dict, config_to_dict,
+                     get_config, vpengine_model)
 from .convert import CheckpointError, convert_official, read_npz
 from .encoder import VideoEncoder
 from .video_text import VideoTextModel
@@ -36,6 +37,9 @@ def model_from_config(config: ModelConfig) -> nn.Module:
 def build(name_or_config: str | ModelConfig, *, seed: int | None = 0) -> nn.Module:
     """The model of a preset (``vpengine.PRESETS``) or config, randomly initialised."""
     config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    if not isinstance(config, (EncoderConfig, VideoTextConfig)):
+        raise TypeError(f"build() takes a preset name ({', '.join(PRESETS)}) or an EncoderConfig or "
+                        f"VideoTextConfig; got {type(name_or_config).__name__}")
     model = model_from_config(config)
     _init_weights(model, seed)
     return model.eval()
@@ -93,13 +97,20 @@ def save(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = True) -
     """Write weights and config to one safetensors file (written to a temporary
     name and renamed, so an interrupted save never leaves a partial file);
     ``overwrite=False`` raises FileExistsError rather than replace a file."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    if not hasattr(model, "config"):
-        raise ValueError("save() expects a vpengine model (VideoEncoder or VideoTextModel)")
+    model = vpengine_model(model, "save")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "config": json.dumps(config_to_dict(model.config))}
-    write_atomically(path, lambda tmp: save_file(state, tmp, metadata=meta), overwrite=overwrite)
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(state, tmp, metadata=meta)
+        except SafetensorError as e:  # a full disk, say: an OSError to every caller, as np.savez's
+            raise OSError(f"cannot write {path}: {e}") from None
+
+    write_atomically(path, write, overwrite=overwrite)
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
@@ -109,6 +120,9 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
     path = str(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: this machine has no usable CUDA device")
     try:
         with safe_open(path, framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}

@@ -160,6 +160,19 @@ HUB_FILES: dict[str, tuple[str, str]] = {
 }
 
 
+def vpengine_model(model, what: str):
+    """``model`` itself, or the model inside ``torch.compile``'s wrapper (whose
+    state_dict keys all start with ``_orig_mod.``); ValueError for anything
+    that is not a vpengine model."""
+    inner = getattr(model, "_orig_mod", None)
+    if inner is not None and hasattr(inner, "config"):
+        model = inner
+    if not isinstance(getattr(model, "config", None), (EncoderConfig, VideoTextConfig)):
+        raise ValueError(f"{what}() expects a vpengine model (VideoEncoder or VideoTextModel, or one compiled "
+                         f"with torch.compile); got {type(model).__name__}")
+    return model
+
+
 def get_config(name: str) -> ModelConfig:
     try:
         return PRESETS[name]

@@ -53,6 +53,9 @@ def read_npz(path) -> dict[str, np.ndarray]:
         raise CheckpointError(
             f"{path} is not a readable .npz checkpoint (truncated or not an npz archive): {e}"
         ) from None
+    if not any(k.startswith("params/") for k in arrays):  # before the dtypes: an embedding file holds ints
+        keys = ", ".join(sorted(arrays)[:5]) or "no arrays"
+        raise CheckpointError(f"{path} is not an official VideoPrism checkpoint: no params/ arrays (found: {keys})")
     return {k: _float_array(path, k, a) for k, a in arrays.items()}
 
 

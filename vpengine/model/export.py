@@ -9,7 +9,7 @@ import numpy as np
 from torch import nn
 
 from .._files import write_atomically
-from .config import EncoderConfig, VideoTextConfig
+from .config import EncoderConfig, VideoTextConfig, vpengine_model
 from .convert import STACK
 
 
@@ -67,6 +67,7 @@ def to_official(model: nn.Module) -> dict[str, np.ndarray]:
     """The official ``params/...`` arrays (float32, stacked layers) of a model.
     Raises ValueError for a model the official layout would load back as a
     different one (see :func:`official_layout_problems`)."""
+    model = vpengine_model(model, "save_official")
     sd = model.state_dict()
     c = model.config
     why = official_layout_problems(c)
