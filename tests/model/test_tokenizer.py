@@ -87,3 +87,11 @@ def test_inputs_must_be_ordered_strings(tmp_path):
             tok("a cat", max_length=bad)
     with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode text"):
         tok(["a cat", "a\ud800b"])  # a lone surrogate, as a bad decode of UTF-16 leaves
+
+
+def test_bad_model_paths_and_texts_say_which(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory; give the .model file in it"):
+        Tokenizer(tmp_path)
+    tok = _train(tmp_path, bos_id=1)
+    with pytest.raises(ValueError, match=r"texts\[2\] must be a str; got int"):
+        tok(["a", "b", 3])

@@ -31,6 +31,8 @@ class Tokenizer:
         import sentencepiece as spm
 
         path = os.fspath(model_path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"SentencePiece model {path} is a directory; give the .model file in it")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"SentencePiece model not found: {path}")
         self.sp = spm.SentencePieceProcessor()
@@ -83,12 +85,13 @@ class Tokenizer:
         ids = np.zeros((len(texts), max_length), dtype=np.int32)
         pads = np.ones((len(texts), max_length), dtype=np.float32)
         for i, text in enumerate(texts):
-            if isinstance(text, str):
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError as e:  # SentencePiece's own error does not say which text
-                    raise ValueError(f"texts[{i}] is not valid Unicode text ({e.reason} at character "
-                                     f"{e.start}): {text[max(0, e.start - 20):e.start + 20]!r}") from None
+            if not isinstance(text, str):
+                raise ValueError(f"texts[{i}] must be a str; got {type(text).__name__}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:  # SentencePiece's own error does not say which text
+                raise ValueError(f"texts[{i}] is not valid Unicode text ({e.reason} at character "
+                                 f"{e.start}): {text[max(0, e.start - 20):e.start + 20]!r}") from None
             row = self.encode(text, add_bos=add_bos, canonicalize=canonicalize)[:max_length]
             ids[i, : len(row)] = row
             pads[i, : len(row)] = 0.0
