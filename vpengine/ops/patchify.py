@@ -86,7 +86,7 @@ def patchify(frames: torch.Tensor, patch: int, dtype: torch.dtype = torch.float3
     values run (pixel row, pixel col, channel), channel fastest, as the
     official ``patch_projection`` expects.
     """
-    check_patchify_args(frames, patch)
+    patch = check_patchify_args(frames, patch)[-1]
     if dtype not in _OUT_DTYPES:
         raise ValueError(f"dtype must be float32, float16, bfloat16 or float64; got {dtype}")
     if frames.dtype == torch.uint8:

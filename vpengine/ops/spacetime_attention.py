@@ -33,6 +33,7 @@ import pathlib
 import torch
 
 from .. import _ext, backends
+from .._scalars import plain_float, plain_int
 from ..ref.spacetime_attention import spacetime_attention_backward_ref, spacetime_attention_ref
 from ._eager import direct_call_ok
 
@@ -341,6 +342,7 @@ def spacetime_attention(
         dropped as keys (fully masked rows become uniform, as in the official model).
     Returns ``[B, T, S, H*E]`` in qkv's dtype, ready for the output projection.
     """
+    num_heads, softcap = plain_int(num_heads), plain_float(softcap)
     _check(qkv, axis, num_heads, frame_paddings, softcap)
     if frame_paddings is not None:
         frame_paddings = frame_paddings.to(torch.float32)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .._scalars import plain_int
 from ._eager import direct_call_ok
 from ._token_backends import run
 from ._token_backward import _decoder_input_bwd_op, _gather_bwd_op, _scatter_bwd_op, _shuffle_bwd_op
@@ -222,6 +223,7 @@ def token_scatter(
     every other row ``fill [D]`` (the learnable mask token) or zero. keep_idx entries must be distinct."""
     _check_x(x_kept, "x_kept")
     _check_idx(keep_idx, "keep_idx", x_kept, tuple(x_kept.shape[:2]))
+    num_tokens = plain_int(num_tokens)
     # torch.SymInt: a dynamic token count under torch.export / compile
     if not isinstance(num_tokens, (int, torch.SymInt)) or isinstance(num_tokens, bool) or num_tokens < 0:
         raise ValueError(f"num_tokens must be a non-negative int; got {num_tokens!r}")

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import torch
 
+from .._scalars import plain_int
+
 
 def check_patchify_args(frames: torch.Tensor, patch: int) -> tuple[int, int, int, int, int]:
     """Validate ``frames [B, T, H, W, 3]`` and ``patch``; return (B, T, H, W, P)."""
+    patch = plain_int(patch)
     if not isinstance(patch, int) or isinstance(patch, bool) or patch <= 0:
         raise ValueError(f"patch must be a positive int; got {patch!r}")
     if not isinstance(frames, torch.Tensor) or frames.dim() != 5 or frames.shape[-1] != 3:
