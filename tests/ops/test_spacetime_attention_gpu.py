@@ -190,3 +190,20 @@ def test_inputs_on_a_gpu_that_is_not_current(backend):
     assert out.device == qkv.device and g.device == qkv.device
     torch.testing.assert_close(out, out_r, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(g, g_r, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("shape,axis", [((2, 4, 256, 4, 64), "space"), ((2, 16, 48, 4, 64), "time"),
+                                        ((1, 2, 256, 2, 88), "space")], ids=["B-space", "B-time", "g-space"])
+def test_triton_values_beyond_the_bounded_range(shape, axis):
+    """|v| ~ 1e20 with logits at the cap: the bounded sum overflows fp32 and
+    the tile is redone with the running max (tests/ops/test_attention_bounded.py
+    checks the same under the interpreter, in fp32)."""
+    B, T, S, H, E = shape
+    qkv = make_qkv(B, T, S, H, E, torch.float32, device="cuda", scale=2.0)
+    qkv[..., : 2 * H * E] *= 20.0
+    qkv[..., 2 * H * E:] *= 1e20
+    qkv = qkv.to(torch.bfloat16)
+    with torch.no_grad(), ops.use_backend("triton"):
+        out = ops.spacetime_attention(qkv, axis, H)
+    (out64, _), (out_p, _) = exact_and_plain(qkv, axis, H, 50.0, None, torch.zeros_like(out))
+    compare(f"out beyond the bounded range {shape} {axis}", out, out64, out_p, FLOOR[torch.bfloat16] * 1e20)
