@@ -190,6 +190,18 @@ def head_pad(E: int) -> int:
     return max(16, triton.next_power_of_2(E))
 
 
+# Offsets inside one clip are int32 in the kernels (positions times strides;
+# the batch and sequence terms are int64): a view whose clip spans more, as a
+# time-major tensor permuted to [B, T, S, C] at large B, runs on a copy, and
+# a clip of 2^31 elements or more is not taken (ops/spacetime_attention.py).
+CLIP_SPAN_MAX = 2 ** 31 - 1
+
+
+def clip_span(x: torch.Tensor) -> int:
+    """The largest element offset inside one clip ``x[b]`` of a 4-D tensor."""
+    return sum((n - 1) * abs(s) for n, s in zip(x.shape[1:], x.stride()[1:]) if n > 0)
+
+
 def axis_view(x: torch.Tensor, axis: str):
     """(J, L, stride_j, stride_i) of a [B, T, S, ...] tensor seen as sequences."""
     B, T, S = x.shape[:3]
@@ -306,6 +318,8 @@ def spacetime_attention_fwd_triton(qkv: torch.Tensor, axis: str, num_heads: int,
     B, T, S, C = qkv.shape
     H = num_heads
     E = C // (3 * H)
+    if clip_span(qkv) > CLIP_SPAN_MAX:
+        qkv = qkv.contiguous()
     out = torch.empty((B, T, S, H * E), dtype=qkv.dtype, device=qkv.device)
     lse = torch.empty((B, T, S, H), dtype=torch.float32, device=qkv.device)
     if out.numel() == 0:

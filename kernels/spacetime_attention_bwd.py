@@ -30,7 +30,7 @@ import triton.language as tl
 
 from .attention_math import _dot, _iso_dot, _iso_dot_if, _padded, _softcap_tanh
 from .launch import launch, on_input_device
-from .spacetime_attention import axis_view, dot_modes, head_pad, tile_config
+from .spacetime_attention import CLIP_SPAN_MAX, axis_view, clip_span, dot_modes, head_pad, tile_config
 
 
 @triton.jit
@@ -248,6 +248,10 @@ def spacetime_attention_bwd_triton(grad_out, qkv, out, lse, axis, num_heads, sof
     B, T, S, C = qkv.shape
     H = num_heads
     E = C // (3 * H)
+    if clip_span(qkv) > CLIP_SPAN_MAX:  # int32 offsets: run on copies, answer in qkv's layout
+        dqkv = spacetime_attention_bwd_triton(grad_out, qkv.contiguous(), out, lse, axis, num_heads, softcap,
+                                              frame_paddings)
+        return torch.empty_like(qkv).copy_(dqkv)
     dqkv = torch.empty_like(qkv)
     if qkv.numel() == 0:
         return dqkv

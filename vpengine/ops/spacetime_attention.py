@@ -45,6 +45,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128  # triton and cuda: E padded to a power of two <= 128 (88 -> 128)
 CUDA_MAX_T = 32  # the cuda kernel keeps a sequence in one warp: one frame per lane
+TRITON_CLIP_MAX = 2 ** 31 - 1  # kernels/spacetime_attention.py: offsets inside one clip are int32
 AUTOTUNE_FILE = pathlib.Path(__file__).with_name("attention_autotune.json")
 
 
@@ -96,6 +97,9 @@ def _kernel_reasons(kind: str, qkv: torch.Tensor, axis: str, num_heads: int) -> 
 
 def _triton_reasons(qkv, axis, num_heads, softcap, frame_paddings, *rest) -> list[str]:
     why = _kernel_reasons("triton", qkv, axis, num_heads)
+    if qkv.shape[1] * qkv.shape[2] * qkv.shape[3] > TRITON_CLIP_MAX:
+        why.append(f"triton: one clip of qkv holds {qkv.shape[1] * qkv.shape[2] * qkv.shape[3]:,} elements; "
+                   f"its offsets are int32 (at most {TRITON_CLIP_MAX:,})")
     dev = qkv.device.type
     if dev != "cuda" and not (dev == "cpu" and _ext.triton_interpreting()):
         why.append(f"triton needs CUDA tensors (or CPU ones under TRITON_INTERPRET=1); got {qkv.device}")
