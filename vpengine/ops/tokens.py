@@ -12,7 +12,11 @@ Semantics: :mod:`vpengine.ref.tokens`. Backends (``backends.registry(name)``:
 Index validation: out-of-range indices, repeated keep_idx entries in
 scatter / decoder_input, and a perm that is not a permutation raise
 ValueError, always on CPU (the cpu backend checks in C++ at no extra pass) and
-on GPU when VPENGINE_CHECK_INDICES=1 (the check syncs with the host).
+on GPU when VPENGINE_CHECK_INDICES=1 (the check syncs with the host). Without
+it a GPU kernel never reads or writes outside a tensor (the row of a bad
+index comes out zero, or the fill), but the backward's index bookkeeping runs
+through PyTorch's gather and scatter, whose device-side assert then stops the
+process: turn the check on while indices are in doubt.
 """
 from __future__ import annotations
 
