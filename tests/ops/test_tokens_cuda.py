@@ -114,3 +114,30 @@ def test_cuda_inverse_maps_ignore_recycled_memory(op, backend):
         del poison  # back to the allocator, whose next [B, N] int64 block it is
         with use_backend(backend), torch.no_grad():
             assert_exact(fn(leaves), want, f"{op} ({backend}) after a block of {fill}s was freed")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_token_gather_is_captured_in_a_cuda_graph(backend, monkeypatch):
+    """With checks on, a captured call runs unchecked (a check's host sync is
+    an error during capture), and the backward does not ask about duplicates."""
+    monkeypatch.setenv("VPENGINE_CHECK_INDICES", "1")
+    g = torch.Generator("cuda").manual_seed(0)
+    x = torch.randn(2, 64, 40, device="cuda", generator=g).requires_grad_()
+    idx = torch.sort(torch.randperm(64, device="cuda", generator=g)[:16]).values.expand(2, 16).contiguous()
+    grad = torch.randn(2, 16, 40, device="cuda", generator=g)
+    skip_unless_runs(backend, "token_gather", x, idx)
+    with use_backend(backend):
+        want_out = token_gather(x, idx)
+        (want_grad,) = torch.autograd.grad(want_out, x, grad)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up off the default stream, as capture asks
+            token_gather(x, idx)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = token_gather(x, idx)
+            (got_grad,) = torch.autograd.grad(out, x, grad)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, want_out) and torch.equal(got_grad, want_grad)

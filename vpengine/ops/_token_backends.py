@@ -101,8 +101,16 @@ for _op, (_ref_fn, _triton_fn) in _IMPLS.items():
         _reg.register(_kind, reasons=_reasons(_kind, _op))(lambda *a, _o=_op: _native(_o)(*a))
 
 
+def capturing(device: torch.device) -> bool:
+    """Whether calls on ``device`` are being captured into a CUDA graph, where
+    nothing may wait for the device (a check's host sync is an error there)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _checking(device: torch.device) -> bool:
-    return device.type == "cpu" or os.environ.get("VPENGINE_CHECK_INDICES", "") == "1"
+    if device.type == "cpu":
+        return True
+    return os.environ.get("VPENGINE_CHECK_INDICES", "") == "1" and not capturing(device)
 
 
 def _validate_idx(idx_BM: torch.Tensor, num_tokens: int, name: str, unique: bool) -> None:

@@ -14,14 +14,16 @@ import torch
 
 from .. import backends
 from ..ref import tokens as ref
-from ._token_backends import has_duplicates, run_backward
+from ._token_backends import capturing, has_duplicates, run_backward
 
 
 @torch.library.custom_op("vpengine::token_gather_backward", mutates_args=())
 def _gather_bwd_op(grad: torch.Tensor, keep_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
     # Distinct indices (every mask) make the backward a plain scatter into
-    # zeros; repeated ones need summation, done by the reference in fp32.
-    if backends.forced_backend("token_scatter") == "ref" or has_duplicates(keep_idx, num_tokens):
+    # zeros; repeated ones need summation, done by the reference in fp32
+    # (also where a CUDA graph is being captured: finding out syncs).
+    if (backends.forced_backend("token_scatter") == "ref" or capturing(grad.device)
+            or has_duplicates(keep_idx, num_tokens)):
         return ref.token_gather_backward_ref(grad, keep_idx, num_tokens)
     return run_backward("token_scatter", grad, keep_idx, num_tokens, None)
 
