@@ -199,9 +199,21 @@ at::Tensor spacetime_attention_backward_cuda(const at::Tensor& grad_out, const a
   c10::cuda::CUDAGuard guard(qkv_in.device());
   const int64_t B = qkv_in.size(0), T = qkv_in.size(1), S = qkv_in.size(2);
   const int64_t H = num_heads, E = qkv_in.size(3) / (3 * num_heads);
-  TORCH_CHECK_VALUE(grad_out.sizes() == out.sizes() && out.size(3) == H * E,
+  // The kernels read out as qkv's dtype and lse as [B, T, S, H] fp32, on qkv's device.
+  TORCH_CHECK_VALUE(out.dim() == 4 && out.size(0) == B && out.size(1) == T && out.size(2) == S &&
+                        out.size(3) == H * E && grad_out.sizes() == out.sizes(),
                     "spacetime_attention_backward_native: grad_out ", grad_out.sizes(), " and out ", out.sizes(),
-                    " must both be [B, T, S, H*E]");
+                    " must both be [B, T, S, H*E] = [", B, ", ", T, ", ", S, ", ", H * E, "]");
+  TORCH_CHECK_VALUE(out.scalar_type() == qkv_in.scalar_type(), "spacetime_attention_backward_native: out is ",
+                    out.scalar_type(), ", qkv ", qkv_in.scalar_type());
+  TORCH_CHECK_VALUE(lse.dim() == 4 && lse.size(0) == B && lse.size(1) == T && lse.size(2) == S &&
+                        lse.size(3) == H && lse.scalar_type() == at::kFloat,
+                    "spacetime_attention_backward_native: lse must be float32 [B, T, S, H]; got ",
+                    lse.scalar_type(), " ", lse.sizes());
+  TORCH_CHECK_VALUE(grad_out.device() == qkv_in.device() && out.device() == qkv_in.device() &&
+                        lse.device() == qkv_in.device(),
+                    "spacetime_attention_backward_native: grad_out, out and lse must be on qkv's device ",
+                    qkv_in.device());
   // Same strides as the fake impl's empty_like(qkv); a copy when those cannot
   // take 16-byte vectors.
   at::Tensor grad = at::empty_like(qkv_in);

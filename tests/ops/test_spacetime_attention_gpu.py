@@ -125,6 +125,20 @@ def test_cuda_rejects_what_it_cannot_run():
         ops.spacetime_attention(qkv, "space", 1)
 
 
+def test_cuda_backward_checks_what_it_reads():
+    """The native backward reads out as qkv's dtype and lse as [B, T, S, H]
+    fp32: tensors that are not say so (reachable by calling the op directly)."""
+    qkv = make_qkv(1, 8, 4, 1, 64, torch.bfloat16, device="cuda")
+    if st._REG.reasons("cuda", qkv, "time", 1, 50.0, None):
+        pytest.skip("; ".join(st._REG.reasons("cuda", qkv, "time", 1, 50.0, None)))
+    op = torch.ops.vpengine.spacetime_attention_backward_native
+    out, lse = torch.ops.vpengine.spacetime_attention_native(qkv, "time", 1, 50.0, None)
+    for args, match in [((out, out.float(), lse), "out is"), ((out, out, lse[..., :0]), "lse must be"),
+                        ((out[:, :4], out[:, :4], lse), "must both be"), ((out, out, lse.cpu()), "device")]:
+        with pytest.raises(ValueError, match=match):
+            op(args[0], qkv, args[1], args[2], "time", 1, 50.0, None)
+
+
 def test_auto_picks_a_kernel_on_cuda():
     qkv = make_qkv(1, 8, 16, 2, 64, torch.bfloat16, device="cuda")
     time_impl = st._REG.select("cuda", qkv, "time", 2, 50.0, None).name
