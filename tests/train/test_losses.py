@@ -33,6 +33,13 @@ def test_contrastive_loss_matches_formula():
     assert out["loss"].dtype == torch.float32
 
 
+def test_contrastive_loss_takes_a_number_as_the_scale():
+    g = torch.Generator().manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    assert contrastive_loss(v, t, 10.0)["loss"] == contrastive_loss(v, t, torch.tensor(10.0))["loss"]
+
+
 def test_contrastive_loss_is_float32_under_bf16_autocast():
     """The training step runs under bf16 autocast: the similarities must not
     (near-identical pairs lost a fifth of their gradient to bf16 rounding)."""

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from vpengine.train import TrainConfig, train
 from vpengine.train.config import lr_factor
@@ -92,6 +93,17 @@ def test_stage1_refuses_a_single_clip_per_step(train_data, tmp_path):
     with pytest.raises(ValueError, match="at least 2 clips per step"):
         train(_cfg(train_data, tmp_path / "run", batch_size=1), log=_quiet)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_bad_device_or_a_missing_manifest_is_named(train_data, tmp_path):
+    with pytest.raises(ValueError, match="device 'gpu' is not a device name"):
+        train(_cfg(train_data, tmp_path / "run"), device="gpu", log=_quiet)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no usable CUDA device"):
+            train(_cfg(train_data, tmp_path / "run"), device="cuda", log=_quiet)
+    with pytest.raises(FileNotFoundError, match="manifest .*nothere.jsonl not found"):
+        train(_cfg(train_data, tmp_path / "run", manifest=str(tmp_path / "nothere.jsonl")), log=_quiet)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_run_that_fails_before_writing_leaves_no_folder(train_data, tmp_path):

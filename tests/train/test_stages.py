@@ -144,3 +144,12 @@ def test_bad_task_arguments(lvt_config):
         MaskedDistillation(lvt, mask_ratio=1.5)
     with pytest.raises(ValueError, match="token_loss_on"):
         MaskedDistillation(lvt, token_loss_on="visible")
+    # the grid holds 16 patches a frame: 1.0 and 0.97 keep none of them
+    for ratio in (1.0, 0.97):
+        with pytest.raises(ValueError, match="keeps no patch of the model's 16 per frame"):
+            MaskedDistillation(lvt, mask_ratio=ratio)
+    with pytest.raises(ValueError, match="token_weight must be a finite number"):
+        MaskedDistillation(lvt, token_weight=float("inf"))
+    task = MaskedDistillation(lvt, mask_ratio=0.9)  # keeps 2 of 16; of a 16x16 video's 4, none
+    with pytest.raises(ValueError, match="keeps no patch of this video's 4 per frame"):
+        task(_video(H=16, W=16))

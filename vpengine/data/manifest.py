@@ -157,6 +157,8 @@ def read_manifest(manifest, root: str | None = None) -> list[ManifestEntry]:
         rows = [{"path": r} if isinstance(r, (str, os.PathLike)) else r for r in manifest]
         return [_entry(r, i, base, f"manifest row {i}") for i, r in enumerate(rows)]
     manifest = os.fspath(manifest)
+    if not os.path.exists(manifest):  # open()'s "[Errno 2] No such file" would not say which file it was
+        raise FileNotFoundError(f"manifest {manifest} not found")
     base = os.path.abspath(root or os.path.dirname(os.path.abspath(manifest)))
     ext = os.path.splitext(manifest)[1].lower()
     entries: list[ManifestEntry] = []

@@ -191,7 +191,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
     line), "bad_files" [(path, reason)] of every rank, "rank"}``."""
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig; got {type(cfg).__name__}")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a device name ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: this machine has no usable CUDA device")
     made = _missing_folders(cfg.out_dir)
     try:
         return _train(_Run(cfg.with_absolute_inputs(), resume, device, log))

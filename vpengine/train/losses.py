@@ -67,12 +67,12 @@ def _check_embeddings(**named: torch.Tensor) -> None:
                          + ", ".join(f"{k} {v}" for k, v in shapes.items()))
 
 
-def contrastive_loss(video_BD: torch.Tensor, text_BD: torch.Tensor, logit_scale: torch.Tensor) -> dict:
+def contrastive_loss(video_BD: torch.Tensor, text_BD: torch.Tensor, logit_scale: torch.Tensor | float) -> dict:
     """Symmetric InfoNCE of paired, L2-normalized video and text embeddings.
 
     Row b of ``video_BD`` and of ``text_BD`` are a positive pair; every other
     caption (video) of the global batch is a negative. ``logit_scale`` is the
-    inverse temperature (a scalar tensor). Returns ``loss`` (the mean of the
+    inverse temperature (a scalar tensor or a number). Returns ``loss`` (the mean of the
     video-to-text and text-to-video cross-entropies, float32) and the two
     top-1 retrieval accuracies of this rank's rows (detached).
     """
@@ -82,8 +82,9 @@ def contrastive_loss(video_BD: torch.Tensor, text_BD: torch.Tensor, logit_scale:
     t_all, _ = gather_rows(t)
     labels = torch.arange(first, first + v.shape[0], device=v.device)
     with torch.autocast(v.device.type, enabled=False):  # bf16 autocast would undo the .float() above
-        logits_vt = logit_scale.float() * v @ t_all.T  # [B, G]: this rank's videos against every caption
-        logits_tv = logit_scale.float() * t @ v_all.T
+        scale = logit_scale.float() if isinstance(logit_scale, torch.Tensor) else float(logit_scale)
+        logits_vt = scale * v @ t_all.T  # [B, G]: this rank's videos against every caption
+        logits_tv = scale * t @ v_all.T
     loss = 0.5 * (F.cross_entropy(logits_vt, labels) + F.cross_entropy(logits_tv, labels))
     with torch.no_grad():
         acc_vt = (logits_vt.argmax(1) == labels).float().mean()

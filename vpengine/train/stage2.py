@@ -31,6 +31,8 @@ exposed as arguments.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -84,10 +86,13 @@ class MaskedDistillation(nn.Module):
         if isinstance(decoder_layers, bool) or not isinstance(decoder_layers, int) or decoder_layers < 1:
             raise ValueError(f"decoder_layers must be a positive int; got {decoder_layers!r}")
         for name, w in (("token_weight", token_weight), ("global_weight", global_weight)):
-            if not (isinstance(w, (int, float)) and w >= 0):
-                raise ValueError(f"{name} must be a number >= 0; got {w!r}")
-        num_kept(1, mask_ratio)  # validates the ratio
+            if not (isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < math.inf):
+                raise ValueError(f"{name} must be a finite number >= 0; got {w!r}")
         c = teacher.config.encoder
+        grid_S = c.pos_emb_shape[1] * c.pos_emb_shape[2]
+        if num_kept(grid_S, mask_ratio) < 1:  # also validates the ratio
+            raise ValueError(f"mask_ratio {mask_ratio!r} keeps no patch of the model's {grid_S} per frame: "
+                             "the student would see nothing")
         D = c.width
         self.mask_ratio, self.token_loss_on = float(mask_ratio), token_loss_on
         self.token_weight, self.global_weight = float(token_weight), float(global_weight)
@@ -131,6 +136,9 @@ class MaskedDistillation(nn.Module):
         P = self.student.config.patch_size
         grid = (video.shape[2] // P, video.shape[3] // P)
         S = N // T
+        if num_kept(S, self.mask_ratio) < 1:
+            raise ValueError(f"mask_ratio {self.mask_ratio} keeps no patch of this video's {S} per frame "
+                             f"({video.shape[2]}x{video.shape[3]} frames, patch {P}): the student would see nothing")
         mask = tube_mask(B, T, S, self.mask_ratio, generator=generator, device=video.device)
         visible = self.student.forward_visible(video, mask.keep_idx, frame_paddings)  # [B, K, D]
         dt = visible.dtype
