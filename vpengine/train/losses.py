@@ -6,8 +6,9 @@ Stage 1 is CLIP-style: a symmetric cross-entropy over the similarities of
 every video with every caption, negatives gathered from all ranks. Each rank
 scores its own B rows against all G columns (the "local" form: B x G logits
 instead of G x G), and autograd carries the gradient of the gathered columns
-back to the rank that owns them, so the sum over ranks is the full G x G loss.
-Ranks may hold different batch sizes (a bad file leaves one short).
+back to the rank that owns them. Each rank's loss is the mean over its own
+rows, so with equal batches (the trainer's) the ranks' mean is the full G x G
+loss. Ranks may hold different batch sizes; their rows then weigh 1/B_r each.
 
 Stage 2 regresses the frozen stage-1 teacher: its tokens (token-wise) and its
 pooled video embedding (global).
