@@ -3,11 +3,11 @@
 - an MP4 edit list (the lead-in frames of ``ffmpeg -ss X -c copy``): not frames;
 - rotation metadata: DALI's clips are turned upright like PyAV's;
 - a stream that changes resolution midway; one whose timestamps repeat;
-- MKV, WebM and AVI cut short, which demux without an error; an AVI whose
-  header counts held frames, which is not cut short;
+- raw elementary streams, captures starting mid-GOP, MPEG-TS/PS clocks;
 - a relative path with a colon, a BOM in a CSV manifest, NaN and bool times.
 
-Which stream is the video, and in which order its frames come: test_streams.py.
+Which stream is the video, and in which order its frames come: test_streams.py;
+what is and is not a file cut short: test_truncation.py.
 """
 from __future__ import annotations
 
@@ -129,68 +129,6 @@ def test_repeated_timestamps_are_a_bad_file(tmp_path):
         read_clip(path, ClipSpec(4, size=None), backend="pyav")
 
 
-@pytest.mark.parametrize("name,codec", [("cut.webm", "libvpx-vp9"), ("cut.mkv", "libx264"), ("cut.avi", "mjpeg")])
-def test_truncated_files_without_an_index_raise(tmp_path, name, codec):
-    noisy = np.random.default_rng(0).integers(0, 256, (20, 48, 64, 3), dtype=np.uint8)
-    full = encode_video(tmp_path / f"full_{name}", noisy, codec, fps=FPS)
-    assert read_clip(full, ClipSpec(4, size=None), backend="pyav")[1].num_source_frames == 20
-    data = open(full, "rb").read()
-    (tmp_path / name).write_bytes(data[: len(data) // 2])
-    with pytest.raises(BadVideoError, match="truncated"):
-        read_clip(tmp_path / name, ClipSpec(4, size=None), backend="pyav")
-
-
-@pytest.mark.parametrize("ext,codec", [("webm", "libvpx-vp9"), ("mkv", "libx264")])
-def test_a_matroska_file_whose_last_frame_is_held_is_not_truncation(tmp_path, ext, codec):
-    """A slideshow or a recording that ends on a still: the last frame shown
-    for 3 s. WebM stores no frame durations, so the stream seems to end 3 s
-    before the declared duration; the Segment's size says the file is whole."""
-    src = encode_video(tmp_path / f"src.{ext}", index_frames(30), codec, fps=FPS, gop=10)
-    path = str(tmp_path / f"held.{ext}")
-    with av.open(src) as inp, av.open(path, "w") as out:
-        s = inp.streams.video[0]
-        t = out.add_stream_from_template(s)
-        packets = [p for p in inp.demux(s) if p.size]
-        last = max(p.pts for p in packets)
-        for p in packets:
-            p.duration = int(1 / (FPS * s.time_base)) * (30 if p.pts == last else 1)
-            p.stream = t
-            out.mux(p)
-    frames, info = read_clip(path, ClipSpec(8, size=None), backend="pyav")
-    assert info.num_source_frames == 30 and gray_index(frames) == info.frame_indices
-    data = open(path, "rb").read()
-    (tmp_path / f"cut.{ext}").write_bytes(data[: len(data) - 300])
-    with pytest.raises(BadVideoError, match="truncated: its Matroska elements declare 300 bytes past the end"):
-        read_clip(tmp_path / f"cut.{ext}", ClipSpec(8, size=None), backend="pyav")
-
-
-@pytest.mark.parametrize("name,codec", [("cut.avi", "libx264"), ("cut.ivf", "libvpx-vp9"), ("cut.flv", "libx264")])
-def test_a_last_packet_cut_short_is_truncation(tmp_path, name, codec):
-    """Cut a few percent short: within the declared duration's slack, but the
-    demuxer flags the partial last packet corrupt (IVF declares nothing)."""
-    noisy = np.random.default_rng(0).integers(0, 256, (60, 48, 64, 3), dtype=np.uint8)
-    data = open(encode_video(tmp_path / f"full_{name}", noisy, codec, fps=FPS), "rb").read()
-    (tmp_path / name).write_bytes(data[: int(len(data) * 0.97)])
-    with pytest.raises(BadVideoError, match="truncated"):
-        read_clip(tmp_path / name, ClipSpec(4, size=None), backend="pyav")
-
-
-@pytest.mark.parametrize("name", ["cut.ts", "cut.nut"])
-def test_a_frame_cut_short_in_a_stream_without_an_end_is_not_returned(tmp_path, name):
-    """MPEG-TS and NUT declare no end and do not flag the partial packet:
-    the decoder flags the frame it concealed. Clips without it still read."""
-    noisy = np.random.default_rng(0).integers(0, 256, (60, 48, 64, 3), dtype=np.uint8)
-    full = encode_video(tmp_path / f"full_{name}", noisy, "libx264", fps=FPS)
-    data = open(full, "rb").read()
-    (tmp_path / name).write_bytes(data[: len(data) // 2])
-    n = read_clip(tmp_path / name, ClipSpec(2, size=None), backend="pyav")[1].num_source_frames
-    for _ in range(4):  # FFmpeg's frame threads could drop the corrupt flag, by timing (pyav_decode._thread_type)
-        with pytest.raises(BadVideoError, match=rf"frames \[{n - 1}\] decoded with errors"):
-            read_clip(tmp_path / name, ClipSpec(n, size=None), backend="pyav")
-    _, info = read_clip(tmp_path / name, ClipSpec(n - 1, sampling="stride", stride=1), backend="pyav")
-    assert info.frame_indices == list(range(n - 1))
-
-
 def test_a_recording_that_starts_mid_gop(tmp_path):
     """An MPEG-TS capture cut at a P-frame: the frames before the first
     keyframe lack their references and decoders drop them; they are not
@@ -218,31 +156,6 @@ def test_raw_elementary_streams_have_no_timestamps_but_read(tmp_path, name, code
     assert info.backend == "pyav" and info.num_source_frames == 20 and info.fps == pytest.approx(FPS)
     assert gray_index(frames) == info.frame_indices == [0, 2, 5, 7, 10, 12, 15, 17]
     assert info.timestamps == pytest.approx([i / FPS for i in info.frame_indices])
-
-
-def test_an_avi_with_held_frames_is_not_truncation(tmp_path):
-    """A capture program holds a frame with empty chunks, which the header
-    counts and FFmpeg skips: fewer frames than declared, the file complete."""
-    path = str(tmp_path / "held.avi")
-    with av.open(path, "w") as c:
-        s = c.add_stream("mjpeg", rate=FPS)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p"
-        packets = []
-        for i, rgb in enumerate(index_frames(12)):
-            f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            f.pts = i
-            packets += s.encode(f)
-        for p in packets + s.encode():
-            p.duration = 3 * FPS if p.pts == 11 else 1  # the last frame held for 3 s
-            c.mux(p)
-    with av.open(path) as c:
-        assert c.streams.video[0].frames > 12  # the header counts the empty chunks
-    frames, info = read_clip(path, ClipSpec(6, size=None), backend="pyav")
-    assert info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
-    data = open(path, "rb").read()
-    (tmp_path / "cut.avi").write_bytes(data[:-200])  # cut into the index at the end: the frames all there
-    with pytest.raises(BadVideoError, match="truncated: its RIFF chunks declare 200 bytes past the end"):
-        read_clip(tmp_path / "cut.avi", ClipSpec(6, size=None), backend="pyav")
 
 
 def _plain_decode(path) -> list[np.ndarray]:
@@ -309,35 +222,6 @@ def test_a_raw_stream_counts_the_frames_its_decoder_gives(tmp_path, codec, ext, 
     _same_frames_as_a_plain_decode(cut)
 
 
-def test_an_avi_written_to_a_pipe_reads(tmp_path):
-    """A writer that cannot seek back (FFmpeg to a pipe) leaves the RIFF size
-    and the frame count as placeholders: nothing to judge truncation by."""
-    import io
-
-    class Pipe(io.RawIOBase):
-        def __init__(self, f):
-            self.f = f
-
-        def writable(self):
-            return True
-
-        def write(self, b):
-            return self.f.write(b)
-
-    path = tmp_path / "piped.avi"
-    with open(path, "wb") as f, av.open(Pipe(f), "w", format="avi") as c:
-        st = c.add_stream("mjpeg", rate=FPS)
-        st.width, st.height, st.pix_fmt = 64, 48, "yuvj420p"
-        for i, rgb in enumerate(index_frames(12)):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            c.mux(st.encode(frame))
-        c.mux(st.encode())
-    assert path.read_bytes()[4:8] == b"\xff\xff\xff\xff"
-    frames, info = read_clip(path, ClipSpec(6, size=None), backend="pyav")
-    assert info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
-
-
 def _ts_with_junk_first(tmp_path, name, with_pts: bool):
     """A capture whose video PID starts with 6 junk TS packets: a PES with a
     timestamp and a fake slice (the decoder refuses it), or with none."""
@@ -374,26 +258,6 @@ def test_a_capture_with_junk_before_its_stream(tmp_path, with_pts):
     assert info.num_source_frames == 30 and gray_index(frames) == list(range(30))
     frames, info = read_clip(path, ClipSpec(8, size=None), backend="pyav")
     assert gray_index(frames) == info.frame_indices
-
-
-def test_audio_outlasting_video_is_not_truncation(tmp_path):
-    path = str(tmp_path / "av.mkv")
-    with av.open(path, "w") as out:
-        v = out.add_stream("libx264", rate=FPS)
-        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
-        a = out.add_stream("pcm_s16le", rate=8000)
-        for i, rgb in enumerate(index_frames(10)):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            out.mux(v.encode(frame))
-        out.mux(v.encode(None))
-        for k in range(20):  # 2 s of silence against 1 s of video
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
-            af.sample_rate, af.pts = 8000, 800 * k
-            out.mux(a.encode(af))
-        out.mux(a.encode(None))
-    frames, info = read_clip(path, ClipSpec(4, size=None), backend="pyav")
-    assert info.num_source_frames == 10 and gray_index(frames) == info.frame_indices
 
 
 def test_relative_path_with_a_colon(tmp_path, monkeypatch):
@@ -436,32 +300,6 @@ def test_manifest_with_a_byte_order_mark(tmp_path):
     assert entry.path.endswith("a.mp4") and entry.caption == "a dog, running"
 
 
-def _encode_late(path: str, codec: str, n: int, first: int) -> str:
-    """n frames at FPS whose first timestamp is frame ``first`` (time base 1/FPS)."""
-    with av.open(path, "w") as out:
-        stream = out.add_stream(codec, rate=FPS)
-        stream.width, stream.height = 64, 48
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        for i, rgb in enumerate(index_frames(n)):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = first + i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
-
-
-@pytest.mark.parametrize("name,codec", [("late.mkv", "libx264"), ("late.webm", "libvpx-vp9"),
-                                        ("late.avi", "mjpeg"), ("late.mp4", "libx264")])
-def test_late_start_is_not_truncation(tmp_path, name, codec):
-    """Streams starting 10 s in: Matroska counts its duration from 0, AVI its
-    frames from 0; neither is a file cut short."""
-    path = _encode_late(str(tmp_path / name), codec, 12, 10 * FPS)
-    frames, info = read_clip(path, ClipSpec(4, size=None), backend="pyav")
-    assert info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
-    if not name.endswith(".avi"):  # AVI keeps no start time: its index holds empty frames before
-        assert info.timestamps[0] == pytest.approx(10.0)
-
-
 def test_manifest_rows_with_stray_fields_or_bool_times(tmp_path):
     csv_path = tmp_path / "m.csv"
     csv_path.write_text("path,caption\na.mp4,x,extra\n")
@@ -489,7 +327,7 @@ def test_path_types(tmp_path):
 
 @pytest.mark.parametrize("threads", ["2", -1, 1.5, True])
 def test_a_bad_thread_count_is_not_a_bad_file(tmp_path, threads):
-    path = _encode_late(str(tmp_path / "v.mp4"), "libx264", 4, 0)
+    path = encode_video(tmp_path / "v.mp4", index_frames(4), "libx264", fps=FPS)
     with pytest.raises(ValueError, match="threads must be an integer"):
         read_clip(path, ClipSpec(2, size=None), backend="pyav", threads=threads)
 
