@@ -143,3 +143,16 @@ def test_a_dual_tensor_raises_on_every_backend(backend, requires_grad):
             spacetime_attention(fwAD.make_dual(qkv, torch.randn_like(qkv)), "space", 2)
         # plain tensors inside a dual level still run
         assert torch.equal(token_gather(x.detach(), keep), ref.token_gather_ref(x.detach(), keep))
+
+
+def test_func_grad_is_refused_by_name_and_vmap_still_runs():
+    """torch.func.grad cannot differentiate a torch.library custom op here;
+    PyTorch's own error only names a missing setup_context."""
+    x, idx = torch.randn(1, 4, 3), torch.tensor([[0, 2]])
+    with pytest.raises(NotImplementedError, match="torch.func.grad, vjp and jacrev cannot differentiate"):
+        torch.func.grad(lambda x: token_gather(x, idx).sum())(x)
+    with pytest.raises(NotImplementedError, match="torch.func.grad"):
+        torch.func.grad(lambda q: spacetime_attention(q, "time", 1).sum())(torch.randn(1, 2, 3, 12))
+    xs = torch.randn(2, 4, 3)
+    got = torch.func.vmap(lambda x: token_gather(x[None], idx)[0])(xs)
+    assert torch.equal(got, torch.stack([token_gather(x[None], idx)[0] for x in xs]))

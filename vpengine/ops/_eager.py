@@ -16,7 +16,10 @@ TorchFunction/TorchDispatch modes.
 Forward-mode AD: the custom ops have no forward-AD formula, and PyTorch
 drops the tangent of a dual input that does not require grad without a word
 (one that does raises). So a dual input raises here, on every path, rather
-than giving a tangent on one backend and none on another.
+than giving a tangent on one backend and none on another. torch.func.grad
+(and vjp, jacrev) cannot differentiate a ``torch.library`` custom op in this
+PyTorch; PyTorch's own error says only that an autograd.Function lacks
+``setup_context``, so ``refuse_func_grad`` says what to do instead.
 """
 from __future__ import annotations
 
@@ -29,6 +32,19 @@ _dispatch_depth = getattr(_C, "_len_torch_dispatch_stack", None)
 _functorch_active = getattr(_C, "_are_functorch_transforms_active", None)
 _jit_tracing = getattr(_C, "_get_tracing_state", None)
 _DEVICES = ("cpu", "cuda")
+
+
+def refuse_func_grad() -> None:
+    """NotImplementedError inside torch.func.grad/vjp/jacrev (vmap is fine)."""
+    if torch.compiler.is_compiling() or _functorch_active is None or not _functorch_active():
+        return
+    from torch._C._functorch import TransformType, peek_interpreter_stack
+
+    top = peek_interpreter_stack()
+    if top is not None and top.key() == TransformType.Grad:
+        raise NotImplementedError(
+            "torch.func.grad, vjp and jacrev cannot differentiate vpengine's ops (torch.library custom ops); "
+            "use torch.autograd.grad or .backward(), or the pure-PyTorch functions in vpengine.ref")
 
 
 def direct_call_ok(*args: object) -> bool:

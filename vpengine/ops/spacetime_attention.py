@@ -35,7 +35,7 @@ import torch
 from .. import _ext, backends
 from .._scalars import plain_float, plain_int
 from ..ref.spacetime_attention import spacetime_attention_backward_ref, spacetime_attention_ref
-from ._eager import direct_call_ok
+from ._eager import direct_call_ok, refuse_func_grad
 
 OP = "spacetime_attention"
 _REG = backends.registry(OP)
@@ -348,6 +348,7 @@ def spacetime_attention(
     """
     num_heads, softcap = plain_int(num_heads), plain_float(softcap)
     _check(qkv, axis, num_heads, frame_paddings, softcap)
+    refuse_func_grad()
     if frame_paddings is not None:
         frame_paddings = frame_paddings.to(torch.float32)
     if not (torch.is_grad_enabled() and qkv.requires_grad):
