@@ -99,12 +99,14 @@ def test_a_cut_inside_an_element_header_is_truncation(tmp_path):
         _read(cut)
 
 
-def test_trailing_zeros_are_not_judged(tmp_path):
-    """Zeros after the last element (a preallocated recording) are not an
-    element: the file is read as it is, not called cut short."""
+@pytest.mark.parametrize("tail", [bytes(4096), b"\n", b"trailing text\n"], ids=["zeros", "newline", "text"])
+def test_bytes_after_the_last_element_are_not_judged(tmp_path, tail):
+    """Zeros (a preallocated recording) or text a tool appended after the
+    last element are no element: the file is read as it is, not called cut
+    short (text had read as an element header running past the end)."""
     data = _piped(tmp_path, "mkv", "libx264")
     padded = tmp_path / "padded.mkv"
-    padded.write_bytes(data + bytes(4096))
+    padded.write_bytes(data + tail)
     assert ebml_shortfall(str(padded)) is None
     frames, info = _read(padded)
     assert info.num_source_frames == 34 and gray_index(frames) == info.frame_indices

@@ -62,16 +62,33 @@ def _vint(f, keep_marker: bool) -> tuple[int, int] | None:
 
 
 _SEGMENT, _CLUSTER, _EBML = 0x18538067, 0x1F43B675, 0x1A45DFA3
+# IDs that may follow one another in a Segment of unknown size: its children
+# (SeekHead, Info, Tracks, Cluster, Cues, Attachments, Chapters, Tags), a
+# Cluster's (Timestamp, SilentTracks, Position, PrevSize, SimpleBlock,
+# BlockGroup, EncryptedBlock), Void and CRC-32 anywhere, and the EBML header
+# of a chained stream. Bytes that start none of them are not Matroska (text a
+# tool appended, say): nothing to judge by, not a cut.
+_IDS = tuple(i.to_bytes((i.bit_length() + 7) // 8, "big") for i in (
+    0x114D9B74, 0x1549A966, 0x1654AE6B, _CLUSTER, 0x1C53BB6B, 0x1941A469, 0x1043A770, 0x1254C367,
+    0xE7, 0x5854, 0xA7, 0xAB, 0xA3, 0xA0, 0xAF, 0xEC, 0xBF, _EBML))
 
 
-def _element(f, size: int) -> tuple[int, int, bool] | int | None:
+def _element(f, size: int, known: tuple[bytes, ...] | None = None) -> tuple[int, int, bool] | int | None:
     """The element header at ``f``'s position: (ID, data size, size unknown);
     1 where the file ends inside it (at least that byte is missing); None
-    where the bytes are not an element header."""
+    where the bytes are not an element header (or, given ``known``, not one
+    of those IDs)."""
     start = f.tell()
-    if f.read(1) in (b"", b"\0"):
-        return None  # no ID starts with 0: padding a writer left, nothing to judge by
+    peek = f.read(12)
     f.seek(start)
+    if peek[:1] in (b"", b"\0"):
+        return None  # no ID starts with 0: padding a writer left, nothing to judge by
+    if known is not None:
+        n = 9 - peek[0].bit_length()
+        if len(peek) < n:  # the file ends inside the ID: a cut if it begins one
+            return 1 if any(k.startswith(peek) for k in known) else None
+        if peek[:n] not in known:
+            return None
     head = _vint(f, True)
     length = _vint(f, False) if head is not None else None
     if length is None:
@@ -109,7 +126,7 @@ def ebml_shortfall(path: str) -> int | None:
 
 def _children_shortfall(f, size: int) -> int | None:
     while f.tell() < size:
-        el = _element(f, size)
+        el = _element(f, size, _IDS)
         if not isinstance(el, tuple):
             return el
         eid, n, unknown = el
