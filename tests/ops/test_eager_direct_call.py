@@ -153,6 +153,18 @@ def test_func_grad_is_refused_by_name_and_vmap_still_runs():
         torch.func.grad(lambda x: token_gather(x, idx).sum())(x)
     with pytest.raises(NotImplementedError, match="torch.func.grad"):
         torch.func.grad(lambda q: spacetime_attention(q, "time", 1).sum())(torch.randn(1, 2, 3, 12))
+    with pytest.raises(NotImplementedError, match="torch.func.grad"):  # grad of vmap: the innermost is vmap
+        torch.func.grad(lambda q: torch.func.vmap(lambda a: spacetime_attention(a[None], "time", 1)[0])(q).sum())(
+            torch.randn(2, 2, 3, 12))
     xs = torch.randn(2, 4, 3)
     got = torch.func.vmap(lambda x: token_gather(x[None], idx)[0])(xs)
     assert torch.equal(got, torch.stack([token_gather(x[None], idx)[0] for x in xs]))
+
+
+def test_func_grad_through_an_op_whose_inputs_are_constants_runs():
+    """A head trained with torch.func.grad on features from vpengine ops: the
+    ops' inputs do not depend on what is differentiated, so nothing is refused."""
+    qkv = torch.randn(1, 2, 3, 12)
+    want = spacetime_attention(qkv, "time", 1)
+    grad = torch.func.grad(lambda w: (spacetime_attention(qkv, "time", 1) * w).sum())(torch.tensor(2.0))
+    assert torch.equal(grad, want.sum())

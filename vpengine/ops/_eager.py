@@ -19,7 +19,9 @@ drops the tangent of a dual input that does not require grad without a word
 than giving a tangent on one backend and none on another. torch.func.grad
 (and vjp, jacrev) cannot differentiate a ``torch.library`` custom op in this
 PyTorch; PyTorch's own error says only that an autograd.Function lacks
-``setup_context``, so ``refuse_func_grad`` says what to do instead.
+``setup_context``, so ``call_op`` says what to do instead (only when that
+error comes: the ops run under torch.func.grad where their inputs do not
+depend on what is differentiated).
 """
 from __future__ import annotations
 
@@ -34,17 +36,19 @@ _jit_tracing = getattr(_C, "_get_tracing_state", None)
 _DEVICES = ("cpu", "cuda")
 
 
-def refuse_func_grad() -> None:
-    """NotImplementedError inside torch.func.grad/vjp/jacrev (vmap is fine)."""
+def call_op(op, *args):
+    """``op(*args)``; inside a torch.func transform, PyTorch's error for a
+    custom op it cannot differentiate becomes one that says what to use."""
     if torch.compiler.is_compiling() or _functorch_active is None or not _functorch_active():
-        return
-    from torch._C._functorch import TransformType, peek_interpreter_stack
-
-    top = peek_interpreter_stack()
-    if top is not None and top.key() == TransformType.Grad:
+        return op(*args)
+    try:
+        return op(*args)
+    except RuntimeError as e:
+        if "setup_context" not in str(e):
+            raise
         raise NotImplementedError(
             "torch.func.grad, vjp and jacrev cannot differentiate vpengine's ops (torch.library custom ops); "
-            "use torch.autograd.grad or .backward(), or the pure-PyTorch functions in vpengine.ref")
+            "use torch.autograd.grad or .backward(), or the pure-PyTorch functions in vpengine.ref") from None
 
 
 def direct_call_ok(*args: object) -> bool:

@@ -35,7 +35,7 @@ import torch
 from .. import _ext, backends
 from .._scalars import plain_float, plain_int
 from ..ref.spacetime_attention import spacetime_attention_backward_ref, spacetime_attention_ref
-from ._eager import direct_call_ok, refuse_func_grad
+from ._eager import call_op, direct_call_ok
 
 OP = "spacetime_attention"
 _REG = backends.registry(OP)
@@ -348,14 +348,13 @@ def spacetime_attention(
     """
     num_heads, softcap = plain_int(num_heads), plain_float(softcap)
     _check(qkv, axis, num_heads, frame_paddings, softcap)
-    refuse_func_grad()
     if frame_paddings is not None:
         frame_paddings = frame_paddings.to(torch.float32)
     if not (torch.is_grad_enabled() and qkv.requires_grad):
         # Plain eager calls skip the custom op's layers (see ops/_eager.py).
         infer = _infer_impl if direct_call_ok(qkv, frame_paddings) else _spacetime_attention_infer_op
-        return infer(qkv, axis, num_heads, _as_float(softcap), frame_paddings)
-    out, _ = _spacetime_attention_op(qkv, axis, num_heads, _as_float(softcap), frame_paddings)
+        return call_op(infer, qkv, axis, num_heads, _as_float(softcap), frame_paddings)
+    out, _ = call_op(_spacetime_attention_op, qkv, axis, num_heads, _as_float(softcap), frame_paddings)
     return out
 
 

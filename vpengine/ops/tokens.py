@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from .._scalars import plain_int
-from ._eager import direct_call_ok, refuse_func_grad
+from ._eager import call_op, direct_call_ok
 from ._token_backends import run
 from ._token_backward import _decoder_input_bwd_op, _gather_bwd_op, _scatter_bwd_op, _shuffle_bwd_op
 
@@ -85,8 +85,7 @@ def _decoder_input_op(
 
 def _pick(op, impl, *args):
     """The custom op, or its body when nothing around it would act (see _eager)."""
-    refuse_func_grad()
-    return impl(*args) if direct_call_ok(*args) else op(*args)
+    return impl(*args) if direct_call_ok(*args) else call_op(op, *args)
 
 
 @_gather_op.register_fake
