@@ -23,7 +23,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None], *, o
     given = os.fspath(path)
     # As open() sees it: "missing/../x" names no file (realpath would read it as "x").
     if not os.path.isdir(os.path.dirname(given) or "."):
-        raise FileNotFoundError(f"cannot write {given}: folder {os.path.dirname(given)} does not exist")
+        raise FileNotFoundError(f"cannot write {given}: {os.path.dirname(given)} is not an existing folder")
     path = os.path.realpath(given)  # through a symlink: the link stays, its target is replaced
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory")

@@ -27,7 +27,7 @@ def test_an_output_through_a_missing_folder_and_dotdot_is_not_the_input(tmp_path
                  "--overwrite"]) == 2
     assert open("m.safetensors", "rb").read() == before
     assert sorted(os.listdir(tmp_path)) == ["m.jsonl", "m.safetensors"]
-    with pytest.raises(FileNotFoundError, match="folder missing/.. does not exist"):
+    with pytest.raises(FileNotFoundError, match="missing/.. is not an existing folder"):
         write_atomically("missing/../x.bin", lambda tmp: open(tmp, "wb").write(b"x"))
 
 
