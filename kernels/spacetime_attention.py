@@ -32,7 +32,7 @@ accumulator per key block (sm_90 SASS of the B space loop: 443 -> 333
 instructions; 255 with unmasked full tiles). Paddings and fp16 keep the
 running max (bounded_softmax says when). e^50 * v overflows fp32 for |v|
 beyond about 1e16 / L: a tile whose sum is not finite is redone with the
-running max, in the same program.
+running max, in the same program (a packed tile: by the isolating launch).
 
 Memory traffic: read q, k, v and write o (4 * B*T*S*H*E elements) plus the fp32
 lse (4 bytes per row and head). VideoPrism-B, 32 clips, bf16: 4 x 201 MB =
