@@ -29,6 +29,8 @@ def _demo_args(args) -> str | None:
     patch = getattr(config, "encoder", config).patch_size
     if args.size % patch:
         return f"--size must be a multiple of the patch size {patch}; got {args.size}"
+    if args.dtypes is None:
+        return None
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     bad = [d for d in dtypes if d not in ("float32", "bfloat16", "float16")]
     if not dtypes or bad:
@@ -120,7 +122,8 @@ def _main(argv=None) -> int:
     p.add_argument("--size", type=int, default=288)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--dtypes", default=None,
+                   help="comma-separated (default: float32, and bfloat16 where the device is fast at it)")
     p.add_argument("--device", default=None)
     p = sub.add_parser("embed", help="embed every clip of a manifest (JSONL/CSV) into one .npz")
     p.add_argument("manifest", type=_path)
@@ -179,7 +182,8 @@ def _main(argv=None) -> int:
             print(f"vpengine demo: {e}", file=sys.stderr)
             return 2
         return run(args.preset, args.frames, args.size, args.batch, args.runs,
-                   tuple(d.strip() for d in args.dtypes.split(",") if d.strip()), device)
+                   None if args.dtypes is None else tuple(d.strip() for d in args.dtypes.split(",") if d.strip()),
+                   device)
     if args.command == "embed":
         import torch
 

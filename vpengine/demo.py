@@ -48,7 +48,42 @@ def time_forward(model, clip, runs: int, dtype: torch.dtype, device: torch.devic
     return times, out
 
 
-def run(preset="videoprism_public_v1_base", frames=16, size=288, batch=1, runs=3, dtypes=("float32", "bfloat16"), device=None) -> int:
+def bf16_matmul_ratio(device: torch.device) -> float:
+    """Time of a [256, 768] x [768, 768] matmul in bf16 over fp32 (best of 5):
+    a CPU without bf16 units (AVX2 only) emulates it, ~100x slower; one with
+    AMX or AVX512-BF16 runs it faster than fp32."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(256, 768, generator=g).to(device), torch.randn(768, 768, generator=g).to(device)
+
+    def best(dt):
+        x, y = a.to(dt), b.to(dt)
+        x @ y
+        times = []
+        for _ in range(5):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            x @ y
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return best(torch.bfloat16) / best(torch.float32)
+
+
+def default_dtypes(device: torch.device) -> tuple[tuple[str, ...], str | None]:
+    """float32, and bfloat16 where the device computes it at least at half the
+    fp32 rate (measured here); else a note on why bf16 is left out."""
+    ratio = bf16_matmul_ratio(device)
+    if ratio <= 2.0:
+        return ("float32", "bfloat16"), None
+    return ("float32",), (f"bfloat16 left out: a bf16 matmul took {ratio:.0f}x the fp32 one on this {device.type} "
+                          "(no bf16 units); --dtypes float32,bfloat16 times it anyway")
+
+
+def run(preset="videoprism_public_v1_base", frames=16, size=288, batch=1, runs=3, dtypes=None, device=None) -> int:
+    """``dtypes``: names to time; None: float32, and bfloat16 where the device is fast at it."""
     from . import backends, ops
     from .model.video_text import VideoTextModel
 
@@ -61,6 +96,10 @@ def run(preset="videoprism_public_v1_base", frames=16, size=288, batch=1, runs=3
     print(f"{preset}: {n_params / 1e6:.1f}M parameters, {source}")
     clip = synthetic_clip(batch, frames, size).to(device)
     print(f"input clip {tuple(clip.shape)} float32 in [0, 1] on {device}")
+    if dtypes is None:
+        dtypes, note = default_dtypes(device)
+        if note:
+            print(note)
     reg = backends.registry("spacetime_attention")
     usable = [b for b in reg.impls if not backends.backend_status()[b]]
     if device.type == "cpu":  # the Triton interpreter is for tests, not for speed

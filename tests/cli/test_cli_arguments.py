@@ -98,3 +98,22 @@ def test_tilde_in_a_path_the_shell_left_alone(tmp_path, monkeypatch):
     vpengine.save(vpengine.build(ENC, seed=0), tmp_path / "a.safetensors")
     assert main(["convert", "~/a.safetensors", "--overwrite", "~/b.npz"]) == 0  # as after --flag=~/...
     assert (tmp_path / "b.npz").exists() and not (tmp_path / "~").exists()
+
+
+def test_demo_times_bf16_only_where_the_device_is_fast_at_it(monkeypatch, capsys):
+    """A CPU without bf16 units (AVX2 only) emulates bf16 matmuls at ~1/100
+    of the fp32 rate: the quick start's demo spent minutes timing it."""
+    from vpengine import demo
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(demo, "bf16_matmul_ratio", lambda device: 120.0)
+    dtypes, note = demo.default_dtypes(cpu)
+    assert dtypes == ("float32",) and "bf16 matmul took 120x the fp32 one" in note
+    monkeypatch.setattr(demo, "bf16_matmul_ratio", lambda device: 0.6)
+    assert demo.default_dtypes(cpu) == (("float32", "bfloat16"), None)
+    monkeypatch.undo()
+    assert demo.bf16_matmul_ratio(cpu) > 0
+    monkeypatch.setattr(demo, "bf16_matmul_ratio", lambda device: 120.0)
+    assert main(["demo", "--preset", "videoprism_public_v1_base", "--frames", "1", "--size", "18", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "bfloat16 left out" in out and "float32" in out and "bfloat16  " not in out
