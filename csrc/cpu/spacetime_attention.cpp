@@ -8,11 +8,11 @@
 //   spacetime_attention_backward_native(grad_out, qkv, out, lse, axis, num_heads, softcap,
 //       frame_paddings?) -> grad qkv, strides of empty_like(qkv)
 //
-// Semantics: vpengine/ref/spacetime_attention.py. The only kernels are CUDA
-// (csrc/cuda/spacetime_attention_time.cu, the time axis with T <= 32); there
-// is no CPU kernel (the ref backend covers the CPU), so this file holds the
-// schemas (they must live in vpengine._C, which always builds) and the Meta
-// kernels that let torch.compile trace the ops. The public op with autograd
+// Semantics: vpengine/ref/spacetime_attention.py. These ops' only kernels
+// are CUDA (csrc/cuda/spacetime_attention_time.cu, the time axis with T <= 32);
+// the CPU kernels are separate ops (spacetime_attention_cpu*.cpp). This file
+// holds the schemas (they must live in vpengine._C, which always builds) and
+// the Meta kernels that let torch.compile trace the ops. The public op with autograd
 // and backend choice is vpengine.ops.spacetime_attention.
 
 #include <ATen/core/Tensor.h>

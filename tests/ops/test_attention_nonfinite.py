@@ -16,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 # (kernel, device, dtype): Triton under the interpreter and on the GPU (bf16
 # there too: tensor-core dots, where a NaN would cross sequences inside the
 # MMA); the CUDA time-axis kernel on the GPU.
-KERNELS = [("triton", "cpu", torch.float32),
+KERNELS = [("triton", "cpu", torch.float32), ("cpu", "cpu", torch.float32),
            pytest.param("triton", "cuda", torch.float32, marks=pytest.mark.gpu),
            pytest.param("triton", "cuda", torch.bfloat16, marks=pytest.mark.gpu),
            pytest.param("cuda", "cuda", torch.float32, marks=pytest.mark.gpu)]
@@ -87,7 +87,7 @@ def test_nonfinite_stays_in_its_sequence(axis, shape, part, bad, pads, kernel, d
 
 
 @pytest.mark.parametrize("axis", ["space", "time"])
-@pytest.mark.parametrize("backend", ["ref", "triton", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("backend", ["ref", "triton", "cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_nan_padding_drops_its_frame(axis, backend):
     # The official mask keeps a key where pad * NEG >= NEG / 2: never for NaN.
     if backend == "cuda":

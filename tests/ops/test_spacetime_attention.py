@@ -1,4 +1,4 @@
-"""spacetime_attention: Triton (under TRITON_INTERPRET=1 on CPU) and ref against
+"""spacetime_attention: Triton (under TRITON_INTERPRET=1 on CPU), cpu and ref against
 the fp64 reference, forward and gradient; masking rules; custom-op plumbing.
 
 Interpreter cost grows with programs x loop iterations, so shapes stay tiny.
@@ -94,7 +94,7 @@ def test_triton_uneven_tiles(monkeypatch, axis, T, S):
     compare(f"grad {axis} T={T}", g, g64, g_p, 2 * FLOOR[torch.float32])
 
 
-@pytest.mark.parametrize("backend", ["ref", "triton"])
+@pytest.mark.parametrize("backend", ["ref", "triton", "cpu"])
 def test_fully_padded_rows_are_uniform(backend):
     """A padded frame's queries (space) and every query of an all-padded clip
     (time) attend uniformly: the output is the mean of V, never NaN or zero."""
@@ -118,20 +118,21 @@ def test_fully_padded_rows_are_uniform(backend):
     assert torch.isfinite(lse[0]).all() and (lse[0] > -1e3).all()
 
 
-def test_fully_padded_rows_gradient():
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
+def test_fully_padded_rows_gradient(backend):
     """Gradients through uniform rows: dv gets 1/L per row, dq and dk nothing."""
     B, T, S, H, E = 1, 4, 3, 2, 16
     qkv = make_qkv(B, T, S, H, E, torch.float32)
     pad = torch.ones(B, T)
     grad_out = torch.randn(B, T, S, H * E, generator=torch.Generator().manual_seed(4))
     for axis in ("space", "time"):
-        _, g = run("triton", qkv, axis, H, pad, grad_out)
+        _, g = run(backend, qkv, axis, H, pad, grad_out)
         (_, g64), (_, g_p) = exact_and_plain(qkv, axis, H, 50.0, pad, grad_out)
         compare(f"grad all padded {axis}", g, g64, g_p, 2 * FLOOR[torch.float32])
         assert g[..., : 2 * H * E].abs().max() == 0
 
 
-@pytest.mark.parametrize("backend", ["ref", "triton"])
+@pytest.mark.parametrize("backend", ["ref", "triton", "cpu"])
 def test_opcheck(backend):
     qkv = make_qkv(1, 2, 3, 1, 16, torch.float32).requires_grad_(True)
     pad = make_paddings(1, 2, "some")
@@ -156,7 +157,8 @@ def test_inference_path_equals_training_path():
         assert torch.equal(fast, full.detach())
 
 
-def test_compile_fullgraph():
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
+def test_compile_fullgraph(backend):
     """aot_eager traces through the fake impls and autograd as inductor does
     (inductor itself takes ~45 s on a 2-core CPU; the GPU test runs it)."""
     qkv = make_qkv(1, 2, 5, 2, 16, torch.float32).requires_grad_(True)
@@ -166,7 +168,7 @@ def test_compile_fullgraph():
         y = ops.spacetime_attention(x, "space", 2, frame_paddings=p)
         return ops.spacetime_attention(y.repeat(1, 1, 1, 3), "time", 2, frame_paddings=p)
 
-    with ops.use_backend("triton"):
+    with ops.use_backend(backend):
         eager = f(qkv, pad)
         compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(qkv, pad)
         (g_c,) = torch.autograd.grad(compiled.sum(), qkv)

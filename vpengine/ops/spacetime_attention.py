@@ -11,10 +11,14 @@ torch.compile sees is the same whichever backend runs.
 Backends: ``ref`` (vpengine/ref, any device, float64 too); ``triton``
 (kernels/spacetime_attention*.py: both axes, head dims up to 128, fp32/fp16/
 bf16); ``cuda`` (``vpengine::spacetime_attention_native``, csrc/cuda: the time
-axis with T <= 32, whole sequences on chip). ``auto`` follows the measured
-table in attention_autotune.json when it has a matching rule, else this op's
-default order (triton, cuda, ref on CUDA, as the H100 runs recorded in
-benchmarks/results/ measured; ref on CPU).
+axis with T <= 32, whole sequences on chip); ``cpu``
+(``vpengine::spacetime_attention_cpu_native`` and its backward, csrc/cpu: both
+axes, fp32/fp16/bf16, one sequence and head per task, logits kept in cache,
+the backward recomputing the probabilities and the cap's tanh in fp32, as
+``ref`` does). ``auto`` follows the measured table in attention_autotune.json
+when it has a matching rule, else this op's default order (triton, cuda, ref
+on CUDA, as the H100 runs recorded in benchmarks/results/ measured; cpu, ref
+on CPU).
 
 Precision: the kernels' backward recomputes the probabilities from the saved
 fp32 log-sum-exp (as FlashAttention does), whose rounding is relative to the
@@ -179,6 +183,37 @@ def _bwd_cuda(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings)
     )
 
 
+def _cpu_reasons(qkv, axis, num_heads, softcap, frame_paddings, *rest) -> list[str]:
+    why = []
+    if qkv.dtype not in _KERNEL_DTYPES:
+        why.append(f"cpu: dtype {qkv.dtype} unsupported (float32, float16, bfloat16)")
+    if qkv.device.type != "cpu":
+        why.append(f"cpu: needs a CPU tensor; qkv is on {qkv.device}")
+    elif not _ext.has_native(OP + "_cpu_native", "CPU"):
+        why.append("cpu: vpengine._C has no vpengine::spacetime_attention_cpu_native (rebuild it)")
+    return why
+
+
+@_REG.register("cpu", reasons=_cpu_reasons)
+def _fwd_cpu(qkv, axis, num_heads, softcap, frame_paddings):
+    return torch.ops.vpengine.spacetime_attention_cpu_native(qkv, axis, num_heads, softcap, frame_paddings, True)
+
+
+def _bwd_cpu_reasons(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
+    why = _cpu_reasons(qkv, axis, num_heads, softcap, frame_paddings)
+    if qkv.device.type == "cpu" and not _ext.has_native(OP + "_cpu_backward_native", "CPU"):
+        why.append("cpu: vpengine._C has no vpengine::spacetime_attention_cpu_backward_native (rebuild it)")
+    return why
+
+
+@_BWD.register("cpu", reasons=_bwd_cpu_reasons)
+def _bwd_cpu(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
+    grad = torch.ops.vpengine.spacetime_attention_cpu_backward_native(
+        grad_out, qkv, out, axis, num_heads, softcap, frame_paddings
+    )
+    return _like_fake(grad, qkv)
+
+
 @functools.lru_cache(maxsize=1)
 def autotune_rules() -> tuple:
     """The measured rules of attention_autotune.json (empty: none recorded)."""
@@ -285,6 +320,8 @@ def _infer_impl(qkv, axis, num_heads, softcap, frame_paddings):
     impl = _REG.select(qkv.device.type, qkv, axis, num_heads, softcap, frame_paddings)
     if impl.name == "ref":
         return spacetime_attention_ref(qkv, axis, num_heads, softcap, frame_paddings).contiguous()
+    if impl.name == "cpu":
+        return torch.ops.vpengine.spacetime_attention_cpu_native(qkv, axis, num_heads, softcap, frame_paddings, False)[0]
     return impl.fn(qkv, axis, num_heads, softcap, frame_paddings)[0]
 
 
