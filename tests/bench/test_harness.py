@@ -385,3 +385,24 @@ def test_results_file_missing_its_last_newline_stays_valid(tmp_path):
     record.check_jsonl_target(path)
     record.write_jsonl([rec], path)
     assert len(record.read_jsonl(path)) == 2
+
+
+def test_cpu_encoder_suite_leaves_out_emulated_bf16(monkeypatch):
+    """Full-size bf16 on a CPU without bf16 units is skipped with the measured
+    ratio (the demo's rule), fp32 still runs; fast bf16 is timed."""
+    from vpengine import demo
+    from vpengine.bench.suites import encoder
+
+    full = SuiteContext(device=torch.device("cpu"), quick=False)
+    cases = {(c.backend, c.dtype): c for c in encoder.cases(full)}
+    monkeypatch.setattr(demo, "bf16_matmul_ratio", lambda device: 120.0)
+    encoder._slow_bf16_reason.cache_clear()
+    try:
+        with pytest.raises(SkipCase, match="bfloat16 left out: a bf16 matmul took 120x"):
+            cases[("auto", "bfloat16")].setup()
+        monkeypatch.setattr(demo, "bf16_matmul_ratio", lambda device: 0.5)
+        encoder._slow_bf16_reason.cache_clear()
+        assert encoder._slow_bf16_reason("cpu") is None
+    finally:
+        encoder._slow_bf16_reason.cache_clear()
+    assert ("auto", "float32") in cases

@@ -23,6 +23,7 @@ for HF. bf16 runs under autocast for every backend. MFU is against the bf16
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -154,8 +155,22 @@ def _jax_run(ctx, label, cfg, T, size, dtype, video):
     return run
 
 
+@functools.lru_cache(maxsize=None)
+def _slow_bf16_reason(device_type: str) -> str | None:
+    """Why bf16 is not timed on this device, or None (the demo's rule)."""
+    from ...demo import slow_bf16_reason
+
+    return slow_bf16_reason(torch.device(device_type))
+
+
 def _make_setup(ctx, label, cfg, T, size, batch, dtype, backend):
     def setup():
+        if dtype == torch.bfloat16 and not ctx.cuda and not ctx.quick:
+            # Full-size VideoPrism-B in emulated bf16 took 76 s a forward on a
+            # 2-core AVX2 VM: 30 minutes for the five contenders' six runs.
+            why = _slow_bf16_reason(ctx.device.type)
+            if why:
+                raise SkipCase(f"bfloat16 left out: {why}")
         gen = torch.Generator(device=ctx.device).manual_seed(0)
         video = torch.rand(batch, T, size, size, 3, generator=gen, device=ctx.device)
         if backend == "jax":
