@@ -81,7 +81,9 @@ std::tuple<at::Tensor, at::Tensor> spacetime_attention_cpu(const at::Tensor& qkv
   const Layout lay = layout_of(qkv, space, H, HE);
   const int64_t L = lay.L;
   const int64_t Mq = block_rows(L);
-  const Params prm{qkv.scalar_type() == at::kFloat, softcap, 1.0 / std::sqrt(static_cast<double>(E))};
+  const at::ScalarType dtype = qkv.scalar_type();
+  const bool fp32 = dtype == at::kFloat;
+  const Params prm{fp32, softcap, 1.0 / std::sqrt(static_cast<double>(E)), dtype, fp32 || gemm16_in_hardware(dtype)};
   const int64_t tasks = lay.outer * lay.inner * H;
 
   const bool* pad_rows = padded ? padded->const_data_ptr<bool>() : nullptr;
@@ -99,8 +101,12 @@ std::tuple<at::Tensor, at::Tensor> spacetime_attention_cpu(const at::Tensor& qkv
     for (int64_t task = begin; task < end; ++task) {
       const int64_t h = task % H, seq = task / H, i = seq % lay.inner, o = seq / lay.inner;
       const int64_t base = off + o * lay.q_outer + i * lay.q_inner;
-      const at::Tensor k = qkv.as_strided({E, L}, {1, lay.q_row}, base + (H + h) * E);
-      const at::Tensor v = qkv.as_strided({L, E}, {lay.q_row, 1}, base + (2 * H + h) * E);
+      at::Tensor k = qkv.as_strided({E, L}, {1, lay.q_row}, base + (H + h) * E);
+      at::Tensor v = qkv.as_strided({L, E}, {lay.q_row, 1}, base + (2 * H + h) * E);
+      if (!prm.gemm16) {  // exact fp32 copies for the fp32 GEMMs
+        k = k.to(at::kFloat);
+        v = v.to(at::kFloat);
+      }
       Keys keys;
       if (pad_rows != nullptr) {
         if (space) {
@@ -118,7 +124,13 @@ std::tuple<at::Tensor, at::Tensor> spacetime_attention_cpu(const at::Tensor& qkv
         probabilities(z, q, k, prm, keys, lse_data ? lse_data + l_off : nullptr, lay.l_row);
         const int64_t o_off = o * lay.o_outer + i * lay.o_inner + r0 * lay.o_row + h * E;
         at::Tensor dst = out.as_strided({m, E}, {lay.o_row, 1}, out.storage_offset() + o_off);
-        at::mm_out(dst, prm.fp32 ? z : z.to(qkv.scalar_type()), v);
+        if (prm.fp32) {
+          at::mm_out(dst, z, v);
+        } else if (prm.gemm16) {
+          at::mm_out(dst, z.to(dtype), v);
+        } else {  // p rounded to qkv's dtype, as the reference, then multiplied in fp32
+          dst.copy_(at::mm(z.to(dtype).to(at::kFloat), v));
+        }
       }
     }
   });

@@ -52,11 +52,21 @@ def check_against_fp64(B, T, S, H, E, axis, dtype, pad_mode=None, layout="contig
     compare(f"grad {axis} {dtype}", g, g64, g_p, 2 * FLOOR[dtype])
 
 
+# fp16/bf16 multiply in their dtype where the CPU has the instructions, else
+# in fp32 with the same roundings; VPENGINE_CPU_GEMM16 forces either.
+DTYPES = [pytest.param(torch.float32, None, id="fp32")] + [
+    pytest.param(dt, gemm16, id=f"{name}-{'gemm16' if gemm16 == '1' else 'fp32gemm'}")
+    for dt, name in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")) for gemm16 in ("1", "0")
+]
+
+
 @pytest.mark.parametrize("softcap", [50.0, 0.0], ids=["cap", "nocap"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("dtype,gemm16", DTYPES)
 @pytest.mark.parametrize("axis", ["space", "time"])
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_cpu_matches_fp64(shape, axis, dtype, softcap):
+def test_cpu_matches_fp64(monkeypatch, shape, axis, dtype, gemm16, softcap):
+    if gemm16 is not None:
+        monkeypatch.setenv("VPENGINE_CPU_GEMM16", gemm16)
     dims, pad_mode, layout = SHAPES[shape]
     if layout == "transposed" and min(dims[1], dims[2]) == 1:
         layout = "contiguous"
@@ -106,11 +116,13 @@ def test_threads_under_inference_mode():
 
 
 def test_auto_on_cpu_follows_the_measurements():
-    """Space axis: the cpu kernel (3-4x ref); time axis: ref, whose batched
-    GEMMs beat per-sequence calls at 8-16 frames (attention_autotune.json)."""
+    """Space axis: the cpu kernel (3-4x ref); time axis in fp32: ref, whose
+    batched GEMMs beat per-sequence calls at 8-16 frames; in bf16 the kernel,
+    whose fp32 GEMMs beat ref's emulated ones (attention_autotune.json)."""
     b_space = make_qkv(1, 2, 256, 1, 64, torch.float32)
     assert st.choose("cpu", b_space, "space", 1) == ("cpu", "ref")
     assert st.choose("cpu", b_space, "time", 1) == ("ref", "cpu")
+    assert st.choose("cpu", b_space.bfloat16(), "time", 1) == ("cpu", "ref")
     assert st._REG.select("cpu", b_space, "space", 1, 50.0, None).name == "cpu"
     assert st._REG.select("cpu", b_space, "time", 1, 50.0, None).name == "ref"
     assert st._BWD.select("cpu", None, b_space, None, None, "space", 1, 50.0, None).name == "cpu"
