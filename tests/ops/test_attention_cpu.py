@@ -118,11 +118,14 @@ def test_threads_under_inference_mode():
 def test_auto_on_cpu_follows_the_measurements():
     """Space axis: the cpu kernel (3-4x ref); time axis in fp32: ref, whose
     batched GEMMs beat per-sequence calls at 8-16 frames; in bf16 the kernel,
-    whose fp32 GEMMs beat ref's emulated ones (attention_autotune.json)."""
+    whose fp32 GEMMs beat ref's emulated ones, but ref's backward, whose
+    math is fp32, beats the kernel's (attention_autotune.json)."""
     b_space = make_qkv(1, 2, 256, 1, 64, torch.float32)
     assert st.choose("cpu", b_space, "space", 1) == ("cpu", "ref")
     assert st.choose("cpu", b_space, "time", 1) == ("ref", "cpu")
     assert st.choose("cpu", b_space.bfloat16(), "time", 1) == ("cpu", "ref")
+    assert st.choose("cpu", b_space.bfloat16(), "time", 1, mode="bwd") == ("ref", "cpu")
+    assert st._BWD.select("cpu", None, b_space.bfloat16(), None, None, "time", 1, 50.0, None).name == "ref"
     assert st._REG.select("cpu", b_space, "space", 1, 50.0, None).name == "cpu"
     assert st._REG.select("cpu", b_space, "time", 1, 50.0, None).name == "ref"
     assert st._BWD.select("cpu", None, b_space, None, None, "space", 1, 50.0, None).name == "cpu"

@@ -223,10 +223,11 @@ def autotune_rules() -> tuple:
         return ()
 
 
-def choose(device_type: str, qkv, axis, num_heads, *rest):
+def choose(device_type: str, qkv, axis, num_heads, *rest, mode: str = "fwd"):
     """Backend order for ``auto`` from the first matching measured rule, or None
     (the registry's default priority). A rule matches on device, axis, dtype,
-    sequence length L (S or T) and head dim E; see attention_autotune.json."""
+    sequence length L (S or T), head dim E and mode (the forward op, "fwd", or
+    the backward, "bwd"); see attention_autotune.json."""
     if qkv.dim() != 4:
         return None
     L = qkv.shape[2] if axis == "space" else qkv.shape[1]
@@ -239,6 +240,7 @@ def choose(device_type: str, qkv, axis, num_heads, *rest):
             and rule.get("dtype", dtype) == dtype
             and rule.get("min_len", 0) <= L <= rule.get("max_len", L)
             and E <= rule.get("max_head_dim", E)
+            and rule.get("mode", mode) == mode
         ):
             return tuple(rule["order"])
     return None
@@ -251,7 +253,7 @@ for _reg in (_REG, _BWD):
 
 _REG.chooser = choose
 _BWD.chooser = lambda device_type, grad_out, qkv, out, lse, axis, num_heads, *rest: choose(
-    device_type, qkv, axis, num_heads
+    device_type, qkv, axis, num_heads, mode="bwd"
 )
 
 
