@@ -11,10 +11,11 @@ from vpengine import backends, ops  # noqa: F401  (ops registers the backends)
 
 TOKEN_MAX, TOKEN_MEAN, EMB_MAX, UNNORM_MAX = 5e-5, 5e-6, 1e-5, 5e-5
 
-# Backends that can run the model's ops on this machine's CPU; Triton only
-# where its interpreter is on (tests/conftest.py sets it without CUDA).
+# Backends that can run the model's attention on this machine's CPU: cpu where
+# the extension is built, Triton where its interpreter is on
+# (tests/conftest.py sets it without CUDA).
 _ATTN = backends.registry("spacetime_attention")
-CPU_BACKENDS = [b for b in ("ref", "triton") if b in _ATTN.impls and not backends.backend_status()[b]]
+CPU_BACKENDS = [b for b in ("ref", "triton", "cpu") if b in _ATTN.impls and not backends.backend_status()[b]]
 
 
 def _close(name, got, want, max_abs, mean_abs=None):
