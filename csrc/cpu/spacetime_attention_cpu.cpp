@@ -36,6 +36,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/le.h>
 #include <ATen/ops/mm.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -59,6 +60,7 @@ std::tuple<at::Tensor, at::Tensor> spacetime_attention_cpu(const at::Tensor& qkv
                                                            const std::optional<at::Tensor>& frame_paddings,
                                                            bool with_lse) {
   check_args(qkv_in, axis, num_heads, frame_paddings, "spacetime_attention_cpu_native");
+  check_softcap(softcap, "spacetime_attention_cpu_native");
   TORCH_CHECK_VALUE(qkv_in.device().is_cpu(), "spacetime_attention_cpu_native: qkv must be a CPU tensor; got ",
                     qkv_in.device());
   // BLAS takes a row of the packed tensor as a matrix when its channels are
@@ -90,6 +92,12 @@ std::tuple<at::Tensor, at::Tensor> spacetime_attention_cpu(const at::Tensor& qkv
   float* lse_data = with_lse ? lse.data_ptr<float>() : nullptr;
   const int64_t off = qkv.storage_offset();
 
+  // The kernel computes in qkv's dtype, as ref (which turns autocast off) and
+  // the op's fake impl promise: under autocast, at::mm would round to bf16
+  // (fp16 inputs lost precision, fp32 GEMMs became emulated bf16 ones, and
+  // the backward mixed dtypes). Set before caller_state, which carries it to
+  // the worker threads.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   // OpenMP's workers do not inherit the caller's thread-local state: without
   // it, a call under torch.inference_mode() wrote to its inference-mode
   // output from a thread outside that mode, which PyTorch refuses.

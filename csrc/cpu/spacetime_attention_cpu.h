@@ -19,11 +19,13 @@
 #include <c10/util/string_view.h>
 
 #include <algorithm>
+#include <cmath>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
 #endif
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -39,12 +41,13 @@ constexpr int64_t kBlockFloats = int64_t{1} << 16;
 inline int64_t block_rows(int64_t L) { return std::clamp<int64_t>(kBlockFloats / L, 1, L); }
 
 inline void check_args(const at::Tensor& qkv, c10::string_view axis, int64_t num_heads,
-                const std::optional<at::Tensor>& frame_paddings, const char* op) {
+                       const std::optional<at::Tensor>& frame_paddings, const char* op) {
   TORCH_CHECK_VALUE(qkv.dim() == 4, op, ": qkv must be 4-D [B, T, S, 3*H*E]; got shape ",
                     qkv.sym_sizes());
   TORCH_CHECK_VALUE(axis == "space" || axis == "time",
                     op, ": axis must be 'space' or 'time'; got '", std::string(axis), "'");
-  TORCH_CHECK_VALUE(num_heads > 0, op, ": num_heads must be positive; got ", num_heads);
+  TORCH_CHECK_VALUE(num_heads > 0 && num_heads <= std::numeric_limits<int64_t>::max() / 3, op,
+                    ": num_heads must be positive (and 3 * num_heads an int64); got ", num_heads);
   const c10::SymInt C = qkv.sym_size(3);
   TORCH_CHECK_VALUE(C > 0 && C % (3 * num_heads) == 0, op, ": qkv's last dim ", C,
                     " is not 3 * num_heads * E with num_heads = ", num_heads, " and E >= 1");
@@ -61,6 +64,14 @@ inline void check_args(const at::Tensor& qkv, c10::string_view axis, int64_t num
     TORCH_CHECK_VALUE(!pad.is_complex(), op, ": frame_paddings must be real; got ",
                       pad.scalar_type());
   }
+}
+
+// The public op's rule (vpengine.ops.spacetime_attention.SOFTCAP_RANGE): caps
+// outside it overflow fp32 constants where the reference stays finite.
+inline void check_softcap(double softcap, const char* op) {
+  TORCH_CHECK_VALUE(std::isfinite(softcap) && (softcap <= 0 || (softcap >= 1e-6 && softcap <= 1e6)), op,
+                    ": softcap must be a finite number (0 or less: no cap; else from 1e-06 to 1e+06); got ",
+                    softcap);
 }
 
 // Where one sequence's rows live: element offsets of its first row in qkv,
@@ -146,10 +157,13 @@ inline void probabilities(at::Tensor& z, const at::Tensor& q, const at::Tensor& 
   if (p.softcap > 0) {
     if (keys.all_masked) {
       z.zero_();  // every logit becomes NEG; defined values keep the tanh pass clean
-    } else if (p.fp32) {
-      // q scaled by scale / cap instead of scale saves the division pass;
-      // both round once per element.
+    } else if (p.fp32 && p.scale <= p.softcap) {
+      // q scaled by scale / cap (at most 1, so q stays finite where q * scale
+      // is) instead of scale saves the division pass; both round once.
       at::mm_out(z, at::mul(q, p.scale / p.softcap), k);
+    } else if (p.fp32) {
+      at::mm_out(z, at::mul(q, p.scale), k);
+      z.div_(p.softcap);
     } else {  // fp16/bf16: the logits rounded in qkv's dtype, as the reference
       z.copy_(logits16(q, k, p)).div_(p.softcap);
     }

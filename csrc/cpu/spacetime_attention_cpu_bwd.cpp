@@ -14,7 +14,8 @@
 //   dz = p * (do v^T - rowsum(do * o)),  zero at masked keys;
 //   ds = dz * (1 - tanh^2);  dq = scale * ds k;  dk += ds^T (scale q);  dv += p^T do.
 // rowsum(do * o) equals rowsum(p * do v^T), but not where do holds an inf:
-// the first gives the reference's infinities, the second NaN. Each task
+// the first gives the reference's infinities, the second NaN. o is the saved
+// output for fp32 qkv and p v in fp32 for fp16/bf16 (the reference's o). Each task
 // writes its own head's columns of its own rows, so tasks never share an
 // output.
 
@@ -25,6 +26,7 @@
 #include <ATen/ops/le.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -57,6 +59,7 @@ at::Tensor spacetime_attention_cpu_backward(const at::Tensor& grad_out_in, const
                                             const at::Tensor& out_in, c10::string_view axis, int64_t num_heads, double softcap,
                                             const std::optional<at::Tensor>& frame_paddings) {
   check_args(qkv_in, axis, num_heads, frame_paddings, kOp);
+  check_softcap(softcap, kOp);
   check_grad_out(grad_out_in, qkv_in);
   check_grad_out(out_in, qkv_in, "out");
   TORCH_CHECK_VALUE(qkv_in.device().is_cpu(), kOp, ": qkv must be a CPU tensor; got ", qkv_in.device());
@@ -79,11 +82,14 @@ at::Tensor spacetime_attention_cpu_backward(const at::Tensor& grad_out_in, const
   const int64_t L = lay.L, Mq = block_rows(L);
   const double scale = 1.0 / std::sqrt(static_cast<double>(E));
   const Params prm{true, softcap, scale};  // the reference's backward runs in fp32
+  const bool exact_out = qkv.scalar_type() == at::kFloat;
   const bool capped = softcap > 0;
   const int64_t tasks = lay.outer * lay.inner * H;
   const int64_t off = qkv.storage_offset(), do_off = grad_out.storage_offset(), o_off = out.storage_offset();
   const auto f32 = qkv.options().dtype(at::kFloat);
 
+  // Autocast off, as in the forward (spacetime_attention_cpu.cpp).
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::ThreadLocalState caller_state;  // see spacetime_attention_cpu.cpp
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     const at::ThreadLocalStateGuard state_guard(caller_state);
@@ -102,7 +108,13 @@ at::Tensor spacetime_attention_cpu_backward(const at::Tensor& grad_out_in, const
       const at::Tensor v = rows(qkv, base, L, lay.q_row, (2 * H + h) * E).to(at::kFloat);
       const int64_t seq_out = o * lay.o_outer + i * lay.o_inner;
       const at::Tensor d_o = rows(grad_out, do_off + seq_out, L, lay.o_row, h * E).to(at::kFloat);
-      const at::Tensor d_o_dot_o = d_o.mul(rows(out, o_off + seq_out, L, lay.o_row, h * E)).sum(1, true);
+      // rowsum(do * o) from the saved fp32 output; a 16-bit output's rounding,
+      // multiplied into every dz, broke the error rule (fp16, no cap: 0.28
+      // against a bound of 0.24), so 16-bit qkv recomputes o in fp32 per block.
+      at::Tensor d_o_dot_o;
+      if (exact_out) {
+        d_o_dot_o = d_o.mul(rows(out, o_off + seq_out, L, lay.o_row, h * E)).sum(1, true);
+      }
       Keys keys;
       if (pad_rows != nullptr) {
         if (space) {
@@ -125,7 +137,9 @@ at::Tensor spacetime_attention_cpu_backward(const at::Tensor& grad_out_in, const
           continue;
         }
         at::Tensor dz = at::mm(do_blk, v.t());                          // do v^T
-        dz.sub_(d_o_dot_o.narrow(0, r0, m)).mul_(p);                    // p * (dp - rowsum(do * o))
+        const at::Tensor d_o_dot_o_blk =
+            exact_out ? d_o_dot_o.narrow(0, r0, m) : do_blk.mul(at::mm(p, v)).sum(1, true);
+        dz.sub_(d_o_dot_o_blk).mul_(p);  // p * (dp - rowsum(do * o))
         if (keys.masked != nullptr) {
           dz.masked_fill_(at::from_blob(const_cast<bool*>(keys.masked), {L}, at::kBool), 0.0);
         }

@@ -151,3 +151,56 @@ def test_native_ops_check_their_arguments():
         cpu_fwd(real, "space", 2, 50.0, torch.zeros(2, 1), True)
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         cpu_fwd(real.double(), "space", 2, 50.0, None, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def test_autocast_leaves_the_kernels_in_qkv_dtype(monkeypatch, dtype):
+    """Under CPU autocast the kernels' own GEMMs ran in bf16: the backward
+    mixed dtypes (RuntimeError), fp16 inputs lost precision beyond the rule,
+    and the fp32 GEMMs of 16-bit inputs became emulated bf16 ones."""
+    monkeypatch.setenv("VPENGINE_CPU_GEMM16", "0")
+    qkv = make_qkv(1, 4, 33, 2, 32, dtype)
+    grad_out = torch.randn(1, 4, 33, 64, generator=torch.Generator().manual_seed(2)).to(dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, g = run("cpu", qkv, "space", 2, None, grad_out)
+    plain_out, plain_g = run("cpu", qkv, "space", 2, None, grad_out)
+    assert out.dtype == dtype and torch.equal(out, plain_out) and torch.equal(g, plain_g)
+
+
+@pytest.mark.parametrize("dtype,softcap,seed", [(torch.float16, 0.0, 1), (torch.float16, 0.0, 2),
+                                                (torch.float16, 50.0, 0), (torch.bfloat16, 50.0, 2)])
+def test_16bit_gradient_with_large_logits(dtype, softcap, seed):
+    """The backward's rowsum(do * o) took o from the 16-bit output; its rounding,
+    multiplied into every dz, broke the error rule once logits grew (qkv of
+    scale 4: fp16 without cap, 0.28 against a bound of 0.24)."""
+    B, T, S, H, E = 1, 4, 19, 3, 8
+    g = torch.Generator().manual_seed(seed)
+    qkv = (torch.randn(B, T, S, 3 * H * E, generator=g) * 4).to(dtype)
+    grad_out = torch.randn(B, T, S, H * E, generator=g).to(dtype)
+    out, grad = run("cpu", qkv, "space", H, None, grad_out, softcap)
+    (out64, g64), (out_p, g_p) = exact_and_plain(qkv, "space", H, softcap, None, grad_out)
+    compare("out", out, out64, out_p, FLOOR[dtype])
+    compare("grad", grad, g64, g_p, 2 * FLOOR[dtype])
+
+
+def test_small_cap_with_large_queries_stays_finite():
+    """1/cap was folded into q's scale: at the smallest cap q * scale / cap
+    overflowed fp32 where q * scale, then / cap, stays finite (the reference)."""
+    x = torch.zeros(1, 1, 2, 6)
+    x[..., 0:2] = 1e33
+    x[0, 0, 0, 2:4] = torch.tensor([1.0, -1.0])
+    x[0, 0, 1, 2:4] = torch.tensor([1.0, 1.0])
+    x[..., 4:6] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    want = st.spacetime_attention_ref(x.double(), "space", 1, 1e-6)
+    with ops.use_backend("cpu"):
+        got = ops.spacetime_attention(x, "space", 1, softcap=1e-6)
+    torch.testing.assert_close(got.double(), want)
+
+
+def test_native_ops_refuse_caps_the_public_op_refuses():
+    qkv = torch.randn(1, 2, 3, 3 * 2 * 4)
+    for cap in (1e-40, float("inf"), float("nan"), 1e7):
+        with pytest.raises(ValueError, match="softcap must be a finite number"):
+            torch.ops.vpengine.spacetime_attention_cpu_native(qkv, "space", 2, cap, None, True)
+    with pytest.raises(ValueError, match="num_heads must be positive"):
+        torch.ops.vpengine.spacetime_attention_cpu_native(qkv, "space", 2 ** 62, 50.0, None, True)
