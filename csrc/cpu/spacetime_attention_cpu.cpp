@@ -115,15 +115,7 @@ std::tuple<at::Tensor, at::Tensor> spacetime_attention_cpu(const at::Tensor& qkv
         k = k.to(at::kFloat);
         v = v.to(at::kFloat);
       }
-      Keys keys;
-      if (pad_rows != nullptr) {
-        if (space) {
-          keys.all_masked = pad_rows[o * T + i];
-          keys.masked = keys.all_masked ? reinterpret_cast<const bool*>(every_key.data()) : nullptr;
-        } else {
-          keys.masked = pad_rows + o * T;
-        }
-      }
+      const Keys keys = keys_of(pad_rows, space, o, i, T, every_key);
       for (int64_t r0 = 0; r0 < L; r0 += Mq) {
         const int64_t m = std::min(Mq, L - r0);
         at::Tensor z = logits.narrow(0, 0, m);

@@ -28,6 +28,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "capped_softmax.h"
 
@@ -100,6 +101,22 @@ struct Keys {
   const bool* masked = nullptr;
   bool all_masked = false;
 };
+
+// The keys of sequence (o, i) given the padded frames [B, T] (or null):
+// space, sequence (b, t): all of them when frame t is padded; time,
+// sequence (b, s): clip b's padded frames. every_key: L true bytes.
+inline Keys keys_of(const bool* padded, bool space, int64_t o, int64_t i, int64_t T,
+                    const std::vector<uint8_t>& every_key) {
+  Keys keys;
+  if (padded == nullptr) return keys;
+  if (space) {
+    keys.all_masked = padded[o * T + i];
+    keys.masked = keys.all_masked ? reinterpret_cast<const bool*>(every_key.data()) : nullptr;
+  } else {
+    keys.masked = padded + o * T;
+  }
+  return keys;
+}
 
 // Whether to multiply `dtype` (fp16 or bf16) matrices in that dtype: where
 // the CPU does it in hardware (AVX512-BF16/AMX-BF16, AVX512-FP16/AMX-FP16,

@@ -115,15 +115,7 @@ at::Tensor spacetime_attention_cpu_backward(const at::Tensor& grad_out_in, const
       if (exact_out) {
         d_o_dot_o = d_o.mul(rows(out, o_off + seq_out, L, lay.o_row, h * E)).sum(1, true);
       }
-      Keys keys;
-      if (pad_rows != nullptr) {
-        if (space) {
-          keys.all_masked = pad_rows[o * T + i];
-          keys.masked = keys.all_masked ? reinterpret_cast<const bool*>(every_key.data()) : nullptr;
-        } else {
-          keys.masked = pad_rows + o * T;
-        }
-      }
+      const Keys keys = keys_of(pad_rows, space, o, i, T, every_key);
       at::Tensor dk = at::zeros({L, E}, f32), dv = at::zeros({L, E}, f32);
       for (int64_t r0 = 0; r0 < L; r0 += Mq) {
         const int64_t m = std::min(Mq, L - r0);
