@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from vpengine import ops
 from vpengine.ref.spacetime_attention import spacetime_attention_ref
 
 FLOOR = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -68,3 +69,12 @@ def exact_and_plain(qkv, axis, H, softcap, pad, grad_out):
         (g,) = torch.autograd.grad(out, x, grad_out.to(dtype))
         res.append((out.detach(), g))
     return res
+
+
+def run(backend, qkv, axis, H, pad, grad_out, softcap=50.0):
+    """(out, grad of qkv) of the public op with ``backend`` forced."""
+    x = qkv.detach().clone().requires_grad_(True)
+    with ops.use_backend(backend):
+        out = ops.spacetime_attention(x, axis, H, softcap=softcap, frame_paddings=pad)
+        (g,) = torch.autograd.grad(out, x, grad_out)
+    return out.detach(), g

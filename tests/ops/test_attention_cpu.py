@@ -12,7 +12,7 @@ import importlib
 import pytest
 import torch
 
-from attention_checks import FLOOR, compare, exact_and_plain, make_paddings, make_qkv
+from attention_checks import FLOOR, compare, exact_and_plain, make_paddings, make_qkv, run
 from vpengine import ops
 from vpengine.ref.spacetime_attention import NEG
 
@@ -31,14 +31,6 @@ SHAPES = {
     "long_space": ((1, 2, 300, 1, 8), "some", "contiguous"),
     "long_time": ((1, 300, 2, 1, 8), "some", "contiguous"),
 }
-
-
-def run(backend, qkv, axis, H, pad, grad_out, softcap=50.0):
-    x = qkv.detach().clone().requires_grad_(True)
-    with ops.use_backend(backend):
-        out = ops.spacetime_attention(x, axis, H, softcap=softcap, frame_paddings=pad)
-        (g,) = torch.autograd.grad(out, x, grad_out)
-    return out.detach(), g
 
 
 def check_against_fp64(B, T, S, H, E, axis, dtype, pad_mode=None, layout="contiguous", softcap=50.0, scale=1.5):

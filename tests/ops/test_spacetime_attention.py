@@ -11,7 +11,7 @@ import importlib
 import pytest
 import torch
 
-from attention_checks import FLOOR, compare, exact_and_plain, make_paddings, make_qkv
+from attention_checks import FLOOR, compare, exact_and_plain, make_paddings, make_qkv, run
 from vpengine import backends, ops
 from vpengine.ref.spacetime_attention import NEG, spacetime_attention_ref
 
@@ -25,14 +25,6 @@ SHAPES = {
     "one_frame": (1, 1, 9, 2, 64),
     "t5_s37": (1, 5, 37, 1, 64),
 }
-
-
-def run(backend, qkv, axis, H, pad, grad_out, softcap=50.0):
-    x = qkv.detach().clone().requires_grad_(True)
-    with ops.use_backend(backend):
-        out = ops.spacetime_attention(x, axis, H, softcap=softcap, frame_paddings=pad)
-        (g,) = torch.autograd.grad(out, x, grad_out)
-    return out.detach(), g
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
