@@ -199,7 +199,7 @@ def head_pad(E: int) -> int:
 # Offsets inside one clip are int32 in the kernels (positions times strides;
 # the batch and sequence terms are int64): a view whose clip spans more, as a
 # time-major tensor permuted to [B, T, S, C] at large B, runs on a copy, and
-# a clip of 2^31 elements or more is not taken (ops/spacetime_attention.py).
+# a clip of 2^31 elements or more is not taken (ops/_attention_backends.py).
 CLIP_SPAN_MAX = 2 ** 31 - 1
 
 

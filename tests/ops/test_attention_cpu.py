@@ -14,10 +14,11 @@ import torch
 
 from attention_checks import FLOOR, compare, exact_and_plain, make_paddings, make_qkv, run
 from vpengine import ops
-from vpengine.ref.spacetime_attention import NEG
+from vpengine.ops import _attention_backends as ab
+from vpengine.ref.spacetime_attention import NEG, spacetime_attention_ref
 
 st = importlib.import_module("vpengine.ops.spacetime_attention")
-_WHY = st._bwd_cpu_reasons(None, torch.empty(1, 1, 1, 3), None, None, "space", 1, 50.0, None)
+_WHY = ab._bwd_cpu_reasons(None, torch.empty(1, 1, 1, 3), None, None, "space", 1, 50.0, None)
 pytestmark = pytest.mark.skipif(bool(_WHY), reason="; ".join(_WHY))
 
 # (B, T, S, H, E), paddings, layout. Row lengths below 8 run the scalar loop
@@ -113,14 +114,14 @@ def test_auto_on_cpu_follows_the_measurements():
     whose fp32 GEMMs beat ref's emulated ones, but ref's backward, whose
     math is fp32, beats the kernel's (attention_autotune.json)."""
     b_space = make_qkv(1, 2, 256, 1, 64, torch.float32)
-    assert st.choose("cpu", b_space, "space", 1) == ("cpu", "ref")
-    assert st.choose("cpu", b_space, "time", 1) == ("ref", "cpu")
-    assert st.choose("cpu", b_space.bfloat16(), "time", 1) == ("cpu", "ref")
-    assert st.choose("cpu", b_space.bfloat16(), "time", 1, mode="bwd") == ("ref", "cpu")
-    assert st._BWD.select("cpu", None, b_space.bfloat16(), None, None, "time", 1, 50.0, None).name == "ref"
-    assert st._REG.select("cpu", b_space, "space", 1, 50.0, None).name == "cpu"
-    assert st._REG.select("cpu", b_space, "time", 1, 50.0, None).name == "ref"
-    assert st._BWD.select("cpu", None, b_space, None, None, "space", 1, 50.0, None).name == "cpu"
+    assert ab.choose("cpu", b_space, "space", 1) == ("cpu", "ref")
+    assert ab.choose("cpu", b_space, "time", 1) == ("ref", "cpu")
+    assert ab.choose("cpu", b_space.bfloat16(), "time", 1) == ("cpu", "ref")
+    assert ab.choose("cpu", b_space.bfloat16(), "time", 1, mode="bwd") == ("ref", "cpu")
+    assert ab.BWD.select("cpu", None, b_space.bfloat16(), None, None, "time", 1, 50.0, None).name == "ref"
+    assert ab.FWD.select("cpu", b_space, "space", 1, 50.0, None).name == "cpu"
+    assert ab.FWD.select("cpu", b_space, "time", 1, 50.0, None).name == "ref"
+    assert ab.BWD.select("cpu", None, b_space, None, None, "space", 1, 50.0, None).name == "cpu"
 
 
 def test_native_ops_check_their_arguments():
@@ -183,7 +184,7 @@ def test_small_cap_with_large_queries_stays_finite():
     x[0, 0, 0, 2:4] = torch.tensor([1.0, -1.0])
     x[0, 0, 1, 2:4] = torch.tensor([1.0, 1.0])
     x[..., 4:6] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    want = st.spacetime_attention_ref(x.double(), "space", 1, 1e-6)
+    want = spacetime_attention_ref(x.double(), "space", 1, 1e-6)
     with ops.use_backend("cpu"):
         got = ops.spacetime_attention(x, "space", 1, softcap=1e-6)
     torch.testing.assert_close(got.double(), want)

@@ -13,6 +13,7 @@ import torch
 
 from attention_checks import FLOOR, compare, exact_and_plain, make_paddings, make_qkv, run
 from vpengine import backends, ops
+from vpengine.ops import _attention_backends as ab
 from vpengine.ref.spacetime_attention import NEG, spacetime_attention_ref
 
 st = importlib.import_module("vpengine.ops.spacetime_attention")  # the module, not the function
@@ -218,11 +219,11 @@ def test_forced_backend_reasons():
     with ops.use_backend("triton"), pytest.raises(backends.BackendUnavailable, match="float64"):
         ops.spacetime_attention(make_qkv(1, 2, 3, 1, 16, torch.float64), "space", 1)
     long_clip = make_qkv(1, 40, 2, 1, 16, torch.float32)
-    why = " ".join(st._cuda_reasons(long_clip, "time", 1, 50.0, None))
+    why = " ".join(ab.cuda_reasons(long_clip, "time", 1, 50.0, None))
     assert "T = 40" in why and "needs a CUDA tensor" in why
-    assert "time axis only" in " ".join(st._cuda_reasons(long_clip, "space", 1, 50.0, None))
+    assert "time axis only" in " ".join(ab.cuda_reasons(long_clip, "space", 1, 50.0, None))
     odd_head = make_qkv(1, 8, 2, 1, 20, torch.float32)
-    assert "multiple of 8" in " ".join(st._cuda_reasons(odd_head, "time", 1, 50.0, None))
+    assert "multiple of 8" in " ".join(ab.cuda_reasons(odd_head, "time", 1, 50.0, None))
 
 
 def test_autocast_does_not_change_the_ref_math():
@@ -258,22 +259,22 @@ def test_nested_use_backend_blocks(monkeypatch):
 def test_auto_follows_measured_rules(monkeypatch):
     qkv = make_qkv(1, 8, 3, 1, 64, torch.bfloat16)
     rule = {"axis": "time", "dtype": "bfloat16", "max_len": 16, "max_head_dim": 128, "order": ["triton", "ref"]}
-    monkeypatch.setattr(st, "autotune_rules", lambda: (rule,))
-    assert st.choose("cuda", qkv, "time", 1) == ("triton", "ref")
-    assert st.choose("cuda", qkv, "space", 1) is None
-    assert st.choose("cpu", qkv, "time", 1) is None
+    monkeypatch.setattr(ab, "autotune_rules", lambda: (rule,))
+    assert ab.choose("cuda", qkv, "time", 1) == ("triton", "ref")
+    assert ab.choose("cuda", qkv, "space", 1) is None
+    assert ab.choose("cpu", qkv, "time", 1) is None
     monkeypatch.undo()
-    st.autotune_rules.cache_clear()
-    assert isinstance(st.autotune_rules(), tuple)  # the shipped file parses
+    ab.autotune_rules.cache_clear()
+    assert isinstance(ab.autotune_rules(), tuple)  # the shipped file parses
 
 
 def test_shipped_rules_follow_the_h100_measurements():
     """The recorded H100 runs put triton ahead of cuda on the time axis (bf16,
     T = 8 and 16); shapes no rule covers get the same default order on CUDA."""
-    assert all(rule.get("source") for rule in st.autotune_rules())
+    assert all(rule.get("source") for rule in ab.autotune_rules())
     videoprism_b_time = make_qkv(1, 16, 2, 1, 64, torch.bfloat16)
-    assert st.choose("cuda", videoprism_b_time, "time", 1) == ("triton", "cuda", "ref")
-    assert st._REG.priority["cuda"] == st._BWD.priority["cuda"] == ("triton", "cuda", "ref")
+    assert ab.choose("cuda", videoprism_b_time, "time", 1) == ("triton", "cuda", "ref")
+    assert ab.FWD.priority["cuda"] == ab.BWD.priority["cuda"] == ("triton", "cuda", "ref")
 
 
 def test_native_schema_and_meta_kernel():

@@ -14,6 +14,7 @@ import torch
 
 from attention_checks import FLOOR, compare, exact_and_plain, make_paddings, make_qkv
 from vpengine import backends, ops
+from vpengine.ops import _attention_backends as ab
 
 st = importlib.import_module("vpengine.ops.spacetime_attention")
 pytestmark = pytest.mark.gpu
@@ -129,8 +130,8 @@ def test_cuda_backward_checks_what_it_reads():
     """The native backward reads out as qkv's dtype and lse as [B, T, S, H]
     fp32: tensors that are not say so (reachable by calling the op directly)."""
     qkv = make_qkv(1, 8, 4, 1, 64, torch.bfloat16, device="cuda")
-    if st._REG.reasons("cuda", qkv, "time", 1, 50.0, None):
-        pytest.skip("; ".join(st._REG.reasons("cuda", qkv, "time", 1, 50.0, None)))
+    if ab.FWD.reasons("cuda", qkv, "time", 1, 50.0, None):
+        pytest.skip("; ".join(ab.FWD.reasons("cuda", qkv, "time", 1, 50.0, None)))
     op = torch.ops.vpengine.spacetime_attention_backward_native
     out, lse = torch.ops.vpengine.spacetime_attention_native(qkv, "time", 1, 50.0, None)
     for args, match in [((out, out.float(), lse), "out is"), ((out, out, lse[..., :0]), "lse must be"),
@@ -141,8 +142,8 @@ def test_cuda_backward_checks_what_it_reads():
 
 def test_auto_picks_a_kernel_on_cuda():
     qkv = make_qkv(1, 8, 16, 2, 64, torch.bfloat16, device="cuda")
-    time_impl = st._REG.select("cuda", qkv, "time", 2, 50.0, None).name
-    space_impl = st._REG.select("cuda", qkv, "space", 2, 50.0, None).name
+    time_impl = ab.FWD.select("cuda", qkv, "time", 2, 50.0, None).name
+    space_impl = ab.FWD.select("cuda", qkv, "space", 2, 50.0, None).name
     assert time_impl in ("cuda", "triton") and space_impl == "triton"
 
 
@@ -191,7 +192,7 @@ def test_inputs_on_a_gpu_that_is_not_current(backend):
     """Triton launches on the current device: the op must switch to its inputs'."""
     qkv = make_qkv(2, 8, 12, 2, 64, torch.bfloat16, device="cuda:1").requires_grad_(True)
     pad = make_paddings(2, 8, "some", device="cuda:1")
-    why = st._REG.reasons(backend, qkv, "time", 2, 50.0, pad)
+    why = ab.FWD.reasons(backend, qkv, "time", 2, 50.0, pad)
     if why:
         pytest.skip("; ".join(why))
     with torch.cuda.device(0), ops.use_backend(backend):
