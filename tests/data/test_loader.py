@@ -102,6 +102,36 @@ def test_tsv_quoted_by_its_writer(tmp_path):
         assert [(os.path.basename(r.path), r.caption) for r in rows] == [(f"{i}.mp4", c) for i, c in enumerate(captions)]
 
 
+def test_csv_with_a_quote_never_closed(tmp_path):
+    """A quote mark opened and never closed swallowed every later row into one
+    caption, silently; CSV's own multi-line captions still read."""
+    p = tmp_path / "m.csv"
+    p.write_text('path,caption\na.mp4,"Best of\nb.mp4,second clip\nc.mp4,third clip\n')
+    with pytest.raises(ValueError, match=r"m.csv:2: not valid CSV \(unexpected end of data\)"):
+        read_manifest(p)
+    p.write_text('path,caption\na.mp4,ok\nb.mp4,"Best" of\n')
+    with pytest.raises(ValueError, match=r"m.csv:3: not valid CSV"):
+        read_manifest(p)
+    p.write_text('path,"cap\n')
+    with pytest.raises(ValueError, match=r"m.csv:1: the header is not valid CSV"):
+        read_manifest(p)
+    p.write_text('path,caption\na.mp4,"two lines,\nsaid ""she"""\nb.mp4, "x, y"\n')
+    assert [r.caption for r in read_manifest(p)] == ['two lines,\nsaid "she"', "x, y"]
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl", "tsv"])
+def test_manifest_not_utf8_names_the_line(tmp_path, ext):
+    p = tmp_path / f"m.{ext}"
+    rows = ["path,caption", "a.mp4,ok", "b.mp4,caf\xe9"] if ext != "jsonl" else \
+        ['{"path": "a.mp4"}', '{"path": "b.mp4"}', '{"path": "caf\xe9.mp4"}']
+    p.write_bytes("\n".join(rows).replace(",", "\t" if ext == "tsv" else ",").encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"m.{ext}:3: not UTF-8 text .*save the manifest as UTF-8"):
+        read_manifest(p)
+    p.write_text("\n".join(rows), encoding="utf-16")
+    with pytest.raises(ValueError, match=rf"m.{ext}:1: not UTF-8"):
+        read_manifest(p)
+
+
 @pytest.mark.parametrize("header", ["path, caption, start, end", "Path,Caption,Start,End",
                                     "path,caption,time_start,time_end", " PATH ,Text,start_time,END_TIME"])
 def test_csv_column_names_ignore_case_and_spaces(tmp_path, header):

@@ -13,13 +13,15 @@ matched without regard to case or surrounding spaces)::
     videos/a.mp4,a dog runs,1.5,6.0
     videos/b.webm,,,
 
-A CSV may put a space after each comma. A TSV is read with CSV's quoting
+A CSV may put a space after each comma; a field holding a comma, a quote mark
+or a line break is wholly in double quotes (a quote never closed is an
+error, not a caption holding every later row). A TSV is read with CSV's quoting
 where the whole file follows it (pandas, csv.writer and R quote captions
 holding tabs, line breaks or quote marks), else without quoting (a caption
 may begin with a quote mark), unquoting only fields wholly in quotes.
 
 Relative paths are resolved against ``root`` (default: the manifest's own
-folder). A malformed row is a mistake in the manifest, not a bad video, so it
+folder). Manifests are UTF-8. A malformed row is a mistake in the manifest, not a bad video, so it
 raises ValueError naming the file and line; a missing or broken video only
 shows up when the loader reads it (skipped and reported there).
 """
@@ -61,10 +63,30 @@ def _field(row: dict, name: str):
     return None
 
 
-def _csv_rows(f):
-    """(header, (line number, row) pairs) of a CSV file; a space may follow each comma."""
-    reader = csv.DictReader(f, skipinitialspace=True)
-    return reader.fieldnames, ((reader.line_num, row) for row in reader)
+def _csv_rows(f, name: str):
+    """(header, (line number, row) pairs) of CSV file ``name``; a space may
+    follow each comma. Strict: a quote mark never closed would otherwise
+    swallow every later row into one caption, silently."""
+    reader = csv.DictReader(f, skipinitialspace=True, strict=True)
+
+    def step():
+        start = reader.reader.line_num + 1  # the line the next row begins on
+        try:
+            return next(reader, None)
+        except csv.Error as e:
+            raise ValueError(
+                f"{name}:{start}: not valid CSV ({e}); a field holding a comma, a quote mark or a "
+                "line break must be wholly in double quotes, its quote marks doubled") from None
+
+    def rows():
+        while (row := step()) is not None:
+            yield reader.line_num, row
+
+    try:
+        header = reader.fieldnames
+    except csv.Error as e:
+        raise ValueError(f"{name}:1: the header is not valid CSV ({e})") from None
+    return header, rows()
 
 
 def _tsv_rows(f):
@@ -161,6 +183,27 @@ def read_manifest(manifest, root: str | None = None) -> list[ManifestEntry]:
         raise FileNotFoundError(f"manifest {manifest} not found")
     base = os.path.abspath(root or os.path.dirname(os.path.abspath(manifest)))
     ext = os.path.splitext(manifest)[1].lower()
+    if ext not in (".jsonl", ".json", ".ndjson", ".csv", ".tsv"):
+        raise ValueError(f"manifest must end in .jsonl, .json, .csv or .tsv; got {manifest!r}")
+    try:
+        return _read_file(manifest, base, ext)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{manifest}:{_first_bad_line(manifest)}: not UTF-8 text ({e.reason}, byte "
+                         f"{e.object[e.start:e.start + 1]!r}); save the manifest as UTF-8") from None
+
+
+def _first_bad_line(path: str) -> int:
+    """The number of the first line of ``path`` that is not UTF-8."""
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return 1  # not reached: the file failed to decode somewhere
+
+
+def _read_file(manifest: str, base: str, ext: str) -> list[ManifestEntry]:
     entries: list[ManifestEntry] = []
     if ext in (".jsonl", ".json", ".ndjson"):
         with open(manifest, encoding="utf-8-sig") as f:  # -sig: tolerate a BOM (Excel writes one)
@@ -181,14 +224,12 @@ def read_manifest(manifest, root: str | None = None) -> list[ManifestEntry]:
                     raise ValueError(f"{where}: not valid JSON ({e.msg}); a JSON manifest holds one object "
                                      "per line, or one array of objects") from None
                 entries.append(_entry(row, len(entries), base, where))
-    elif ext in (".csv", ".tsv"):
+    else:
         with open(manifest, encoding="utf-8-sig", newline="") as f:
-            fieldnames, rows = (_tsv_rows if ext == ".tsv" else _csv_rows)(f)
+            fieldnames, rows = _tsv_rows(f) if ext == ".tsv" else _csv_rows(f, manifest)
             names = [_key(k) for k in fieldnames or ()]
             if not any(k in names for k in _ALIASES["path"]):
                 raise ValueError(f"{manifest}: the header must name a 'path' column; got {fieldnames}")
             for lineno, row in rows:
                 entries.append(_entry(row, len(entries), base, f"{manifest}:{lineno}"))
-    else:
-        raise ValueError(f"manifest must end in .jsonl, .json, .csv or .tsv; got {manifest!r}")
     return entries
