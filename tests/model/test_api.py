@@ -348,6 +348,8 @@ def test_checkpoint_dtypes_duplicates_and_dims(tmp_path):
     np.save(tmp_path / "lone.npy", np.zeros(3, np.float32))
     with pytest.raises(CheckpointError, match="not a readable .npz"):
         vpengine.load_official(tmp_path / "lone.npy")
+    with pytest.raises(CheckpointError, match=f"{key} is an array of Python objects"):
+        vpengine.load_official(write("pickled.npz", **{key: np.array([{"a": 1}], dtype=object)}))
 
 
 def test_text_paddings_and_similarity_are_checked():

@@ -56,6 +56,10 @@ def test_unrolled_layers_must_be_complete_and_alone():
     odd[stack + "x_layers_1/layer_norm/bias"] = np.ones(5, np.float32)
     with pytest.raises(CheckpointError, match="changes shape across layers"):
         restack(odd)
+    # x_layers_01 names layer 1 too: a second copy of it, or a mistake
+    alias = {**arrays, **{k.replace("x_layers_1/", "x_layers_01/"): v for k, v in arrays.items() if "x_layers_1/" in k}}
+    with pytest.raises(CheckpointError, match=r"x_layers_01/.*without leading zeros \(x_layers_1\)"):
+        restack(alias)
 
 
 def test_lvt_without_auxiliary_stack(tmp_path):

@@ -26,6 +26,16 @@ class CheckpointError(ValueError):
     """An official checkpoint that cannot be read or does not match a model."""
 
 
+def _member(path, z, key: str) -> np.ndarray:
+    try:
+        return z[key]
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # the one ValueError NumPy raises for a readable object array
+            raise CheckpointError(f"{path}: {key} is an array of Python objects (pickled), not numbers; "
+                                  "vpengine never unpickles a checkpoint") from None
+        raise
+
+
 def read_npz(path) -> dict[str, np.ndarray]:
     """All arrays of an official ``.npz`` (``allow_pickle=False``), by key.
 
@@ -40,7 +50,7 @@ def read_npz(path) -> dict[str, np.ndarray]:
         if dup:
             raise CheckpointError(f"{path}: arrays stored twice in the archive (which copy is meant?): {dup[:5]}")
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            arrays = {k: _member(path, z, k) for k in z.files}
     except CheckpointError:
         raise
     except FileNotFoundError:
@@ -280,7 +290,7 @@ def _video_text(A: _Arrays, c: VideoTextConfig, out: dict):
     _ln(A, tp + "unimodal_ln/", "text.norm.", (D,), out)
 
 
-_UNROLLED = re.compile(r"^(.*/)x_layers_(\d+)/(.+)$")
+_UNROLLED = re.compile(r"^(.*/)x_layers_([0-9]+)/(.+)$")
 
 
 def restack(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> dict[str, np.ndarray]:
@@ -294,6 +304,9 @@ def restack(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> dict[s
         if m is None:
             out[key] = a
         else:
+            if m[2] != str(int(m[2])):  # x_layers_01 would alias x_layers_1: which copy is meant?
+                raise CheckpointError(f"{source}: {key}: layer numbers are written without leading zeros "
+                                      f"(x_layers_{int(m[2])})")
             groups.setdefault(m[1], {}).setdefault(int(m[2]), {})[m[3]] = a
     for prefix, layers in groups.items():
         if any(k.startswith(prefix + "x_layers/") for k in out):
