@@ -79,7 +79,8 @@ def file_reasons(probe, device: str) -> list[str]:
         why.append(f"its {probe.bit_depth}-bit samples are not verified through DALI's decoder")
     if probe.display_by_output_order:
         why.append("its frames are numbered by the decoder's output order, not by timestamps "
-                   "(H.264 with B-frames in AVI, or a raw elementary stream)")
+                   "(H.264 with B-frames in AVI, a raw elementary stream, or frames without "
+                   "timestamps)")
     if probe.skipped_start:
         why.append(f"it starts mid-GOP: its first {probe.skipped_start} frames cannot be decoded, and DALI "
                    "would count them as frames")

@@ -60,8 +60,9 @@ class VideoProbe:
     codec: str  # FFmpeg's codec name ("h264", "av1"), not its decoder's ("libdav1d")
     stream: int = 0  # index among the file's video streams (not 0 after a leading cover image)
     # The timestamps follow decode order, not display order (H.264 with
-    # B-frames in AVI), or there are none (a raw elementary stream, numbered
-    # here): display index k is then the decoder's k-th output.
+    # B-frames in AVI), or some or all frames have none (an MPEG-TS PES
+    # without one, a raw elementary stream; numbered here): display index k
+    # is then the decoder's k-th output.
     display_by_output_order: bool = False
     colorspace: int = 2  # FFmpeg's AVColorSpace of the YUV->RGB matrix: 2 unspecified, 1 BT.709, 5/6 BT.601
     # Decode timestamp of each keyframe of ``keyframe_pts`` (its pts where the
@@ -228,6 +229,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             pts, key, demuxed, end, cut = [], [], 0, None, False
             lead = 0  # frames demuxed before the first keyframe
             untimed, tick = 0, None  # packets without timestamps; their duration
+            gaps = 0  # packets without timestamps after timed ones
             watch = None  # the decoder's first frames (StartWatch), where they are in doubt
             for packet in container.demux(stream):
                 demuxed += packet.size > 0 or packet.pts is not None  # not the flush packet at the end
@@ -239,7 +241,11 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                     watch.feed(packet, key[0][0] if key and not untimed else None)
                 at = packet.pts
                 if at is None and pts[untimed:]:
-                    continue  # a frame without a timestamp in a timed stream: it cannot be addressed
+                    # A frame without a timestamp in a timed stream (MPEG-TS
+                    # needs one only every 0.7 s): the frames are then counted
+                    # as the decoder gives them, below.
+                    gaps, tick = gaps + 1, tick or packet.duration
+                    continue
                 if at is None:
                     # A raw H.264/HEVC elementary stream carries no timestamps:
                     # frames are numbered as the demuxer gives them (decode
@@ -265,6 +271,12 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     st = os.stat(path)
     facts = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, index)
     skipped = 0
+    end_s = float(end * tb) if end is not None and tb and not untimed else None
+    if gaps and pts:
+        # Frame k is the decoder's k-th, timed at the stream's rate from the
+        # first frame's time (FFmpeg gives an untimed frame no timestamp).
+        clock -= min(pts) * tb
+        untimed, key = len(pts), []
     if untimed and pts:
         pts = list(range(output_count(*facts)))  # k: the decoder's k-th frame
     elif pts and (key and (lead or min(pts) < key[0][0]) or watch):
@@ -292,7 +304,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     in_order = pts == sorted(pts)
     pts.sort()
     fps = float(rate) if rate else (len(pts) - 1) / max(float((pts[-1] - pts[0]) * tb), 1e-9)
-    check_complete(path, declared, demuxed, float(end * tb), fps)
+    check_complete(path, declared, demuxed, float(end * tb) if end_s is None else end_s, fps)
     if cut:  # short of nothing the header declares, or declaring nothing (IVF, AVI within its slack)
         raise BadVideoError(path, "truncated: the last packet is cut short (the demuxer flags it corrupt)")
     if untimed:
@@ -307,4 +319,4 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     key.sort()
     return VideoProbe(path, tuple(pts), tuple(k for k, _ in key), Fraction(tb), fps, height, width, codec, index,
                       by_order, colorspace, tuple(d for _, d in key), skipped_start=skipped,
-                      start=Fraction(0) if untimed else clock, bit_depth=bit_depth, paletted=paletted)
+                      start=Fraction(0) if untimed and not gaps else clock, bit_depth=bit_depth, paletted=paletted)
