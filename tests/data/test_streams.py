@@ -13,7 +13,7 @@ import pytest
 
 from clip_facts import FPS, gray_index
 from vpengine.data import BadVideoError, ClipSpec, read_clip
-from vpengine.data.synthetic import encode_video, index_frames
+from vpengine.data.synthetic import encode_video, index_frames, pattern_frames
 
 av = pytest.importorskip("av")
 
@@ -220,3 +220,63 @@ def test_mpegts_seeks_by_decode_time(tmp_path):
     # In the last GOP a seek by pts gives no frame at all (no next keyframe to restart at).
     got = pyav_decode._decode(av, vp, [vp.pts[-1]], True, 0)
     assert gray_index(got[vp.pts[-1]][None]) == [31]
+
+
+def _drop_pes_timestamps(path, every: int) -> None:
+    """Clear the PTS (and DTS) of every ``every``-th video PES of an MPEG-TS
+    file, as ISO 13818-1 allows (one is needed only every 0.7 s): the header
+    bytes become stuffing, so every packet keeps its size."""
+    data = bytearray(open(path, "rb").read())
+    k = 0
+    for off in range(0, len(data), 188):
+        if data[off] != 0x47 or not data[off + 1] & 0x40:  # sync byte; payload unit start
+            continue
+        control = data[off + 3] >> 4 & 3
+        pes = off + 4 + (1 + data[off + 4] if control & 2 else 0)
+        if not control & 1 or data[pes:pes + 4] != b"\x00\x00\x01\xe0" or not data[pes + 7] >> 6:
+            continue
+        k += 1
+        if k % every == 0:
+            n = 5 if data[pes + 7] >> 6 == 2 else 10
+            data[pes + 7] &= 0x3F
+            data[pes + 9:pes + 9 + n] = b"\xff" * n
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.parametrize("bframes", [0, 2])
+def test_mpegts_frames_without_timestamps_are_frames(tmp_path, bframes):
+    """A PES without a timestamp is still a frame (FFmpeg decodes it, with
+    none): the probe dropped those frames, so the count, the official
+    sampling and the frames shown all disagreed, silently."""
+    path = encode_video(tmp_path / "sparse.ts", index_frames(30), "libx264", fps=FPS, gop=10,
+                        codec_options={"bf": str(bframes)})
+    _drop_pes_timestamps(path, 3)
+    with av.open(path) as c:
+        linear = [gray_index(f.to_ndarray(format="rgb24")[None])[0] for f in c.decode(video=0)]
+    assert linear == list(range(30))  # FFmpeg gives every frame
+    clip, info = read_clip(path, ClipSpec(8, size=None), backend="pyav")
+    assert info.num_source_frames == 30
+    assert gray_index(clip.numpy()) == info.frame_indices == [k * 30 // 8 for k in range(8)]
+    assert info.timestamps == pytest.approx([i / FPS for i in info.frame_indices])
+    clip, info = read_clip(path, ClipSpec(3, "stride", stride=2, size=None, start_time=1.0), backend="pyav")
+    assert gray_index(clip.numpy()) == info.frame_indices == [10, 12, 14]
+
+
+def test_seek_needs_a_picture_the_decoder_calls_a_keyframe(tmp_path):
+    """MOV flags every Apple Video (RPZA) sample a sync sample, but the codec
+    codes frames against the last, and its decoder types none (pict_type
+    NONE, no key flag): seeking there gave wrong pixels, silently."""
+    path = str(tmp_path / "rpza.mov")
+    with av.open(path, "w") as c:
+        s = c.add_stream("rpza", rate=FPS)
+        s.width, s.height, s.pix_fmt = 64, 48, "rgb555le"
+        for f in pattern_frames(30):  # a moving bar: the blocks it leaves alone are coded as skipped
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="rgb555le")))
+        c.mux(s.encode())
+    with av.open(path) as c:
+        linear = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len({f.tobytes() for f in linear}) == 30  # the premise: frames differ
+    clip, info = read_clip(path, ClipSpec(8, size=None), backend="pyav")
+    assert info.frame_indices == [k * 30 // 8 for k in range(8)]
+    for i, frame in zip(info.frame_indices, clip.numpy()):
+        assert np.array_equal(frame, linear[i]), i

@@ -131,6 +131,7 @@ class _Seeker:
         self.container, self.stream, self.vp = container, stream, vp
         self.by_dts = False
         self.predicted = (av.video.frame.PictureType.P, av.video.frame.PictureType.B)
+        self.intra = av.video.frame.PictureType.I
 
     def seek(self, kf: int):
         """A frame iterator that starts at keyframe ``kf``; raises
@@ -148,8 +149,11 @@ class _Seeker:
                 # Decoding must begin at the keyframe, an intra picture. x264's
                 # intra refresh flags P-frames with recovery points as
                 # keyframes: the decoder drops frames until it has recovered,
-                # then gives wrong pixels with right timestamps.
-                if first.pict_type in self.predicted:
+                # then gives wrong pixels with right timestamps. Codecs whose
+                # decoder types no picture (Apple Video, say, which codes
+                # frames against the last while MOV flags each a sync sample)
+                # must at least call it a keyframe.
+                if first.pict_type in self.predicted or not (first.key_frame or first.pict_type == self.intra):
                     break
                 self.by_dts = target != kf or self.by_dts
                 return itertools.chain([first], frames)
