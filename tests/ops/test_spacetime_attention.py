@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -306,6 +307,7 @@ def test_native_schema_and_meta_kernel():
     (dict(softcap=float("inf")), "softcap"),
     (dict(softcap=float("nan")), "softcap"),
     (dict(softcap=None), "softcap"),
+    (dict(softcap=10 ** 400), "softcap must be a finite number"),  # beyond float: was an OverflowError
     (dict(frame_paddings=torch.zeros(1, 2, dtype=torch.complex64)), "frame_paddings must be real"),
 ])
 def test_bad_arguments_name_themselves(kwargs, match):
@@ -313,6 +315,28 @@ def test_bad_arguments_name_themselves(kwargs, match):
     args = {"num_heads": 1, **kwargs}
     with pytest.raises(ValueError, match=match):
         ops.spacetime_attention(qkv, "space", args.pop("num_heads"), **args)
+
+
+@pytest.mark.parametrize("backend", ["ref", "cpu"])
+def test_paddings_that_require_grad_are_a_mask(backend):
+    """Paddings that carry a graph made the inference op's output require
+    grad, and any backward through it failed ("no autograd formula")."""
+    pads = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    qkv = torch.randn(1, 2, 3, 6)
+    with ops.use_backend(backend):
+        out = ops.spacetime_attention(qkv, "time", 1, frame_paddings=pads)
+        assert not out.requires_grad
+        qkv.requires_grad_()
+        ops.spacetime_attention(qkv, "time", 1, frame_paddings=pads).sum().backward()
+    assert qkv.grad is not None and pads.grad is None
+
+
+def test_masked_attention_checks_its_softcap():
+    q, k, v = torch.randn(3, 1, 2, 3, 4).unbind(0)
+    for cap in (float("inf"), float("nan"), 2e6, None, True):
+        with pytest.raises(ValueError, match="softcap must be"):
+            ops.masked_attention(q, k, v, softcap=cap)
+    assert torch.equal(ops.masked_attention(q, k, v, softcap=np.float32(50)), ops.masked_attention(q, k, v, softcap=50.0))
 
 
 def test_zero_head_dim_is_an_error_on_every_backend():

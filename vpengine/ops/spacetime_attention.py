@@ -88,7 +88,11 @@ SOFTCAP_RULE = f"0 or less: no cap; else from {SOFTCAP_RANGE[0]:g} to {SOFTCAP_R
 
 def check_softcap(softcap: float, name: str = "softcap") -> None:
     """ValueError unless ``softcap`` is finite and, when positive (a cap), in SOFTCAP_RANGE."""
-    if not math.isfinite(softcap) or (softcap > 0 and not SOFTCAP_RANGE[0] <= softcap <= SOFTCAP_RANGE[1]):
+    try:
+        finite = math.isfinite(softcap)
+    except OverflowError:  # an int beyond float's range
+        finite = False
+    if not finite or (softcap > 0 and not SOFTCAP_RANGE[0] <= softcap <= SOFTCAP_RANGE[1]):
         raise ValueError(f"{name} must be a finite number ({SOFTCAP_RULE}); got {softcap!r}")
 
 
@@ -199,8 +203,8 @@ def spacetime_attention(
     """
     num_heads, softcap = plain_int(num_heads), plain_float(softcap)
     _check(qkv, axis, num_heads, frame_paddings, softcap)
-    if frame_paddings is not None:
-        frame_paddings = frame_paddings.to(torch.float32)
+    if frame_paddings is not None:  # a mask: no gradient flows to it (nor through the inference op)
+        frame_paddings = frame_paddings.detach().to(torch.float32)
     if not (torch.is_grad_enabled() and qkv.requires_grad):
         # Plain eager calls skip the custom op's layers (see ops/_eager.py).
         infer = _infer_impl if direct_call_ok(qkv, frame_paddings) else _spacetime_attention_infer_op
