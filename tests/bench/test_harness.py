@@ -406,3 +406,23 @@ def test_cpu_encoder_suite_leaves_out_emulated_bf16(monkeypatch):
     finally:
         encoder._slow_bf16_reason.cache_clear()
     assert ("auto", "float32") in cases
+
+
+def test_flex_baseline_never_falls_back_to_eager(monkeypatch):
+    """Past dynamo's recompile limit (8) the compiled flex baseline ran eager,
+    silently: the H100 runs timed L's time axis and all of g against that."""
+    import torch
+    import torch._dynamo.config as dynamo_config
+
+    from vpengine.bench.suites import SuiteContext
+    from vpengine.bench.suites import spacetime_attention as suite
+
+    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
+    monkeypatch.setattr(dynamo_config, "fail_on_recompile_limit_hit", False)
+    monkeypatch.delattr(suite._flex_fn, "compiled", raising=False)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: ("compiled", fn))
+    fn = suite._flex_fn(SuiteContext(device=torch.device("cuda")))
+    assert fn[0] == "compiled"
+    assert dynamo_config.recompile_limit >= 32  # every case of the suite compiles once, fwd and fwd+bwd apart
+    assert dynamo_config.fail_on_recompile_limit_hit  # an error, not an eager measurement
+    del suite._flex_fn.compiled  # the fake must not outlive the test

@@ -69,9 +69,17 @@ def _flex_fn(ctx: SuiteContext):
     except ImportError as e:
         raise SkipCase(f"FlexAttention not available in torch {torch.__version__}: {e}") from None
     if ctx.cuda:
-        # One compiled function for the whole run; each new shape recompiles once
-        # during warm-up, outside the timed region.
+        # One compiled function for the whole run; each new shape (and the
+        # backward) recompiles once during warm-up, outside the timed region.
+        # Past dynamo's recompile limit (8 by default) flex silently ran eager,
+        # with its whole score matrix: runs 2 and 3 timed L's time axis and g
+        # against that. Room for every case, and an error rather than eager.
         if not hasattr(_flex_fn, "compiled"):
+            import torch._dynamo.config as dynamo_config
+
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+            if hasattr(dynamo_config, "fail_on_recompile_limit_hit"):
+                dynamo_config.fail_on_recompile_limit_hit = True
             _flex_fn.compiled = torch.compile(flex_attention, dynamic=False)
         return _flex_fn.compiled
     return flex_attention  # eager math fallback: CPU compile of flex is slow to build
