@@ -161,6 +161,24 @@ def test_ctrl_c_mid_suite_keeps_the_speedups_measured(monkeypatch):
     assert sp.backend == "auto" and sp.note == "vs torch"
 
 
+def test_budget_counts_from_the_end_of_the_ceilings(monkeypatch):
+    """The ceilings take ~30 s on a CPU: counted in a suite's budget, they
+    left a small one no case at all (device_check.sh gives some 20 s)."""
+    import time
+
+    from vpengine.bench import runner
+
+    def slow_ceilings(device, quick):
+        time.sleep(0.5)
+        return Ceilings("cpu", 1e10, 1e11, 1e11), {}
+
+    monkeypatch.setattr(runner, "get_cases", lambda name, ctx: [_case(lambda: (lambda: None))])
+    monkeypatch.setattr(runner, "load_suite", lambda name: object())
+    monkeypatch.setattr(runner, "measure_ceilings", slow_ceilings)
+    out = runner.run(["tokens"], device="cpu", quick=True, log=lambda s: None, budget_s=0.3)
+    assert [r.status for r in out.results] == ["ok"]
+
+
 def test_tune_attention_script_runs(tmp_path):
     """benchmarks/tune_attention.py (the GPU tile sweep of device_check.sh) on
     tiny shapes under the interpreter: every pass, a JSON line per candidate."""

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser, path=str) -> None:
     parser.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
                         help="time each group's contenders round-robin (default: on for CPU runs without --quick)")
     parser.add_argument("--budget-s", type=float, metavar="S",
-                        help="start no new case after S seconds; the rest are recorded as skipped")
+                        help="start no new case S seconds after the ceilings were measured; the rest are recorded as skipped")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -106,8 +106,10 @@ def _report(args, records, suite_status: dict, interrupted: bool) -> int:
         if status.startswith(("skipped", "error")) or "WARNING" in status:
             print(f"suite {s}: {status}")
     if args.json:
-        print(f"wrote {len(records)} JSON lines to {args.json}")
-    if args.plot:
+        print(f"wrote {len(records)} JSON lines to {args.json}" if records else f"wrote nothing to {args.json}")
+    if args.plot and not records:
+        print(f"no chart: nothing was measured ({args.plot} not written)")
+    elif args.plot:
         from .plot import plot_roofline
 
         try:

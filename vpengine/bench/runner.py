@@ -227,8 +227,10 @@ def run(
 ) -> Run:
     """Measure the ceilings, then every case of ``suites``.
 
-    budget_s: stop starting new cases after this many seconds (the rest are
-        recorded as skipped), so a time-boxed run ends with its lines written.
+    budget_s: stop starting new cases this many seconds after the ceilings
+        were measured (the rest are recorded as skipped), so a time-boxed run
+        ends with its lines written. The ceilings do not count: on a CPU they
+        take about 30 s, which left a small budget no case at all.
     on_records: called with each batch of new records as soon as it exists
         (the CLI appends them to the JSON file, so a killed run keeps them).
     interleave: time the cases of each (op, mode, shape, dtype) group
@@ -236,7 +238,6 @@ def run(
         and interleaving would hold every contender's inputs at once).
     """
     emit = on_records or (lambda recs: None)
-    t_start = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     busy, n = None, 0
     if device.type == "cpu":
@@ -256,6 +257,7 @@ def run(
         f"bf16 {ceilings.bf16_flops_per_s / 1e12:.3f} TFLOP/s, fp32 {ceilings.fp32_flops_per_s / 1e12:.3f} TFLOP/s "
         f"({time.perf_counter() - t0:.1f} s)")
     dev_name = ceilings.device
+    t_start = time.perf_counter()
     for name in suites or SUITES:
         ts = time.perf_counter()
         try:
