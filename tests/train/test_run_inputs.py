@@ -89,6 +89,51 @@ def test_stage2_resumes_without_its_teacher_file(train_data, tmp_path):
     assert summary["steps"] == 3
 
 
+def test_resume_compares_the_model_by_content(train_data, tmp_path, lvt_config):
+    """A resume refused a byte-identical copy of the model (its path had
+    changed) and, once the first file was gone, took any other file."""
+    from vpengine.model.api import build, save
+
+    first, copy, other = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
+    shutil.copy(train_data / "lvt.safetensors", first)
+    shutil.copy(first, copy)
+    save(build(lvt_config, seed=1), other)  # the same architecture, other weights
+    out = tmp_path / "run"
+    train(_cfg(train_data, out, model=str(first)), log=_quiet)
+    train(_cfg(train_data, out, model=str(copy), steps=3), resume=True, log=_quiet)
+    with pytest.raises(ValueError, match="model contents: sha256"):
+        train(_cfg(train_data, out, model=str(other), steps=4), resume=True, log=_quiet)
+    first.unlink()
+    with pytest.raises(ValueError, match="model contents: sha256"):
+        train(_cfg(train_data, out, model=str(other), steps=4), resume=True, log=_quiet)
+    # No file where --model points: the checkpoint holds the model.
+    train(_cfg(train_data, out, model=str(first), steps=4), resume=True, log=_quiet)
+    assert json.loads(_log(out)[-1])["step"] == 4
+
+
+def test_a_preset_name_stays_a_name_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    """A folder named after the preset (an earlier run's --out, say) turned
+    --model into its path: "unknown preset '/.../videoprism_lvt_public_v1_base'"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "videoprism_lvt_public_v1_base").mkdir()
+    (tmp_path / "m.jsonl").write_text("")
+    cfg = TrainConfig(stage=1, model="videoprism_lvt_public_v1_base", manifest="m.jsonl", out_dir="o",
+                      tokenizer="spm.model", random_init=True)
+    moved = cfg.with_absolute_inputs()
+    assert moved.model == "videoprism_lvt_public_v1_base" and moved.manifest == str(tmp_path / "m.jsonl")
+    assert cfg.differences(moved) == []
+
+
+def test_config_takes_paths_and_bounds_the_seed(tmp_path):
+    import pathlib
+
+    cfg = TrainConfig(stage=1, model=tmp_path / "m.safetensors", manifest=tmp_path / "m.jsonl",
+                      out_dir=tmp_path / "o", tokenizer=pathlib.Path("spm.model"))
+    assert (cfg.model, cfg.tokenizer) == (str(tmp_path / "m.safetensors"), "spm.model")
+    with pytest.raises(ValueError, match=r"seed must be an int >= 0 and <= 9223372036854775807"):
+        _cfg(tmp_path, tmp_path / "o", seed=2 ** 64)
+
+
 def test_stage1_refuses_a_single_clip_per_step(train_data, tmp_path):
     with pytest.raises(ValueError, match="at least 2 clips per step"):
         train(_cfg(train_data, tmp_path / "run", batch_size=1), log=_quiet)

@@ -42,8 +42,8 @@ def input_digests(cfg: TrainConfig, entries: list) -> dict[str, str]:
     """What a resume must find unchanged, by content: the manifest's rows as
     the loader read them (the data order follows from them; paths as the
     rows wrote them, so a dataset moved with its manifest of relative paths,
-    or a manifest of absolute paths moved alone, is the same) and the
-    tokenizer file."""
+    or a manifest of absolute paths moved alone, is the same), the
+    tokenizer file and the model file (a preset is compared by name)."""
     h = hashlib.sha256()
     root = os.path.dirname(os.path.abspath(cfg.manifest))
     for e in entries:
@@ -52,9 +52,18 @@ def input_digests(cfg: TrainConfig, entries: list) -> dict[str, str]:
         h.update(json.dumps([path, e.caption, e.start_time, e.end_time]).encode() + b"\n")
     out = {"manifest": f"{len(entries)} rows, sha256 {h.hexdigest()[:16]}"}
     if cfg.tokenizer is not None and os.path.isfile(cfg.tokenizer):
-        with open(cfg.tokenizer, "rb") as f:
-            out["tokenizer"] = f"sha256 {hashlib.sha256(f.read()).hexdigest()[:16]}"
+        out["tokenizer"] = _file_digest(cfg.tokenizer)
+    if cfg.model not in PRESETS and os.path.isfile(cfg.model):
+        out["model"] = _file_digest(cfg.model)
     return out
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):  # a model file is gigabytes: never all in memory
+            h.update(chunk)
+    return f"sha256 {h.hexdigest()[:16]}"
 
 
 def load_checkpoint(out_dir: str, cfg: TrainConfig, world_size: int, inputs: dict[str, str] | None = None) -> dict:
@@ -78,6 +87,8 @@ def load_checkpoint(out_dir: str, cfg: TrainConfig, world_size: int, inputs: dic
     changed = stored.differences(cfg, ignore)
     for name, digest in digests.items():
         now = (inputs or {}).get(name)
+        if name == "model" and now is None and cfg.model not in PRESETS:
+            continue  # no model file where --model points: the checkpoint holds the model
         if now != digest:
             changed.append(f"{name} contents: {digest} -> {now or 'none'}")
     if changed:

@@ -11,14 +11,17 @@ import math
 import os
 from dataclasses import dataclass
 
+from ..model.config import PRESETS
+
 RESUMABLE = ("out_dir", "steps", "log_every", "checkpoint_every", "num_workers", "decoder", "compile",
              "activation_checkpointing")
 _PATHS = ("model", "manifest", "tokenizer")  # compared as the files they name
 
 
-def _int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"TrainConfig.{name} must be an int >= {low}; got {value!r}")
+def _int(name: str, value, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f">= {low}" + ("" if high is None else f" and <= {high}")
+        raise ValueError(f"TrainConfig.{name} must be an int {bound}; got {value!r}")
 
 
 def _real(name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> None:
@@ -91,6 +94,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.stage not in (1, 2) or isinstance(self.stage, bool):
             raise ValueError(f"TrainConfig.stage must be 1 or 2; got {self.stage!r}")
+        for name in ("model", "manifest", "out_dir", "tokenizer"):  # a pathlib.Path is a path too
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
         for name in ("model", "manifest", "out_dir"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"TrainConfig.{name} must be a non-empty str; got {getattr(self, name)!r}")
@@ -104,9 +110,10 @@ class TrainConfig:
         if self.random_init and self.stage == 2:
             raise ValueError("TrainConfig.random_init is for stage 1: a stage-2 teacher must be a trained model")
         for name, low in (("steps", 1), ("batch_size", 1), ("warmup_steps", 0), ("frames", 1), ("size", 1),
-                          ("decoder_layers", 1), ("text_max_length", 1), ("seed", 0), ("log_every", 1),
+                          ("decoder_layers", 1), ("text_max_length", 1), ("log_every", 1),
                           ("checkpoint_every", 1), ("num_workers", 1)):
             _int(name, getattr(self, name), low)
+        _int("seed", self.seed, 0, 2 ** 63 - 1)  # torch's generators take an int64
         _real("lr", self.lr, 0.0, low_open=True)
         _real("weight_decay", self.weight_decay, 0.0)
         _real("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
@@ -138,19 +145,22 @@ class TrainConfig:
         a, b = self.to_dict(), other.to_dict()
         return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a
                 if k not in RESUMABLE and k not in ignore
-                and (_file(a[k]) != _file(b[k]) if k in _PATHS else a[k] != b[k])]
+                and (_file(k, a[k]) != _file(k, b[k]) if k in _PATHS else a[k] != b[k])]
 
     def with_absolute_inputs(self) -> TrainConfig:
         """The input files as absolute paths (a preset name stays a name), so
         the stored config still names them when a resume runs elsewhere."""
         paths = {k: os.path.abspath(getattr(self, k)) for k in _PATHS
-                 if getattr(self, k) is not None and os.path.exists(getattr(self, k))}
+                 if _file(k, getattr(self, k)) != getattr(self, k)}
         return dataclasses.replace(self, **paths)
 
 
-def _file(path: str | None) -> str | None:
-    """A path as the file it names (a preset name stays a name)."""
-    return os.path.realpath(path) if path is not None and os.path.exists(path) else path
+def _file(field: str, path: str | None) -> str | None:
+    """A path as the file it names; a preset's name stays a name, even where
+    a file or folder of that name is in the working directory."""
+    if path is None or (field == "model" and path in PRESETS) or not os.path.exists(path):
+        return path
+    return os.path.realpath(path)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
