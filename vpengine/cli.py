@@ -211,8 +211,9 @@ def _main(argv=None) -> int:
             return 2
         if summary["clips"] == 0:
             if summary["output"] is None:
-                why = (f"{summary['skipped']} bad files, listed in the summary above; "
-                       f"{args.out} existed and is left as it was")
+                bad = (f"{summary['skipped']} bad files, listed in the summary above" if summary["skipped"]
+                       else "the manifest lists no clips")
+                why = f"{bad}; {args.out} existed and is left as it was"
             elif summary["skipped"]:
                 why = f"{summary['skipped']} bad files, listed in {args.out}"
             else:

@@ -129,6 +129,12 @@ def test_embed_with_only_bad_files_fails(tmp_path, capsys):
                "--size", "16", "--decoder", "pyav"])
     assert rc == 1 and "no clip could be embedded" in capsys.readouterr().err
     assert np.load(out)["bad_paths"].tolist() == [str(tmp_path / "bad.mp4")]
+    manifest.write_text("")  # an existing output is kept, and the message says why nothing was embedded
+    rc = main(["embed", str(manifest), "--model", str(model_path), "--out", str(out), "--overwrite",
+               "--frames", "4", "--size", "16"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "the manifest lists no clips; " in err and "left as it was" in err
+    assert np.load(out)["bad_paths"].tolist() == [str(tmp_path / "bad.mp4")]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
