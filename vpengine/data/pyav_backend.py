@@ -272,7 +272,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     facts = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, index)
     skipped = 0
     end_s = float(end * tb) if end is not None and tb and not untimed else None
-    if gaps and pts:
+    if gaps and pts and tb:
         # Frame k is the decoder's k-th, timed at the stream's rate from the
         # first frame's time (FFmpeg gives an untimed frame no timestamp).
         clock -= min(pts) * tb
