@@ -435,12 +435,14 @@ def test_flex_baseline_never_falls_back_to_eager(monkeypatch):
     from vpengine.bench.suites import SuiteContext
     from vpengine.bench.suites import spacetime_attention as suite
 
-    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
-    monkeypatch.setattr(dynamo_config, "fail_on_recompile_limit_hit", False)
     monkeypatch.delattr(suite._flex_fn, "compiled", raising=False)
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: ("compiled", fn))
-    fn = suite._flex_fn(SuiteContext(device=torch.device("cuda")))
-    assert fn[0] == "compiled"
-    assert dynamo_config.recompile_limit >= 32  # every case of the suite compiles once, fwd and fwd+bwd apart
-    assert dynamo_config.fail_on_recompile_limit_hit  # an error, not an eager measurement
+    # config.patch, not monkeypatch: undoing a monkeypatch deletes a config
+    # entry (it is no module attribute), and every later compile then fails.
+    with dynamo_config.patch(recompile_limit=8, fail_on_recompile_limit_hit=False):
+        fn = suite._flex_fn(SuiteContext(device=torch.device("cuda")))
+        assert fn[0] == "compiled"
+        assert dynamo_config.recompile_limit >= 32  # every case compiles once, fwd and fwd+bwd apart
+        assert dynamo_config.fail_on_recompile_limit_hit  # an error, not an eager measurement
+    assert dynamo_config.recompile_limit == 8  # restored, and still there for the tests that compile next
     del suite._flex_fn.compiled  # the fake must not outlive the test
