@@ -117,11 +117,19 @@ def _fwd_cuda(qkv, axis, num_heads, softcap, frame_paddings):
     return torch.ops.vpengine.spacetime_attention_native(qkv, axis, num_heads, softcap, frame_paddings)
 
 
-def _bwd_cuda_reasons(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
-    why = cuda_reasons(qkv, axis, num_heads, softcap, frame_paddings)
-    if qkv.device.type == "cuda" and not _ext.has_native(OP + "_backward_native", "CUDA"):
-        why.append("cuda: vpengine._C_cuda has no vpengine::spacetime_attention_backward_native")
-    return why
+def _backward_reasons(kind: str, forward_reasons, native: str, library: str):
+    """A native backend's backward: what stops its forward, or a missing backward op."""
+
+    def reasons(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
+        why = forward_reasons(qkv, axis, num_heads, softcap, frame_paddings)
+        if qkv.device.type == kind and not _ext.has_native(native, kind.upper()):
+            why.append(f"{kind}: {library} has no vpengine::{native} (rebuild it)")
+        return why
+
+    return reasons
+
+
+_bwd_cuda_reasons = _backward_reasons("cuda", cuda_reasons, OP + "_backward_native", "vpengine._C_cuda")
 
 
 @BWD.register("cuda", reasons=_bwd_cuda_reasons)
@@ -147,11 +155,7 @@ def _fwd_cpu(qkv, axis, num_heads, softcap, frame_paddings):
     return torch.ops.vpengine.spacetime_attention_cpu_native(qkv, axis, num_heads, softcap, frame_paddings, True)
 
 
-def _bwd_cpu_reasons(grad_out, qkv, out, lse, axis, num_heads, softcap, frame_paddings):
-    why = cpu_reasons(qkv, axis, num_heads, softcap, frame_paddings)
-    if qkv.device.type == "cpu" and not _ext.has_native(OP + "_cpu_backward_native", "CPU"):
-        why.append("cpu: vpengine._C has no vpengine::spacetime_attention_cpu_backward_native (rebuild it)")
-    return why
+_bwd_cpu_reasons = _backward_reasons("cpu", cpu_reasons, OP + "_cpu_backward_native", "vpengine._C")
 
 
 @BWD.register("cpu", reasons=_bwd_cpu_reasons)
