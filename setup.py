@@ -77,6 +77,34 @@ def _nvidia_include_dirs() -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _loaded_cxx_runtime() -> str | None:
+    """The file of the libstdc++ this process has loaded (torch's), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and os.path.basename(fields[5].strip()).startswith("libstdc++.so"):
+                    return fields[5].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _cxx_runtime_link_args() -> list[str]:
+    """Link the shared C++ runtime, the very file torch loaded.
+
+    A toolchain whose own library folder holds only libstdc++.a (one H100
+    image's /opt/gcc, measured in two runs) resolves ``-lstdc++`` to that
+    archive: the extensions got their own copy of the runtime, and every C++
+    error they raised crashed the process (SIGSEGV) instead of reaching
+    Python. A file path is not searched for, so no toolchain can swap it;
+    ``-lstdc++`` remains where no libstdc++ is loaded (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return []
+    path = _loaded_cxx_runtime()
+    return [path] if path and os.path.isfile(path) else ["-lstdc++"]
+
+
 def _compiles_nothing(commands: list[str]) -> bool:
     """Whether this setup.py run only packs sources or writes metadata
     (``python -m build --sdist`` runs egg_info and sdist without torch)."""
@@ -115,13 +143,7 @@ def _extensions():
         )
 
     archs = os.environ.get("VPENGINE_CUDA_ARCHS", DEFAULT_CUDA_ARCHS) if build_cuda == "1" else ""
-    # The shared C++ runtime, the one torch uses. A compiler that links
-    # libstdc++ statically by default (a wrapper or specs adding
-    # -static-libstdc++, as on one H100 image) gave the extensions their own
-    # copy, and every C++ error they raised crashed the process (SIGSEGV)
-    # instead of reaching Python. An explicit -lstdc++ comes before the
-    # driver's own runtime libraries, so the linker takes libstdc++.so first.
-    runtime = ["-lstdc++"] if sys.platform.startswith("linux") else []
+    runtime = _cxx_runtime_link_args()
     # Bare-token macros (no quotes): csrc/build_info.cpp stringifies them.
     common = ["-O3", f"-DVPENGINE_TORCH_VERSION={torch.__version__}", "-DVPENGINE_PYTHON_MODULE"]
     # ATen's parallel_for is header code: without -fopenmp it silently runs on

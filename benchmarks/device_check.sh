@@ -112,7 +112,9 @@ cpp_throw_check() {
   # whether a throw from each extension reaches Python as ValueError:
   # Every C++ compiler on PATH (the build takes the first c++ unless CXX says otherwise).
   for c in ${CXX:-} $(type -ap c++ g++ | sort -u); do
-    echo "$c: $("$c" --version | head -1)"
+    # where each one finds libstdc++ when asked for -lstdc++ (2026-11-28: the
+    # /opt/gcc toolchain linked a static copy; setup.py now names the file)
+    echo "$c: $("$c" --version | head -1); libstdc++.so: $("$c" -print-file-name=libstdc++.so)"
   done
   for so in vpengine/_C*.so; do echo "$so:"; ldd "$so" | grep -E "stdc\+\+|gcc_s" || true; done
   # The run of 2026-11-27 found both extensions without libstdc++.so.6 (the

@@ -2,7 +2,7 @@
 
 An H100 image's g++ linked libstdc++ statically: every C++ error raised in
 vpengine's extensions then crashed the process (SIGSEGV) instead of reaching
-Python. setup.py links the shared runtime explicitly, and vpengine._ext
+Python. setup.py links the file of the runtime torch loaded, and vpengine._ext
 refuses a library that still carries its own copy (read from the file's
 DT_NEEDED entries, vpengine._elf) rather than load it.
 """
@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import glob
 import os
+import runpy
 import shutil
 import struct
 import subprocess
 
 import pytest
+import setuptools
 
 from vpengine import _elf, _ext
 
 CXX = shutil.which("c++") or shutil.which("g++")  # not $CXX: it may be a command line ("ccache g++")
 LIBC10 = _ext._torch_libc10()
 TORCH_RUNTIME = [lib for lib in (_elf.needed_libraries(LIBC10) or []) if lib.startswith("libstdc++")] if LIBC10 else []
+SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
 BUILT = sorted(glob.glob(os.path.join(os.path.dirname(_ext.__file__), "_C*.so")))
 
 
@@ -67,10 +70,29 @@ def test_a_library_with_a_static_runtime_is_refused(tmp_path):
     assert _ext._cxx_runtime_reason("_C", shared) is None
     why = _ext._cxx_runtime_reason("_C", static)
     assert why and "libstdc++" in why and "statically" in why and "pip install" in why
-    # what setup.py does: an explicit -lstdc++ after the objects (setuptools'
-    # place for extra_link_args) wins over a static default
-    fixed = _shared_lib(tmp_path, "fixed.so", "-static-libstdc++", libs=["-lstdc++"])
-    assert _ext._cxx_runtime_reason("_C", fixed) is None
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+@pytest.mark.skipif(not TORCH_RUNTIME, reason="torch's libc10 names no libstdc++ here")
+def test_setup_links_the_runtime_file_torch_loaded(tmp_path, monkeypatch):
+    """The H100 image's toolchain: its library folder, searched first, holds
+    only libstdc++.a, so an explicit -lstdc++ links the static copy. setup.py
+    names the file torch loaded instead, which no search can swap."""
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: None)
+    monkeypatch.setenv("VPENGINE_BUILD_EXT", "0")
+    args = runpy.run_path(SETUP)["_cxx_runtime_link_args"]()
+    assert len(args) == 1 and os.path.isabs(args[0]) and os.path.basename(args[0]).startswith("libstdc++.so"), args
+    archive = subprocess.run([CXX, "-print-file-name=libstdc++.a"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(archive):
+        pytest.skip(f"{CXX} has no libstdc++.a")
+    toolchain = tmp_path / "toolchain"
+    toolchain.mkdir()
+    (toolchain / "libstdc++.a").symlink_to(archive)
+    searched = _shared_lib(tmp_path, "searched.so", f"-L{toolchain}", libs=["-lstdc++"])
+    assert _ext._cxx_runtime_reason("_C", searched) is not None  # the failure, reproduced
+    for flags in ((f"-L{toolchain}",), (f"-L{toolchain}", "-static-libstdc++")):
+        fixed = _shared_lib(tmp_path, "fixed.so", *flags, libs=args)
+        assert _ext._cxx_runtime_reason("_C", fixed) is None, flags
 
 
 def _patched(src: str, dst, **fields) -> str:
