@@ -151,6 +151,22 @@ def test_gather_repeated_indices_sum_gradients(backend):
     assert torch.allclose(xr.grad[0, 1], grad[0, 0] + grad[0, 1] + grad[0, 3])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_backward_under_capture_matches_ref(dtype, monkeypatch):
+    """Inside a CUDA graph capture the gather's backward cannot ask about
+    duplicates or use index_put_; its atomic path (forced here on the CPU, where
+    scatter_add_ adds in index order) gives the reference's values."""
+    from vpengine.ops import _token_backward
+
+    monkeypatch.setattr(_token_backward, "capturing", lambda device: True)
+    g = torch.Generator().manual_seed(0)
+    for keep in (torch.tensor([[1, 4, 5], [0, 2, 3]]), torch.tensor([[1, 1, 4], [5, 5, 5]])):
+        grad = torch.randn(2, 3, 7, generator=g).to(dtype)
+        x = torch.randn(2, 6, 7, generator=g).to(dtype).requires_grad_()
+        token_gather(x, keep).backward(grad)
+        assert_exact(x.grad, ref.token_gather_backward_ref(grad, keep, 6), f"captured gather backward {keep.tolist()}")
+
+
 def _bad_cases(N=8):
     ok_keep = torch.tensor([[0, 3, 5], [1, 2, 7]])
     ok_perm = torch.stack([torch.arange(N), torch.arange(N).flip(0)])

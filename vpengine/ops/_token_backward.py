@@ -20,12 +20,24 @@ from ._token_backends import capturing, has_duplicates, run_backward
 @torch.library.custom_op("vpengine::token_gather_backward", mutates_args=())
 def _gather_bwd_op(grad: torch.Tensor, keep_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
     # Distinct indices (every mask) make the backward a plain scatter into
-    # zeros; repeated ones need summation, done by the reference in fp32
-    # (also where a CUDA graph is being captured: finding out syncs).
-    if (backends.forced_backend("token_scatter") == "ref" or capturing(grad.device)
-            or has_duplicates(keep_idx, num_tokens)):
+    # zeros; repeated ones need summation, done by the reference in fp32.
+    if capturing(grad.device):
+        return _captured_gather_bwd(grad, keep_idx, num_tokens)
+    if backends.forced_backend("token_scatter") == "ref" or has_duplicates(keep_idx, num_tokens):
         return ref.token_gather_backward_ref(grad, keep_idx, num_tokens)
     return run_backward("token_scatter", grad, keep_idx, num_tokens, None)
+
+
+def _captured_gather_bwd(grad: torch.Tensor, keep_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The gather's gradient inside a CUDA graph capture, where asking about
+    duplicates would sync and the reference's ``index_put_(accumulate=True)``
+    invalidates the capture (it touches the legacy stream: H100, torch 2.11).
+    Atomic fp32 adds: exact for distinct indices; repeated ones sum in no
+    fixed order."""
+    B, K, D = grad.shape
+    acc = grad.new_zeros((B, num_tokens, D), dtype=ref.acc_dtype(grad.dtype))
+    acc.scatter_add_(1, keep_idx[:, :, None].expand(B, K, D), grad.to(acc.dtype))
+    return acc.to(grad.dtype)
 
 
 @torch.library.custom_op("vpengine::token_scatter_backward", mutates_args=())

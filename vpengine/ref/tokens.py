@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -49,14 +49,14 @@ def inverse_perm(perm_BN: torch.Tensor) -> torch.Tensor:
 
 def masked_row_sum(grad_BND: torch.Tensor, masked_BN: torch.Tensor) -> torch.Tensor:
     """``sum over (b, n) with masked[b, n] of grad[b, n]`` -> ``[D]``, fp32 accumulation."""
-    acc = grad_BND.to(_acc_dtype(grad_BND.dtype))
+    acc = grad_BND.to(acc_dtype(grad_BND.dtype))
     acc = torch.where(masked_BN[..., None], acc, acc.new_zeros(()))
     return acc.sum(dim=(0, 1)).to(grad_BND.dtype)
 
 
 def batch_sum(grad_BND: torch.Tensor) -> torch.Tensor:
     """``sum over b of grad[b]`` -> ``[N, D]`` (the gradient of pos_emb), fp32 accumulation."""
-    return grad_BND.to(_acc_dtype(grad_BND.dtype)).sum(dim=0).to(grad_BND.dtype)
+    return grad_BND.to(acc_dtype(grad_BND.dtype)).sum(dim=0).to(grad_BND.dtype)
 
 
 def token_gather_ref(x_BND: torch.Tensor, keep_idx_BK: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,7 @@ def token_gather_ref(x_BND: torch.Tensor, keep_idx_BK: torch.Tensor) -> torch.Te
 def token_gather_backward_ref(grad_BKD: torch.Tensor, keep_idx_BK: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """Scatter-add of the kept-row gradients into zeros (fp32 sums, index order)."""
     B, K, D = grad_BKD.shape
-    acc_BND = grad_BKD.new_zeros((B, num_tokens, D), dtype=_acc_dtype(grad_BKD.dtype))
+    acc_BND = grad_BKD.new_zeros((B, num_tokens, D), dtype=acc_dtype(grad_BKD.dtype))
     b_BK = torch.arange(B, device=grad_BKD.device)[:, None].expand(B, K)
     acc_BND.index_put_((b_BK, keep_idx_BK), grad_BKD.to(acc_BND.dtype), accumulate=True)
     return acc_BND.to(grad_BKD.dtype)
