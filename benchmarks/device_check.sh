@@ -143,10 +143,12 @@ gpu_tests() {
   # workers (pytest-xdist) where the machine has it.
   local par="" per_test=""
   $PY -c "import xdist" 2>/dev/null && par="-n ${VPENGINE_CHECK_WORKERS:-8}"
+  # -v names each test as it ends: a step cut at its limit still says which
+  # failed (2026-11-28: a cut -q run left one anonymous "F").
   # One hung test must not take the whole step.
   $PY -c "import pytest_timeout" 2>/dev/null && per_test="--timeout=120"
   # shellcheck disable=SC2086  # word splitting of the targets is intended
-  $PY -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors -o addopts="-ra" $par $per_test $TESTS
+  $PY -m pytest -m gpu -v --tb=short -p no:cacheprovider --continue-on-collection-errors -o addopts="-ra" $par $per_test $TESTS
 }
 
 tune_tiles() {  # tune_tiles BUDGET_S: alternative attention tiles, timed beside the shipped ones
