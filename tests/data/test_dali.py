@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from clip_facts import gray_index
+from clip_facts import QUIET_X265, gray_index
 
 from vpengine.data import BackendUnsupported, BadVideoError, ClipLoader, ClipSpec, read_clip
 
@@ -142,13 +142,32 @@ def test_corrupt_file_in_a_batch(tmp_path, videos):
             assert gray_index(clip) == info.frame_indices
 
 
+def _big_clip(path, codec, width=192, height=144, frames=12):
+    """Above NVDEC's size floor (HEVC 144x144, VP9 128x128); gray-index frames."""
+    from vpengine.data import encode_video, index_frames
+
+    opts = QUIET_X265 if codec == "libx265" else None
+    return encode_video(path, index_frames(frames, height, width), codec, fps=10, codec_options=opts)
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["h264", "hevc", "vp9", "vfr"])
-def test_gpu_decode_on_device(videos, name):
+@pytest.mark.parametrize("name", ["h264", "hevc", "vp9", "vfr", "hevc_big", "vp9_big"])
+def test_gpu_decode_on_device(tmp_path, videos, name):
     pytest.importorskip("nvidia.dali.plugin.pytorch")
+    if name.endswith("_big"):
+        codec = {"hevc": "libx265", "vp9": "libvpx-vp9"}[name[:-4]]
+        path = _big_clip(tmp_path / f"{name}.{'webm' if 'vp9' in name else 'mp4'}", codec)
+    else:
+        path = videos[name]
     spec = ClipSpec(8, size=(288, 288))
-    b, ib = read_clip(videos[name], spec, backend="dali-gpu")
-    a, ia = read_clip(videos[name], spec, backend="pyav")
+    a, ia = read_clip(path, spec, backend="pyav")
+    if name in ("hevc", "vp9"):  # 64x48: under NVDEC's floor, measured on the H100
+        with pytest.raises(BackendUnsupported, match="NVDEC decodes"):
+            read_clip(path, spec, backend="dali-gpu")
+        b, ib = read_clip(path, spec, device="cuda")  # auto: PyAV, then to the GPU
+        assert ib.backend == "pyav" and b.is_cuda and torch.equal(a, b.cpu())
+        return
+    b, ib = read_clip(path, spec, backend="dali-gpu")
     assert b.is_cuda and ib.backend == "dali-gpu" and b.shape == (8, 288, 288, 3)
     assert gray_index(b.cpu()) == ia.frame_indices == ib.frame_indices
     assert _diff(a, b.cpu())[2] <= 2
@@ -156,21 +175,24 @@ def test_gpu_decode_on_device(videos, name):
 
 @pytest.mark.gpu
 def test_gpu_loader_batches(tmp_path, videos):
+    """DALI's GPU path where NVDEC takes the file, PyAV where it does not."""
     p = tmp_path / "m.jsonl"
     p.write_text("".join(json.dumps({"path": videos[n]}) + "\n" for n in ["h264", "hevc", "text", "vp9"]))
     loader = ClipLoader(p, ClipSpec(8), batch_size=3, device="cuda", shuffle=False)
     (batch,) = list(loader)
     assert batch.frames.is_cuda and batch.frames.shape == (3, 8, 288, 288, 3)
-    assert [i.backend for i in batch.infos] == ["dali-gpu"] * 3 and loader.num_bad == 1
+    assert [i.backend for i in batch.infos] == ["dali-gpu", "pyav", "pyav"] and loader.num_bad == 1
 
 
 @pytest.mark.gpu
-def test_gpu_decode_honours_bt709(tmp_path):
-    """Whether NVDEC + DALI's colour conversion reads the BT.709 tag (the CPU
-    decoder does not): if this fails, add the CPU's colorspace reason to the
-    GPU in dali_backend.file_reasons."""
+def test_gpu_decoder_refuses_bt709(tmp_path):
+    """NVDEC + DALI's conversion ignore the BT.709 tag as the CPU decoder does
+    (measured on the H100: (255, 0, 0) for PyAV's (255, 23, 0)), so such
+    streams stay off DALI and ``auto`` decodes them with PyAV."""
     pytest.importorskip("nvidia.dali.plugin.pytorch")
     path = _flat_bt709(tmp_path / "bt709.mp4", "libx264")
     a, _ = read_clip(path, ClipSpec(2, size=None), backend="pyav")
-    b, _ = read_clip(path, ClipSpec(2, size=None), backend="dali-gpu")
-    assert _diff(a, b.cpu())[2] <= 2, (a[0, 20, 20].tolist(), b[0, 20, 20].tolist())
+    with pytest.raises(BackendUnsupported, match="BT.601 matrix and this stream is tagged BT.709"):
+        read_clip(path, ClipSpec(2, size=None), backend="dali-gpu")
+    b, info = read_clip(path, ClipSpec(2, size=None), device="cuda")
+    assert info.backend == "pyav" and torch.equal(a, b.cpu())

@@ -142,7 +142,9 @@ def test_parameter_set_sizes_equal_decoded_sizes(tmp_path, codec, ext, pix, opts
 @pytest.mark.parametrize("codec", ["libx264", "libx265"])
 def test_h26x_that_changes_size_is_kept_off_dalis_gpu_decoder(tmp_path, codec):
     opts = X265 if codec == "libx265" else {}
-    path = _write(tmp_path / "c.ts", codec, "yuv420p", opts, [_frames(5, 48, 64), _frames(5, 36, 80, seed=1)])
+    # HEVC above NVDEC's 144x144 floor, which would refuse it first
+    (h, w), (h2, w2) = ((48, 64), (36, 80)) if codec == "libx264" else ((144, 160), (160, 176))
+    path = _write(tmp_path / "c.ts", codec, "yuv420p", opts, [_frames(5, h, w), _frames(5, h2, w2, seed=1)])
     assert any("change size midway" in r for r in dali_backend.file_reasons(pyav_backend.probe(path), "gpu"))
     # a file as muxers usually write it: the SPS in the configuration record only
     same = tmp_path / "s.mp4"

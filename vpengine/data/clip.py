@@ -186,7 +186,9 @@ def read_clip(
     chosen = auto_backend(plan.probe, device) if backend == "auto" else backend
     try:
         frames_THW3 = decode_plan(plan, spec, chosen, threads, device_id)
-    except BackendUnsupported:
+    except (BackendUnsupported, BadVideoError):
+        # Under "auto" a DALI failure is not the file's fault until PyAV fails
+        # too (NVDEC refuses some streams PyAV reads); PyAV's error then stands.
         if backend != "auto" or chosen == "pyav":
             raise
         chosen = "pyav"

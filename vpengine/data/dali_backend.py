@@ -41,6 +41,11 @@ CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 GPU_CODECS = CPU_CODECS | {"h264", "hevc", "av1", "mpeg4"}
 # FFmpeg AVColorSpace values: unspecified, BT.470BG and SMPTE 170M (both BT.601).
 BT601_OR_UNTAGGED = frozenset({2, 5, 6})
+# NVDEC's smallest coded frame where it is above what the fixtures use, as
+# DALI reported it on the H100 ("Video is too small ... supported:144x144").
+# H.264 at 64x48 decoded there; other refusals (AV1 has no NVDEC on Hopper)
+# fall back to PyAV at decode time (vpengine.data.clip, the loader).
+NVDEC_MIN_SIZE = {"hevc": (144, 144), "vp9": (128, 128)}
 _COLORSPACES = {0: "RGB", 1: "BT.709", 4: "FCC", 7: "SMPTE 240M", 8: "YCgCo", 9: "BT.2020", 10: "BT.2020 (CL)"}
 _PIPES: dict[tuple, "_Pipe"] = {}
 _PIPES_LOCK = threading.Lock()
@@ -69,10 +74,16 @@ def file_reasons(probe, device: str) -> list[str]:
     if probe.codec not in allowed:
         why.append(f"DALI {device} cannot decode {probe.codec} (it takes {sorted(allowed)})")
     rgb_vp9 = probe.colorspace == 0 and probe.codec == "vp9"  # GBR planes, no matrix: measured identical to PyAV
-    if device == "cpu" and probe.colorspace not in BT601_OR_UNTAGGED and not rgb_vp9:
-        # Measured: BT.709 flat red came out (254, 0, 0) against (255, 23, 0).
-        why.append(f"DALI's CPU decoder converts colour with the BT.601 matrix and this stream is tagged "
+    if probe.colorspace not in BT601_OR_UNTAGGED and not rgb_vp9:
+        # Measured: BT.709 flat red came out (254, 0, 0) on the CPU decoder and
+        # (255, 0, 0) through NVDEC (H100), against PyAV's (255, 23, 0).
+        why.append(f"DALI's decoders convert colour with the BT.601 matrix and this stream is tagged "
                    f"{_COLORSPACES.get(probe.colorspace, f'colorspace {probe.colorspace}')}")
+    if device == "gpu" and probe.codec in NVDEC_MIN_SIZE:
+        min_w, min_h = NVDEC_MIN_SIZE[probe.codec]
+        if probe.width < min_w or probe.height < min_h:
+            why.append(f"NVDEC decodes {probe.codec} from {min_w}x{min_h} up and this stream is "
+                       f"{probe.width}x{probe.height}")
     if probe.bit_depth > 8:
         # Not measured (no encoder here writes high-depth VP9; the GPU runs
         # had no DALI): PyAV converts these as the ffmpeg command line does.

@@ -236,8 +236,23 @@ class ClipLoader:
                                                      orientations=[p.probe.orientation], **kw)[0]
                     items[i] = (*items[i][:3], clip, "dali-" + dev)
                 except BadVideoError as err:
-                    items[i] = (items[i][0], None, items[i][2], err, None)
+                    items[i] = self._pyav_fallback(items[i], err)
         return items
+
+    def _pyav_fallback(self, item, dali_err: BadVideoError):
+        """A clip DALI failed on alone: under ``auto`` PyAV decides whether the
+        file is bad (NVDEC refuses streams PyAV reads: frames under its minimum
+        size, profiles it lacks, AV1 on Hopper). A forced DALI backend reports
+        DALI's reason."""
+        row, plan, spec = item[:3]
+        if self.backend != "auto":
+            return row, None, spec, dali_err, None
+        try:
+            frames = decode_plan(plan, spec, "pyav", self.decode_threads)
+        except BadVideoError as err:
+            return row, None, spec, err, None
+        log.info("DALI could not decode %s (%s); decoded with PyAV", dali_err.path, dali_err.reason)
+        return row, plan, spec, frames, "pyav"
 
     def _emit(self, items, out: queue.Queue) -> None:
         if self.dali_device is not None:
