@@ -81,3 +81,12 @@ def test_table_and_plot(quick_run):
         assert f"suite {suite}: " in proc.stdout
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_decode_times_the_loader(quick_run):
+    """A batch through ClipLoader (what feeds the encoder), not only single reads."""
+    _, records, _, _ = quick_run
+    got = {r["metric"]: r for r in records if r["op"] == "clip_loader" and r["backend"] == "pyav"}
+    assert got["time"]["median"] > 0 and got["clips_per_s"]["unit"] == "clips/s"
+    batch = int(got["time"]["shape"].split(" x ")[0])
+    assert abs(got["clips_per_s"]["median"] - batch / (got["time"]["median"] / 1e3)) < 1e-6 * batch * 1e3

@@ -10,11 +10,18 @@ GPU box, can be handed fixtures made elsewhere). vpengine's ``read_clip`` on
 each backend, with the official Lanczos resize and with bilinear, against the
 way peers do it: decode every frame with PyAV, pick the frames, resize with
 ``F.interpolate`` (bilinear, antialiased). frames/s counts output frames.
+
+``clip_loader`` rows time what feeds training and ``vpengine embed``: one
+batch of distinct files (copies of one source, so no probe is shared)
+through ``ClipLoader``, PyAV on every core against DALI's GPU path, whose
+batch is one pipeline run. Their clips/s is what to hold against the
+encoder's at the same batch size.
 """
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import tempfile
 
 import torch
@@ -82,6 +89,49 @@ def fixture(name: str, num_frames: int | None = None) -> pathlib.Path:
             c.mux(p)
     tmp.replace(path)
     return path
+
+
+def copies(name: str, num_frames: int | None, count: int) -> list[str]:
+    """``count`` distinct files with the bytes of fixture ``name``: a probe is
+    remembered per file (inode and mtime), so a batch of one path repeated
+    would probe once and flatter the loader."""
+    src = fixture(name, num_frames)
+    folder = src.parent / f"{src.stem}_copies"
+    folder.mkdir(exist_ok=True)
+    out = []
+    for i in range(count):
+        dst = folder / f"{i:03d}{src.suffix}"
+        if not dst.exists():
+            tmp = dst.with_suffix(f".tmp{os.getpid()}{src.suffix}")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
+        out.append(str(dst))
+    return out
+
+
+def _make_loader_setup(ctx, source, num_src, backend, batch):
+    def setup():
+        paths = copies(source, num_src, batch)
+        from ...data import ClipLoader, ClipSpec, pyav_backend
+        from ...data.errors import BackendUnsupported
+
+        spec = ClipSpec(NUM_FRAMES, size=(SIZE, SIZE), resize="bilinear")
+        try:  # strict: a clip that fails raises instead of thinning the batch
+            loader = ClipLoader(paths, spec, batch, device=ctx.device, backend=backend, shuffle=False,
+                                num_workers=os.cpu_count() or 1, strict=True)
+        except BackendUnsupported as e:  # DALI missing here
+            raise SkipCase(str(e)) from None
+
+        def run():
+            pyav_backend.forget_probes()  # an epoch's first read of each file
+            (got,) = list(loader)
+            if got.frames.shape[0] != batch:
+                raise RuntimeError(f"the loader gave {got.frames.shape[0]} of {batch} clips")
+            return got.frames
+
+        return run
+
+    return setup
 
 
 def naive_read(path: str, num_frames: int = NUM_FRAMES, size: int = SIZE) -> torch.Tensor:
@@ -152,6 +202,15 @@ def cases(ctx: SuiteContext) -> list[Case]:
             # VP9: DALI's CPU decoder against vpengine's PyAV path, the one it replaces
             baseline=backend == "pyav+interpolate" or (src == "360p_vp9" and backend == "pyav"),
         ))
+    batch = 8 if ctx.quick else 32
+    for src in ["360p_h264"] if ctx.quick else ["360p_h264", "720p_h264"]:
+        for backend in ["pyav"] + (["dali-gpu"] if ctx.cuda else []):
+            out.append(Case(
+                suite=SUITE, op="clip_loader", backend=backend, mode="batch+bilinear",
+                shape=f"{batch} x {src} {num_src or SOURCES[src][4]}f -> {NUM_FRAMES}x{SIZE}x{SIZE}",
+                dtype="uint8", setup=_make_loader_setup(ctx, src, num_src, backend, batch), clips=batch,
+                frames_per_clip=NUM_FRAMES, baseline=backend == "pyav",
+            ))
     if not ctx.quick:
         # One 2 s window of a 10 min file, as a manifest of windows of long
         # videos reads them: every read probes the file again, or reuses its probe.
