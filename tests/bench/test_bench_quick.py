@@ -89,4 +89,5 @@ def test_decode_times_the_loader(quick_run):
     got = {r["metric"]: r for r in records if r["op"] == "clip_loader" and r["backend"] == "pyav"}
     assert got["time"]["median"] > 0 and got["clips_per_s"]["unit"] == "clips/s"
     batch = int(got["time"]["shape"].split(" x ")[0])
-    assert abs(got["clips_per_s"]["median"] - batch / (got["time"]["median"] / 1e3)) < 1e-6 * batch * 1e3
+    rate = batch / (got["time"]["median"] / 1e3)
+    assert abs(got["clips_per_s"]["median"] / rate - 1) < 0.05, (got["clips_per_s"]["median"], rate)
