@@ -237,10 +237,13 @@ def axis_view(x: torch.Tensor, axis: str):
 # bf16, VideoPrism-B and -g space axis; speedup over the tiles they replaced):
 # fwd 1.25x (B) and 1.21x (g); dq 1.09x / 1.15x and dk/dv 1.33x / 1.30x of the
 # whole fwd+bwd. poly_exp (0.93x) and split_e (1.00x) lost and stay off.
+# The wide forward's packing, 32 rows on 4 warps: VideoPrism-g's time axis
+# 0.506 vs 0.525 ms for 64 rows on 8 (1.04x, bf16, same call; run 4's
+# 20261128-0112_NVIDIA-H100-80GB-HBM3_e3681f0746a4.tune.jsonl).
 _GPU_TILES = {
     # (kind, wide): wide = head dim padded past 64; fp32 gets its own row
     ("fwd", False): dict(pack=(64, 4), flash=(64, 64, 4), stages=3),
-    ("fwd", True): dict(pack=(64, 8), flash=(128, 32, 4), stages=3),
+    ("fwd", True): dict(pack=(32, 4), flash=(128, 32, 4), stages=3),
     ("fwd", "fp32"): dict(pack=(32, 8), flash=(64, 32, 8)),
     ("dq", False): dict(pack=(32, 4), flash=(64, 64, 4), stages=3),
     ("dq", True): dict(pack=(32, 8), flash=(128, 32, 4), stages=3),
