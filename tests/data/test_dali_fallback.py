@@ -82,3 +82,13 @@ def test_nvdec_size_floor_and_colour_tag_keep_files_off_dali():
     for device in ("cpu", "gpu"):  # measured on both: the BT.601 matrix whatever the tag
         why = dali_backend.file_reasons(_probe("vp9", 640, 360, colorspace=1), device)
         assert any("BT.601 matrix" in r and "BT.709" in r for r in why), (device, why)
+
+
+@pytest.mark.parametrize("cap, refused", [((9, 0), True), ((8, 0), True), ((7, 5), True), ((8, 6), False),
+                                          ((8, 9), False), ((10, 0), False), ((12, 0), False)])
+def test_av1_only_where_nvdec_has_it(monkeypatch, cap, refused):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)
+    why = dali_backend.file_reasons(_probe("av1", 640, 360), "gpu")
+    assert any("no AV1 decoder" in r for r in why) == refused, why
+    assert dali_backend.file_reasons(_probe("av1", 640, 360), "cpu") != []  # not a CPU codec at all

@@ -43,9 +43,22 @@ GPU_CODECS = CPU_CODECS | {"h264", "hevc", "av1", "mpeg4"}
 BT601_OR_UNTAGGED = frozenset({2, 5, 6})
 # NVDEC's smallest coded frame where it is above what the fixtures use, as
 # DALI reported it on the H100 ("Video is too small ... supported:144x144").
-# H.264 at 64x48 decoded there; other refusals (AV1 has no NVDEC on Hopper)
-# fall back to PyAV at decode time (vpengine.data.clip, the loader).
+# H.264 at 64x48 decoded there; other refusals fall back to PyAV at decode
+# time (vpengine.data.clip, the loader).
 NVDEC_MIN_SIZE = {"hevc": (144, 144), "vp9": (128, 128)}
+
+
+def nvdec_av1_reason() -> str | None:
+    """Why this GPU's NVDEC cannot decode AV1, or None. AV1 decoding came with
+    Ampere's GA10x chips: compute capability 8.6, 8.7 and 8.9, and 10.0 on;
+    not the A100 (8.0), Hopper (9.0) or older (NVDEC application note, Video
+    Codec SDK 13.0, "NVDEC Hardware Capabilities")."""
+    if not torch.cuda.is_available():
+        return None  # dali_reasons says so
+    cap = tuple(torch.cuda.get_device_capability())
+    if cap >= (10, 0) or cap in ((8, 6), (8, 7), (8, 9)):
+        return None
+    return f"this GPU's NVDEC (compute capability {cap[0]}.{cap[1]}) has no AV1 decoder"
 _COLORSPACES = {0: "RGB", 1: "BT.709", 4: "FCC", 7: "SMPTE 240M", 8: "YCgCo", 9: "BT.2020", 10: "BT.2020 (CL)"}
 _PIPES: dict[tuple, "_Pipe"] = {}
 _PIPES_LOCK = threading.Lock()
@@ -79,6 +92,8 @@ def file_reasons(probe, device: str) -> list[str]:
         # (255, 0, 0) through NVDEC (H100), against PyAV's (255, 23, 0).
         why.append(f"DALI's decoders convert colour with the BT.601 matrix and this stream is tagged "
                    f"{_COLORSPACES.get(probe.colorspace, f'colorspace {probe.colorspace}')}")
+    if device == "gpu" and probe.codec == "av1" and (no_av1 := nvdec_av1_reason()):
+        why.append(no_av1)
     if device == "gpu" and probe.codec in NVDEC_MIN_SIZE:
         min_w, min_h = NVDEC_MIN_SIZE[probe.codec]
         if probe.width < min_w or probe.height < min_h:
