@@ -68,6 +68,17 @@ def test_loader_hands_what_dali_fails_on_to_pyav(tmp_path, videos, monkeypatch, 
         assert gray_index(frames) == info.frame_indices
 
 
+def test_a_clip_alone_in_its_batch_is_tried_once(tmp_path, videos, monkeypatch):
+    """A batch of one DALI clip failed alone already: no second DALI run."""
+    calls = _nvdec_fails(monkeypatch)
+    loader = ClipLoader([videos["h264"], videos["hevc"]], ClipSpec(4, size=(16, 16)), batch_size=1,
+                        backend="auto", shuffle=False)
+    loader.dali_device = "gpu"
+    batches = list(loader)
+    assert calls == [[videos["h264"]], [videos["hevc"]]]
+    assert [i.backend for b in batches for i in b.infos] == ["pyav", "pyav"] and loader.num_bad == 0
+
+
 def _probe(codec, width, height, colorspace=2):
     return VideoProbe("x", (0,), (0,), 1, 1.0, height, width, codec, colorspace=colorspace, size_varies=False)
 

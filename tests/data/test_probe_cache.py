@@ -179,3 +179,17 @@ def test_a_window_of_a_long_video_reads_few_timestamps():
             want = (0 if a is None else bisect.bisect_left(ts, a - 1e-9),
                     len(ts) if b is None else bisect.bisect_left(ts, b - 1e-9))
             assert vp.window(a, b) == want
+
+
+def test_forget_probes_forgets_every_fact_of_a_file(videos):
+    """A benchmark's "first read" pays for the orientation and the frame-size
+    check too (DALI's plan reads both), not only the demux."""
+    from vpengine.data import dali_backend, stream_facts
+
+    facts = (stream_facts._orientation, stream_facts._size_varies)
+    probe = pyav_backend.probe(videos["vp9"])
+    probe.orientation
+    dali_backend.file_reasons(probe, "cpu")
+    assert all(f.cache_info().currsize > 0 for f in facts)
+    pyav_backend.forget_probes()
+    assert all(f.cache_info().currsize == 0 for f in facts)

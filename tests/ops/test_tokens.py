@@ -167,6 +167,16 @@ def test_gather_backward_under_capture_matches_ref(dtype, monkeypatch):
         assert_exact(x.grad, ref.token_gather_backward_ref(grad, keep, 6), f"captured gather backward {keep.tolist()}")
 
 
+def test_gather_backward_under_capture_refuses_deterministic_mode(monkeypatch):
+    from vpengine.ops import _token_backward
+
+    monkeypatch.setattr(_token_backward, "capturing", lambda device: True)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    x = torch.randn(2, 6, 3).requires_grad_()
+    with pytest.raises(RuntimeError, match="use_deterministic_algorithms"):
+        token_gather(x, torch.tensor([[1, 4], [0, 2]])).sum().backward()
+
+
 def _bad_cases(N=8):
     ok_keep = torch.tensor([[0, 3, 5], [1, 2, 7]])
     ok_perm = torch.stack([torch.arange(N), torch.arange(N).flip(0)])

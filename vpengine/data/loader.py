@@ -228,15 +228,18 @@ class ClipLoader:
                                               orientations=[p.probe.orientation for p in plans], **kw)
             for k, i in enumerate(todo):
                 items[i] = (*items[i][:3], clips[k], "dali-" + dev)
-        except (dali_backend.DaliBatchFailed, BadVideoError):
+        except (dali_backend.DaliBatchFailed, BadVideoError) as err:
+            if len(todo) == 1 and isinstance(err, BadVideoError):  # DALI already tried it alone
+                items[todo[0]] = self._pyav_fallback(items[todo[0]], err)
+                return items
             for i in todo:  # find the culprit: one clip at a time
                 p = items[i][1]
                 try:
                     clip = dali_backend.decode_batch([p.probe.path], [p.indices], [p.probe.codec],
                                                      orientations=[p.probe.orientation], **kw)[0]
                     items[i] = (*items[i][:3], clip, "dali-" + dev)
-                except BadVideoError as err:
-                    items[i] = self._pyav_fallback(items[i], err)
+                except BadVideoError as alone:
+                    items[i] = self._pyav_fallback(items[i], alone)
         return items
 
     def _pyav_fallback(self, item, dali_err: BadVideoError):

@@ -188,8 +188,12 @@ def probe(path: str) -> VideoProbe:
 
 
 def forget_probes() -> None:
-    """Drop every remembered probe (benchmarks time a first read with it)."""
+    """Drop every remembered probe and fact of a file (its orientation, the
+    frame-size check, the decoder's start and output order): benchmarks time
+    a file's first read with it."""
     _probes.clear()
+    for fact in (_orientation, _output_reorders, _size_varies, decoder_start, output_count):
+        fact.cache_clear()
 
 
 def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:

@@ -34,6 +34,12 @@ def _captured_gather_bwd(grad: torch.Tensor, keep_idx: torch.Tensor, num_tokens:
     invalidates the capture (it touches the legacy stream: H100, torch 2.11).
     Atomic fp32 adds: exact for distinct indices; repeated ones sum in no
     fixed order."""
+    if torch.are_deterministic_algorithms_enabled():
+        # scatter_add_ then runs index_put_(accumulate=True) too
+        raise RuntimeError(
+            "token_gather's backward cannot be captured into a CUDA graph with "
+            "torch.use_deterministic_algorithms(True): its deterministic sum invalidates the capture; "
+            "capture without deterministic algorithms, or run this backward outside the graph")
     B, K, D = grad.shape
     acc = grad.new_zeros((B, num_tokens, D), dtype=ref.acc_dtype(grad.dtype))
     acc.scatter_add_(1, keep_idx[:, :, None].expand(B, K, D), grad.to(acc.dtype))
