@@ -26,8 +26,8 @@ else
   venv_tmp=$(mktemp -d)
   venv=$venv_tmp/venv-cuda
 fi
-work=
-cleanup() { rm -rf ${work:+"$work"} ${venv_tmp:+"$venv_tmp"}; }
+work= archive_only=
+cleanup() { rm -rf ${work:+"$work"} ${archive_only:+"$archive_only"} ${venv_tmp:+"$venv_tmp"}; }
 trap cleanup EXIT
 CUDA_TORCH=${CUDA_TORCH:-torch==2.14.1}
 export MAX_JOBS=${MAX_JOBS:-2} PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -64,11 +64,16 @@ work=$(mktemp -d)
 tar -C "$repo" -cf - --exclude=.git --exclude='.venv*' --exclude=build --exclude=_cmake_build \
   --exclude='*.so' --exclude='*.o' --exclude=__pycache__ --exclude='*.egg-info' --exclude=benchmarks/results . |
   tar -C "$work" -xf -
-# LDFLAGS=-static-libstdc++ plays the compiler of an H100 image that linked the
-# C++ runtime statically (every C++ error then crashed the process): setup.py
-# must still link libstdc++.so.6, or vpengine._ext refuses to load the library
-# and the checks below fail.
-(cd "$work" && LDFLAGS="${LDFLAGS:+$LDFLAGS }-static-libstdc++" VPENGINE_BUILD_EXT=1 VPENGINE_BUILD_CUDA=1 \
+# Play the compiler of an H100 image that linked the C++ runtime statically
+# (every C++ error then crashed the process): -static-libstdc++, and a library
+# folder searched first that holds only libstdc++.a, as that toolchain's did
+# (so even an explicit -lstdc++ found the archive, run 4). setup.py must still
+# link libstdc++.so.6, or vpengine._ext refuses to load the library and the
+# checks below fail.
+archive_only=$(mktemp -d)
+archive=$(c++ -print-file-name=libstdc++.a)
+case "$archive" in /*) ln -s "$archive" "$archive_only/libstdc++.a" ;; esac
+(cd "$work" && LDFLAGS="${LDFLAGS:+$LDFLAGS }-static-libstdc++ -L$archive_only" VPENGINE_BUILD_EXT=1 VPENGINE_BUILD_CUDA=1 \
   "$venv/bin/python" setup.py -q build_ext --inplace)
 t2=$(date +%s)
 
