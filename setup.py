@@ -94,7 +94,7 @@ def _cxx_runtime_link_args() -> list[str]:
     """Link the shared C++ runtime, the very file torch loaded.
 
     A toolchain whose own library folder holds only libstdc++.a (one H100
-    image's /opt/gcc, measured in two runs) resolves ``-lstdc++`` to that
+    image's first g++ on PATH, two runs) resolves ``-lstdc++`` to that
     archive: the extensions got their own copy of the runtime, and every C++
     error they raised crashed the process (SIGSEGV) instead of reaching
     Python. A file path is not searched for, so no toolchain can swap it;

@@ -113,7 +113,7 @@ cpp_throw_check() {
   # Every C++ compiler on PATH (the build takes the first c++ unless CXX says otherwise).
   for c in ${CXX:-} $(type -ap c++ g++ | sort -u); do
     # where each one finds libstdc++ when asked for -lstdc++ (2026-11-28: the
-    # /opt/gcc toolchain linked a static copy; setup.py now names the file)
+    # first g++ on PATH linked a static copy; setup.py now names the file)
     echo "$c: $("$c" --version | head -1); libstdc++.so: $("$c" -print-file-name=libstdc++.so)"
   done
   for so in vpengine/_C*.so; do echo "$so:"; ldd "$so" | grep -E "stdc\+\+|gcc_s" || true; done
