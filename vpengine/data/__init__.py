@@ -34,16 +34,16 @@ frames; its GPU decoder is not trusted to do better): ``auto`` reads it with
 PyAV and a forced DALI backend refuses it, as it refuses a VP8/VP9/MJPEG
 file whose frame headers, or an H.264/HEVC file whose parameter sets, cannot
 be read to tell (frame_sizes.py, h26x.py); nor are streams of more than 8 bits
-per sample, unverified through DALI. AV1 goes to NVDEC only
-on GPUs that have its decoder (compute capability 8.6, 8.7, 8.9, 10.0 on;
-not the A100 or H100); MPEG-4 Part 2 goes unchecked. Both DALI decoders apply the BT.601 matrix
-whatever the stream's tag (BT.709 flat red: 0 green levels where the tag asks
-for 23, on the CPU decoder and through NVDEC on an H100), so files tagged
-otherwise are not DALI's to decode: ``auto`` reads them with PyAV and a forced
-DALI backend refuses them. Nor are HEVC frames under 144x144 or VP9 under
-128x128 (NVDEC's floor, as DALI reported it on the H100). Under ``auto``
-whatever DALI still fails on is decoded with PyAV, and a file is bad only if
-PyAV fails too. The torch ``bicubic`` filter is a faster,
+per sample, unverified through DALI. AV1 goes to NVDEC only on GPUs that
+have its decoder (compute capability 8.6, 8.7, 8.9, 10.0 on; not the A100 or
+H100); MPEG-4 Part 2 goes unchecked. Both DALI decoders apply the BT.601
+matrix whatever the stream's tag (BT.709 flat red: 0 green levels where the
+tag asks for 23, on the CPU decoder and through NVDEC on an H100), so files
+tagged otherwise are not DALI's to decode: ``auto`` reads them with PyAV and
+a forced DALI backend refuses them. Nor are HEVC frames under 144x144 or VP9
+under 128x128 (NVDEC's floor, as DALI reported it on the H100). Under
+``auto`` whatever DALI still fails on is decoded with PyAV, and a file is bad
+only if PyAV fails too. The torch ``bicubic`` filter is a faster,
 documented approximation of ``lanczos``: mean 0.1-0.5 levels apart, up to 12
 at sharp edges.
 

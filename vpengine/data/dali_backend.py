@@ -41,10 +41,11 @@ CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 GPU_CODECS = CPU_CODECS | {"h264", "hevc", "av1", "mpeg4"}
 # FFmpeg AVColorSpace values: unspecified, BT.470BG and SMPTE 170M (both BT.601).
 BT601_OR_UNTAGGED = frozenset({2, 5, 6})
-# NVDEC's smallest coded frame where it is above what the fixtures use, as
-# DALI reported it on the H100 ("Video is too small ... supported:144x144").
-# H.264 at 64x48 decoded there; other refusals fall back to PyAV at decode
-# time (vpengine.data.clip, the loader).
+_COLORSPACES = {0: "RGB", 1: "BT.709", 4: "FCC", 7: "SMPTE 240M", 8: "YCgCo", 9: "BT.2020", 10: "BT.2020 (CL)"}
+# NVDEC's smallest frame per codec, as DALI reported it on the H100 ("Video
+# is too small ... supported:144x144"); H.264 at 64x48 decoded there. Any
+# other refusal falls back to PyAV at decode time (vpengine.data.clip, the
+# loader).
 NVDEC_MIN_SIZE = {"hevc": (144, 144), "vp9": (128, 128)}
 
 
@@ -59,7 +60,8 @@ def nvdec_av1_reason() -> str | None:
     if cap >= (10, 0) or cap in ((8, 6), (8, 7), (8, 9)):
         return None
     return f"this GPU's NVDEC (compute capability {cap[0]}.{cap[1]}) has no AV1 decoder"
-_COLORSPACES = {0: "RGB", 1: "BT.709", 4: "FCC", 7: "SMPTE 240M", 8: "YCgCo", 9: "BT.2020", 10: "BT.2020 (CL)"}
+
+
 _PIPES: dict[tuple, "_Pipe"] = {}
 _PIPES_LOCK = threading.Lock()
 

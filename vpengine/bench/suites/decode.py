@@ -98,10 +98,10 @@ def copies(name: str, num_frames: int | None, count: int) -> list[str]:
     src = fixture(name, num_frames)
     folder = src.parent / f"{src.stem}_copies"
     folder.mkdir(exist_ok=True)
+    want = src.stat()
     out = []
     for i in range(count):
         dst = folder / f"{i:03d}{src.suffix}"
-        want = src.stat()
         have = dst.stat() if dst.exists() else None
         # a fixture replaced since (VPENGINE_BENCH_VIDEO_DIR) is copied again
         if have is None or (have.st_size, have.st_mtime_ns) != (want.st_size, want.st_mtime_ns):
