@@ -28,7 +28,8 @@ from .model.video_text import VideoTextModel
 @torch.inference_mode()
 def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int = 8, device="cpu",
                    dtype: torch.dtype = torch.float32, pool: str = "mean", backend: str = "auto",
-                   strict: bool = False, num_workers: int = 2, compile: bool = False, overwrite: bool = True,
+                   strict: bool = False, num_workers: int | None = None, compile: bool = False,
+                   overwrite: bool = True,
                    log=print) -> dict:
     """Embed every clip of ``manifest`` and write ``out`` (.npz); returns a summary.
 

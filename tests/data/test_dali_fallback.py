@@ -26,7 +26,7 @@ def _nvdec_fails(monkeypatch):
             raise dali_backend.DaliBatchFailed("a clip of the batch failed")
         raise BadVideoError(paths[0], "DALI gpu decode failed: Video is too small in at least one dimension")
 
-    monkeypatch.setattr(dali_backend, "file_reasons", lambda probe, device: [])
+    monkeypatch.setattr(dali_backend, "file_reasons", lambda probe, device, device_id=None: [])
     monkeypatch.setattr(dali_backend, "decode_batch", decode_batch)
     monkeypatch.setattr(dali_backend, "dali_reasons", lambda device: [])  # DALI "installed"
     return calls
@@ -103,3 +103,19 @@ def test_av1_only_where_nvdec_has_it(monkeypatch, cap, refused):
     why = dali_backend.file_reasons(_probe("av1", 640, 360), "gpu")
     assert any("no AV1 decoder" in r for r in why) == refused, why
     assert dali_backend.file_reasons(_probe("av1", 640, 360), "cpu") != []  # not a CPU codec at all
+
+
+def test_av1_is_judged_on_the_loaders_gpu_not_the_current_one(monkeypatch):
+    """A machine with an H100 (no AV1 decoder) as device 0 and an L40S (8.9) as device 1."""
+    caps = {0: (9, 0), 1: (8, 9)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: caps[torch.cuda.current_device() if device is None else device])
+    av1 = _probe("av1", 640, 360)
+    assert dali_backend.file_reasons(av1, "gpu", 1) == []
+    assert any("no AV1 decoder" in r for r in dali_backend.file_reasons(av1, "gpu", 0))
+    assert any("no AV1 decoder" in r for r in dali_backend.file_reasons(av1, "gpu"))  # the current device
+    monkeypatch.setattr(dali_backend, "dali_reasons", lambda device: [])
+    assert clip.auto_backend(av1, torch.device("cuda", 1)) == "dali-gpu"
+    assert clip.auto_backend(av1, torch.device("cuda", 0)) == "pyav"

@@ -244,6 +244,14 @@ def test_rank_and_arguments_validated(manifest):
             ClipLoader(manifest, SPEC, batch_size=2).set_epoch(bad)
 
 
+def test_default_workers_are_the_cpus_this_process_may_use(manifest, monkeypatch):
+    """Not the machine's count: a torchrun rank pinned to 3 of a node's cores gets 3 threads.
+    With DALI on the GPU these are DALI's threads, one clip's NVDEC decoder each."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6}, raising=False)
+    assert ClipLoader(manifest, SPEC, batch_size=2).num_workers == 3
+    assert ClipLoader(manifest, SPEC, batch_size=2, num_workers=1).num_workers == 1
+
+
 def test_row_seeds_do_not_collide_across_epochs(manifest):
     """Row r + P of one epoch must not replay row r of the next (P = any
     multiplier a linear formula would use; manifests reach 10^7+ rows)."""

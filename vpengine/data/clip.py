@@ -124,7 +124,7 @@ def decode_plan(plan: ClipPlan, spec: ClipSpec, backend: str, threads: int = 0,
     if backend in ("dali-cpu", "dali-gpu"):
         from . import dali_backend
 
-        why = dali_backend.file_reasons(plan.probe, backend[5:])
+        why = dali_backend.file_reasons(plan.probe, backend[5:], device_id)
         if why:
             raise BackendUnsupported(f"{plan.probe.path}: " + "; ".join(why))
         clips = dali_backend.decode_batch(
@@ -140,7 +140,7 @@ def auto_backend(probe, device: torch.device | None) -> str:
     """The backend ``"auto"`` tries first for a probed file and a target device."""
     from . import dali_backend
 
-    if (device is not None and device.type == "cuda" and not dali_backend.file_reasons(probe, "gpu")
+    if (device is not None and device.type == "cuda" and not dali_backend.file_reasons(probe, "gpu", device.index)
             and not dali_backend.dali_reasons("gpu")):
         return "dali-gpu"
     return "pyav"

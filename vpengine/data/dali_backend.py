@@ -49,14 +49,15 @@ _COLORSPACES = {0: "RGB", 1: "BT.709", 4: "FCC", 7: "SMPTE 240M", 8: "YCgCo", 9:
 NVDEC_MIN_SIZE = {"hevc": (144, 144), "vp9": (128, 128)}
 
 
-def nvdec_av1_reason() -> str | None:
-    """Why this GPU's NVDEC cannot decode AV1, or None. AV1 decoding came with
+def nvdec_av1_reason(device_id: int | None = None) -> str | None:
+    """Why the NVDEC of CUDA device ``device_id`` (default: the current one)
+    cannot decode AV1, or None. AV1 decoding came with
     Ampere's GA10x chips: compute capability 8.6, 8.7 and 8.9, and 10.0 on;
     not the A100 (8.0), Hopper (9.0) or older (NVDEC application note, Video
     Codec SDK 13.0, "NVDEC Hardware Capabilities")."""
     if not torch.cuda.is_available():
         return None  # dali_reasons says so
-    cap = tuple(torch.cuda.get_device_capability())
+    cap = tuple(torch.cuda.get_device_capability(device_id))
     if cap >= (10, 0) or cap in ((8, 6), (8, 7), (8, 9)):
         return None
     return f"this GPU's NVDEC (compute capability {cap[0]}.{cap[1]}) has no AV1 decoder"
@@ -79,9 +80,10 @@ def _dali():
     return fn, pipeline_def, types
 
 
-def file_reasons(probe, device: str) -> list[str]:
-    """Why DALI on ``device`` would not give the frames of ``probe``'s stream
-    (a ``VideoProbe``): a codec it lacks, a stream other than the file's
+def file_reasons(probe, device: str, device_id: int | None = None) -> list[str]:
+    """Why DALI on ``device`` (on the GPU: CUDA device ``device_id``, default
+    the current one) would not give the frames of ``probe``'s stream (a
+    ``VideoProbe``): a codec it lacks, a stream other than the file's
     first video stream (DALI's decoder has no stream choice and takes the
     first), or frame sizes that change midway (read from the packets, last)."""
     allowed = GPU_CODECS if device == "gpu" else CPU_CODECS
@@ -94,7 +96,7 @@ def file_reasons(probe, device: str) -> list[str]:
         # (255, 0, 0) through NVDEC (H100), against PyAV's (255, 23, 0).
         why.append(f"DALI's decoders convert colour with the BT.601 matrix and this stream is tagged "
                    f"{_COLORSPACES.get(probe.colorspace, f'colorspace {probe.colorspace}')}")
-    if device == "gpu" and probe.codec == "av1" and (no_av1 := nvdec_av1_reason()):
+    if device == "gpu" and probe.codec == "av1" and (no_av1 := nvdec_av1_reason(device_id)):
         why.append(no_av1)
     if device == "gpu" and probe.codec in NVDEC_MIN_SIZE:
         min_w, min_h = NVDEC_MIN_SIZE[probe.codec]

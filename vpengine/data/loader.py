@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import operator
+import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,16 @@ def _dist_rank_world(rank, world_size) -> tuple[int, int]:
     return rank, world_size
 
 
+def default_workers() -> int:
+    """One decode thread per CPU this process may run on: the affinity mask,
+    not the machine's count, so ranks pinned to their share of a node's cores
+    under torchrun do not oversubscribe them."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _integer(name: str, value) -> int:
     if not isinstance(value, bool):
         try:
@@ -105,13 +116,15 @@ class ClipLoader:
     backend: ``"auto"`` (DALI on the GPU when ``device`` is CUDA and DALI is
         present, else PyAV), ``"pyav"``, ``"dali-cpu"`` or ``"dali-gpu"``.
     rank, world_size: shard explicitly; default from torch.distributed.
-    num_workers: decode threads; prefetch: batches prepared ahead;
+    num_workers: decode threads, by default one per CPU this process may run
+        on (with DALI on the GPU they are DALI's threads, each driving one
+        clip's NVDEC decoder); prefetch: batches prepared ahead;
     decode_threads: FFmpeg threads per PyAV decode (0: FFmpeg's choice).
     """
 
     def __init__(self, manifest, spec: ClipSpec, batch_size: int, *, device="cpu", backend: str = "auto",
                  seed: int = 0, shuffle: bool = True, drop_last: bool = False, rank: int | None = None,
-                 world_size: int | None = None, num_workers: int = 2, prefetch: int = 2, strict: bool = False,
+                 world_size: int | None = None, num_workers: int | None = None, prefetch: int = 2, strict: bool = False,
                  root: str | None = None, decode_threads: int = 1):
         if not isinstance(spec, ClipSpec):
             raise ValueError(f"spec must be a ClipSpec; got {type(spec).__name__}")
@@ -120,6 +133,8 @@ class ClipLoader:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
         seed = _integer("seed", seed)
+        if num_workers is None:
+            num_workers = default_workers()
         batch_size, num_workers, prefetch, decode_threads = (  # True is not a batch size, 1.5 no thread count
             _integer(n, v) for n, v in (("batch_size", batch_size), ("num_workers", num_workers),
                                         ("prefetch", prefetch), ("decode_threads", decode_threads)))
@@ -202,7 +217,8 @@ class ClipLoader:
                 except ValueError as err:  # the row's end before the spec's start, or the reverse
                     raise BadVideoError(e.path, f"the row's time window and the spec's leave no frames: {err}") from None
             plan = plan_clip(e.path, spec, self._row_seed(row))
-            why = dali_backend.file_reasons(plan.probe, self.dali_device) if self.dali_device else None
+            why = (dali_backend.file_reasons(plan.probe, self.dali_device, self.device.index)
+                   if self.dali_device else None)
             if self.dali_device is not None and not why:
                 plan.probe.orientation  # DALI ignores the display matrix; read it here, in the pool
                 return row, plan, spec, None, None
