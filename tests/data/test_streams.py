@@ -3,7 +3,8 @@
 - cover images (``attached_pic`` streams): never the video;
 - two video streams: the one the ffmpeg command line maps (mediapy's);
 - H.264 with B-frames in AVI, whose timestamps count packets in decode order
-  (B-frames from the start, or only after a long intro without them);
+  (B-frames from the start, or only after a long intro without them), and
+  in ASF and MXF, whose FFmpeg muxers write decode times;
 - x264 intra refresh, whose keyframe flags are not seek points.
 """
 from __future__ import annotations
@@ -152,6 +153,19 @@ def test_avi_timestamps_in_decode_order(tmp_path, codec):
         assert gray_index(frames) == info.frame_indices, T
     if codec == "libx264":
         assert any("output order" in w for w in dali_backend.file_reasons(vp, "gpu"))
+
+
+@pytest.mark.parametrize("ext", ["asf", "mxf"])
+def test_other_containers_with_timestamps_in_decode_order(tmp_path, ext):
+    """FFmpeg's ASF muxer writes each packet's decode time as its time, and
+    its MXF muxer gives H.264 no reorder offsets: as in AVI, the timestamps
+    of B-frame streams follow decode order. Frames must be the decoder's
+    output, in its order (what ffmpeg shows), not frames picked by those times."""
+    path = encode_video(tmp_path / f"b.{ext}", index_frames(20), "libx264", fps=25)
+    for T in (3, 4, 7, 20):
+        frames, info = read_clip(path, ClipSpec(T, size=None), backend="pyav")
+        assert info.num_source_frames == 20
+        assert gray_index(frames) == info.frame_indices, T
 
 
 def test_avi_b_frames_that_start_late(tmp_path):

@@ -60,7 +60,7 @@ class VideoProbe:
     codec: str  # FFmpeg's codec name ("h264", "av1"), not its decoder's ("libdav1d")
     stream: int = 0  # index among the file's video streams (not 0 after a leading cover image)
     # The timestamps follow decode order, not display order (H.264 with
-    # B-frames in AVI), or some or all frames have none (an MPEG-TS PES
+    # B-frames in AVI, ASF or MXF), or some or all frames have none (an MPEG-TS PES
     # without one, a raw elementary stream; numbered here): display index k
     # is then the decoder's k-th output.
     display_by_output_order: bool = False
@@ -160,6 +160,8 @@ def _clock_start(container) -> Fraction:
 
 # Containers a recording may start anywhere in: their first frames are checked by decoding.
 _CAPTURES = frozenset({"mpegts", "mpeg"})
+# Containers whose packet times may be decode times (see _demux).
+_DECODE_ORDER_TIMES = frozenset({"avi", "asf", "mxf"})
 
 # Probes of unchanged files are remembered (file_cache.py): a demux reads the
 # whole file (measured here: 9 us a packet in MP4, 29 in MPEG-TS, so 0.3-1 s
@@ -227,9 +229,11 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                                               "end of the file")
                 if short == 0:  # complete: a last frame held past the others' pace is not a cut
                     declared = (declared[0], declared[1], None)
-            # AVI has no presentation times (FFmpeg numbers its packets): with a
-            # reordering codec the numbers may follow decode order.
-            suspect = fmt == "avi" and bool(ctx.has_b_frames)
+            # AVI has no presentation times (FFmpeg numbers its packets); FFmpeg's
+            # ASF muxer stores decode times and its MXF muxer gives H.264 no
+            # reorder offsets: with a reordering codec their times may follow
+            # decode order.
+            suspect = fmt in _DECODE_ORDER_TIMES and bool(ctx.has_b_frames)
             pts, key, demuxed, end, cut = [], [], 0, None, False
             lead = 0  # frames demuxed before the first keyframe
             untimed, tick = 0, None  # packets without timestamps; their duration
