@@ -76,3 +76,13 @@ def test_spec_errors(kwargs, match):
 def test_no_frames_is_an_error():
     with pytest.raises(ValueError, match="no frames"):
         sample_indices(ClipSpec(4), 0, seed=random.randrange(10))
+
+
+def test_numpy_integer_seeds_are_seeds():
+    """A seed drawn with NumPy (np.int64) is an integer: the same draw as the
+    Python int, not random.Random's TypeError; a non-integer seed is named."""
+    for spec in (ClipSpec(4, sampling="random"), ClipSpec(2, sampling="stride", stride=3, random_start=True)):
+        for seed in (np.int64(7), np.uint32(7), np.int8(7)):
+            assert sample_indices(spec, 100, seed) == sample_indices(spec, 100, 7)
+    with pytest.raises(ValueError, match="seed must be an integer or None"):
+        sample_indices(ClipSpec(4, sampling="random"), 100, 1.5)

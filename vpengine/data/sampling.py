@@ -20,6 +20,7 @@ Three rules pick T frame indices out of n:
 from __future__ import annotations
 
 import math
+import operator
 import random
 from dataclasses import dataclass
 
@@ -128,10 +129,16 @@ def sample_indices(spec: ClipSpec, n: int, seed: int | None = None) -> tuple[lis
     """T indices into a source of n frames, and the per-frame padding flags.
 
     ``seed`` drives ``random`` sampling and ``stride`` with ``random_start``
-    (None: fresh entropy). Raises ValueError when n < 1.
+    (None: fresh entropy; NumPy integers count as integers). Raises ValueError
+    when n < 1 or ``seed`` is not an integer.
     """
     if n < 1:
         raise ValueError(f"the source has no frames to sample (n={n})")
+    if seed is not None and not isinstance(seed, int):
+        try:  # a NumPy integer (a seed drawn with np.random): random.Random refuses it with a TypeError
+            seed = operator.index(seed)
+        except TypeError:
+            raise ValueError(f"seed must be an integer or None; got {seed!r}") from None
     rng = random.Random(seed)
     T = spec.num_frames
     if spec.sampling == "uniform":
