@@ -53,7 +53,8 @@ backend; see orientation.py), the lead-in frames of an MP4 edit list are not
 frames, and a stream that changes resolution midway is resized frame by
 frame. A file cut short raises BadVideoError even where its container still
 demuxes (Matroska, WebM; an AVI whose RIFF chunks run past its end, while
-one whose header counts the empty chunks of held frames reads; a last packet
+one whose header counts the empty chunks of held frames reads; an ASF (WMV)
+whose objects run past its end; a last packet
 the demuxer flags as cut short in IVF, FLV, AVI), as do repeated timestamps and wanted frames the decoder
 flags as concealed (a last frame cut short in MPEG-TS or NUT, which declare
 no end; a clip without that frame still reads). A recording that starts

@@ -15,6 +15,10 @@
   duration cannot tell: WebM stores no frame durations, so a last frame held
   on screen (a slideshow, a recording that ends on a still) leaves the
   stream's end short of the declared duration in a complete file.
+- ``asf_shortfall``: ASF (WMV). FFmpeg's demuxer drops the declared duration
+  of a file cut short, so nothing else tells; its top-level objects (Header,
+  Data, the indexes) follow one another to the end of the file, each with
+  its size, and a file cut short ends inside one of them.
 """
 from __future__ import annotations
 
@@ -44,6 +48,38 @@ def riff_shortfall(path: str) -> int | None:
             if end > size:
                 return end - size
             pos = end + (n & 1)  # chunks are padded to an even size
+    return None if pos == 0 else 0
+
+
+_ASF_DATA = bytes.fromhex("3626b2758e66cf11a6d900aa0062ce6c")
+# GUIDs of the top-level ASF objects: Header, Data, Simple Index, Index,
+# Media Object Index, Timecode Index (as stored: little-endian fields).
+_ASF_TOP = frozenset(bytes.fromhex(g) for g in (
+    "3026b2758e66cf11a6d900aa0062ce6c", "3626b2758e66cf11a6d900aa0062ce6c", "90080033b1e5cf1189f400a0c90349cb",
+    "d329e2d6da35d111903400a0c90349be", "f803b1fead12644c840f2a1d2f7ad48c", "d03fb73c4a0c0348953dedf7b6228f0c"))
+_ASF_DATA_HEADER = 50  # the Data Object's own fields, before its packets
+
+
+def asf_shortfall(path: str) -> int | None:
+    """Bytes the top-level ASF objects declare past the end of the file: 0 for
+    a complete file, or one whose Data Object size was never filled in (a
+    writer that could not seek back, as FFmpeg writing to a pipe, leaves its
+    header's size); None for a file that does not start with an ASF Header.
+    Bytes after the last object that start none are not judged."""
+    size = os.path.getsize(path)
+    pos = 0
+    with open(path, "rb") as f:
+        while pos + 24 <= size:
+            f.seek(pos)
+            head = f.read(24)
+            guid, n = head[:16], int.from_bytes(head[16:24], "little")
+            if guid not in _ASF_TOP:
+                return None if pos == 0 else 0
+            if n < 24 or (guid == _ASF_DATA and n <= _ASF_DATA_HEADER):  # never filled in
+                return 0
+            if pos + n > size:
+                return pos + n - size
+            pos += n
     return None if pos == 0 else 0
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
 
-from .completeness import check_complete, declared_extent, ebml_shortfall, riff_shortfall
+from .completeness import asf_shortfall, check_complete, declared_extent, ebml_shortfall, riff_shortfall
 from .errors import BadVideoError, check_file
 from .file_cache import FileCache
 from .frame_sizes import TRACKED
@@ -229,6 +229,10 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                                               "end of the file")
                 if short == 0:  # complete: a last frame held past the others' pace is not a cut
                     declared = (declared[0], declared[1], None)
+            elif fmt == "asf":
+                short = asf_shortfall(path)
+                if short:  # FFmpeg's demuxer drops a cut file's declared duration: only its objects tell
+                    raise BadVideoError(path, f"truncated: its ASF objects declare {short} bytes past the end of the file")
             # AVI has no presentation times (FFmpeg numbers its packets); FFmpeg's
             # ASF muxer stores decode times and its MXF muxer gives H.264 no
             # reorder offsets: with a reordering codec their times may follow
