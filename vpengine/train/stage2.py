@@ -89,10 +89,12 @@ class MaskedDistillation(nn.Module):
             if not (isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < math.inf):
                 raise ValueError(f"{name} must be a finite number >= 0; got {w!r}")
         c = teacher.config.encoder
-        grid_S = c.pos_emb_shape[1] * c.pos_emb_shape[2]
-        if num_kept(grid_S, mask_ratio) < 1:  # also validates the ratio
-            raise ValueError(f"mask_ratio {mask_ratio!r} keeps no patch of the model's {grid_S} per frame: "
-                             "the student would see nothing")
+        # Only a ratio of 1 keeps nothing of every frame. The position tables'
+        # grid is no bound: frames of any size are trained (tables resized), so
+        # what a ratio keeps is checked against each video in forward().
+        num_kept(1, mask_ratio)  # validates the ratio
+        if float(mask_ratio) == 1.0:
+            raise ValueError(f"mask_ratio {mask_ratio!r} keeps no patch of any frame: the student would see nothing")
         D = c.width
         self.mask_ratio, self.token_loss_on = float(mask_ratio), token_loss_on
         self.token_weight, self.global_weight = float(token_weight), float(global_weight)
