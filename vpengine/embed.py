@@ -70,8 +70,13 @@ def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int
         log(f"embedded {len(rows)} clips ({len(rows) / (time.perf_counter() - t0):.2f} clips/s), "
             f"{loader.num_bad} skipped")
     D = model.config.encoder.width if isinstance(model, VideoTextModel) else model.config.width
+    empty = (0, D)
+    if pool == "tokens" and not isinstance(model, VideoTextModel):  # [0, T*S, D]: the layout of every clip
+        P = model.config.patch_size
+        S = (spec.size[0] // P) * (spec.size[1] // P) if spec.size is not None else 0  # source size: unknown
+        empty = (0, spec.num_frames * S, D)
     arrays = {
-        "embeddings": np.concatenate(embs) if embs else np.zeros((0, D), np.float32),
+        "embeddings": np.concatenate(embs) if embs else np.zeros(empty, np.float32),
         "rows": np.asarray(rows, dtype=np.int64),
         "paths": np.asarray(paths, dtype=str),
         "bad_paths": np.asarray([b.path for b in loader.bad_files], dtype=str),

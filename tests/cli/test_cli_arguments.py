@@ -117,3 +117,14 @@ def test_demo_times_bf16_only_where_the_device_is_fast_at_it(monkeypatch, capsys
     assert main(["demo", "--preset", "videoprism_public_v1_base", "--frames", "1", "--size", "18", "--runs", "1"]) == 0
     out = capsys.readouterr().out
     assert "bfloat16 left out" in out and "float32" in out and "bfloat16  " not in out
+
+
+def test_embed_of_tokens_that_embeds_nothing_keeps_the_tokens_layout(tmp_path):
+    """--pool tokens writes [N, T*S, D]; with no clip read, N is 0, not the 2-D [0, D] of --pool mean."""
+    (tmp_path / "bad.mp4").write_text("not a video")
+    model, manifest = _model_and_manifest(tmp_path, [{"path": str(tmp_path / "bad.mp4")}])
+    out = tmp_path / "e.npz"
+    rc = main(["embed", str(manifest), "--model", str(model), "--out", str(out), "--frames", "3", "--size", "16",
+               "--pool", "tokens", "--decoder", "pyav"])
+    assert rc == 1
+    assert np.load(out)["embeddings"].shape == (0, 3 * 4, 32)  # 16x16 frames, patch 8: 4 tokens a frame
