@@ -167,3 +167,15 @@ def test_stage2_mask_ratio_is_bounded_by_the_video_not_the_position_grid():
     assert torch.isfinite(out["loss"])
     with pytest.raises(ValueError, match="keeps no patch of this video's 4 per frame"):
         task(_video(2, 2, 16, 16))
+
+
+def test_stage2_masked_token_loss_refuses_a_mask_that_masks_nothing(lvt_config):
+    """token_loss_on='masked' with nothing masked weighs every token 0: the
+    token loss would be 0 and training would go on without it, unsaid."""
+    with pytest.raises(ValueError, match="mask_ratio 0 leaves no token to predict"):
+        MaskedDistillation(build(lvt_config), decoder_layers=1, mask_ratio=0.0, token_loss_on="masked")
+    task = MaskedDistillation(build(lvt_config), decoder_layers=1, mask_ratio=0.03, token_loss_on="masked")
+    with pytest.raises(ValueError, match="masks no patch of this video's 16 per frame"):
+        task(_video(2, 2, 32, 32), generator=torch.Generator().manual_seed(0))  # keeps round(15.52) = 16
+    out = task(_video(2, 2, 48, 48), generator=torch.Generator().manual_seed(0))  # 36 patches: 1 masked
+    assert out["token_loss"] > 0

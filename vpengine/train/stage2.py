@@ -95,6 +95,8 @@ class MaskedDistillation(nn.Module):
         num_kept(1, mask_ratio)  # validates the ratio
         if float(mask_ratio) == 1.0:
             raise ValueError(f"mask_ratio {mask_ratio!r} keeps no patch of any frame: the student would see nothing")
+        if token_loss_on == "masked" and float(mask_ratio) == 0.0:  # as TrainConfig refuses it
+            raise ValueError("token_loss_on='masked' with mask_ratio 0 leaves no token to predict")
         D = c.width
         self.mask_ratio, self.token_loss_on = float(mask_ratio), token_loss_on
         self.token_weight, self.global_weight = float(token_weight), float(global_weight)
@@ -141,6 +143,11 @@ class MaskedDistillation(nn.Module):
         if num_kept(S, self.mask_ratio) < 1:
             raise ValueError(f"mask_ratio {self.mask_ratio} keeps no patch of this video's {S} per frame "
                              f"({video.shape[2]}x{video.shape[3]} frames, patch {P}): the student would see nothing")
+        if self.token_loss_on == "masked" and num_kept(S, self.mask_ratio) == S:
+            # Every token weight would be 0: a token loss of 0, the run silently trained on the global term alone.
+            raise ValueError(f"mask_ratio {self.mask_ratio} masks no patch of this video's {S} per frame "
+                             f"({video.shape[2]}x{video.shape[3]} frames, patch {P}): token_loss_on='masked' "
+                             "would have no token to predict")
         mask = tube_mask(B, T, S, self.mask_ratio, generator=generator, device=video.device)
         visible = self.student.forward_visible(video, mask.keep_idx, frame_paddings)  # [B, K, D]
         dt = visible.dtype
