@@ -37,8 +37,11 @@ B=8, N=4096, D=768 bf16, decoder_input moves 50 MB out + ~13 MB in: about
 
 Layout: one program per (sample, block of BLOCK_R rows), each row whole
 (BLOCK_D = next power of two >= D) so every load is one contiguous,
-vectorizable run of D elements. Under TRITON_INTERPRET the cost grows with the
-number of programs, so the launcher uses larger row blocks there.
+vectorizable run of D elements. Rows wider than MAX_BLOCK_D elements are split
+into column blocks (a second grid axis): Triton refuses a block of more than
+2^20 elements, so a whole row of D > 2^20 could not be one block. Under
+TRITON_INTERPRET the cost grows with the number of programs, so the launcher
+uses larger row blocks there.
 """
 from __future__ import annotations
 
@@ -101,7 +104,7 @@ def _token_rows_kernel(
     pid = tl.program_id(0)
     b = pid // num_row_blocks
     rows = (pid % num_row_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_D)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     row_ok = rows < I
     col_ok = cols < D
     if HAS_SEL:
@@ -132,6 +135,12 @@ def _token_rows_kernel(
             vals = total.to(out_ptr.dtype.element_ty)
     out_off = (b.to(tl.int64) * I + rows.to(tl.int64))[:, None] * D + cols[None, :]
     tl.store(out_ptr + out_off, vals, mask=row_ok[:, None] & col_ok[None, :])
+
+
+# Widest column block of the row kernel: far below Triton's 2^20-element
+# limit on a block, and wide enough that every VideoPrism width (D <= 1408)
+# is one block, so their launches are unchanged.
+MAX_BLOCK_D = 1 << 14
 
 
 def inverse_buffer(B: int, N: int, device) -> torch.Tensor:
@@ -189,7 +198,7 @@ def token_rows(
         inv_BN = inverse_index(idx_BM, I)
     fill_D = None if fill_D is None else fill_D.contiguous()
     pos_ID = None if pos_ID is None else pos_ID.contiguous()
-    BLOCK_D = triton.next_power_of_2(D)
+    BLOCK_D = min(triton.next_power_of_2(D), MAX_BLOCK_D)
     if os.environ.get("TRITON_INTERPRET", "") == "1":
         block_r = max(1, min(64, 8192 // BLOCK_D))
     else:
@@ -197,7 +206,7 @@ def token_rows(
         block_r = max(1, min(16, 4096 // BLOCK_D))
     BLOCK_R = min(triton.next_power_of_2(I), block_r)
     num_row_blocks = triton.cdiv(I, BLOCK_R)
-    grid = (B * num_row_blocks,)
+    grid = (B * num_row_blocks, triton.cdiv(D, BLOCK_D))
     dummy = sel_BI if sel_BI is not None else idx_BM if idx_BM is not None else out_BID
     _token_rows_kernel[grid](
         x_BMD,

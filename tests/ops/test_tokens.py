@@ -315,3 +315,22 @@ def test_cpu_bf16_add_paths_match_ref(isa):
     done = subprocess.run([sys.executable, "-c", _BF16_ADD_CHECK], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_rows_wider_than_a_triton_block(op):
+    """D above 2^20: Triton refuses a block of more than 2^20 elements, so the
+    row kernel splits such rows into column blocks (it launched one block per
+    whole row, and the triton backend failed where ref and cpu ran)."""
+    B, N, K, D = 1, 3, 2, 2**20 + 3
+    x, keep, perm, x_kept, mask_token, pos = make_inputs(B, N, K, D, torch.float32)
+    fn, inputs, want, want_grad = call(op, x, keep, perm, x_kept, mask_token, pos)
+    skip_unless_runs("triton", op, *inputs)
+    grad = torch.randn(want.shape, generator=torch.Generator().manual_seed(1))
+    inputs = [t.clone().requires_grad_() for t in inputs]
+    with use_backend("triton"):
+        got = fn(inputs)
+        got.backward(grad)
+    assert_exact(got.detach(), want, f"{op} forward")
+    for t, w in zip(inputs, want_grad(grad)):
+        assert_exact(t.grad, w, f"{op} backward")
