@@ -71,6 +71,9 @@ def _patchify_kernel(
         tl.store(out_ptr + base + o, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+INTERPRET_MAX_BLOCK = 1 << 16
+
+
 @on_input_device
 def patchify(frames_BTHW3: torch.Tensor, patch: int, dtype: torch.dtype) -> torch.Tensor:
     """uint8 ``[B, T, H, W, 3]`` -> ``[B, T, S, P*P*3]`` in ``dtype`` (inputs validated by the op)."""
@@ -82,8 +85,10 @@ def patchify(frames_BTHW3: torch.Tensor, patch: int, dtype: torch.dtype) -> torc
     if out.numel() == 0:
         return out
     strip_len = P * W * 3
-    # The interpreter's cost grows with the number of programs: one block per strip there.
-    block = triton.next_power_of_2(strip_len) if frames.device.type == "cpu" else 1024
+    # The interpreter's cost grows with the number of programs: one block per
+    # strip there, up to INTERPRET_MAX_BLOCK (Triton refuses a block of more
+    # than 2^20 elements: a strip of P*W*3 > 2^20 bytes failed).
+    block = min(triton.next_power_of_2(strip_len), INTERPRET_MAX_BLOCK) if frames.device.type == "cpu" else 1024
     grid = (B * T * gh, triton.cdiv(strip_len, block))
     round_by_hand = dtype == torch.bfloat16 and frames.device.type == "cpu"
     _patchify_kernel[grid](frames, out, strip_len, gw, P=P, BLOCK=block, ROUND_BY_HAND=round_by_hand)

@@ -79,6 +79,17 @@ def test_backends_exact(backend, dtype, shape):
 
 
 @pytest.mark.parametrize("backend", ["ref", "cpu", "triton"])
+def test_strips_wider_than_a_triton_block(backend):
+    # A strip of P frame rows is P*W*3 bytes; under the interpreter the Triton
+    # launcher made it one block, which Triton refuses past 2^20 elements.
+    x = _frames(1, 1, 2, 174764)  # P*W*3 = 2^20 + 8 at P = 2
+    _backend_or_skip(backend, x, torch.float32)
+    with use_backend(backend, ops=("patchify",)):
+        out = patchify(x, 2, torch.float32)
+    _compare(out, patchify_ref(x, 2, torch.float32))
+
+
+@pytest.mark.parametrize("backend", ["ref", "cpu", "triton"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_byte_value_scales_exactly(backend, dtype):
     # Kernels may compute v/255 another way than one fp32 division (the Triton
