@@ -145,6 +145,21 @@ def test_float_input_never_comes_back_as_a_view(shape, patch):
     assert x.abs().sum() > 0
 
 
+@pytest.mark.parametrize("shape,patch", [((2, 3, 8, 12, 3), 4), ((1, 2, 8, 4, 3), 4)])
+def test_float_input_compiles_fullgraph(shape, patch):
+    """Float frames take the differentiable reference outside the custom op;
+    torch.compile(fullgraph=True) must trace it (a Tensor._is_view() check
+    there was a graph break, so fullgraph raised)."""
+    x = torch.rand(shape, dtype=torch.float32, requires_grad=True)
+    fn = torch.compile(lambda v: patchify(v, patch, torch.bfloat16), fullgraph=True, backend="aot_eager")
+    out = fn(x)
+    assert torch.equal(out, patchify_ref(x.detach(), patch, torch.bfloat16))
+    g = torch.randn(out.shape).bfloat16()
+    out.backward(g)
+    B, T, H, W, _ = shape
+    assert torch.equal(x.grad, unpatchify_ref(g, patch, H, W).float())
+
+
 def test_errors_name_the_layout():
     with pytest.raises(ValueError, match=r"multiples of patch=18.*\[B, T, \(H/P\)\*\(W/P\), P\*P\*3\]"):
         patchify(_frames(1, 1, 36, 40), 18)

@@ -51,10 +51,14 @@ def patchify_ref(frames_BTHW3: torch.Tensor, patch: int, dtype: torch.dtype = to
         # (numpy's, the official preprocessing's) for 126 of the 256 values.
         divisor = torch.full((), 255.0, dtype=torch.float32, device=x_BTSK.device)
         return (x_BTSK.to(torch.float32) / divisor).to(dtype)
-    out = x_BTSK.to(dtype)
-    # One patch column (or P = 1) in the same dtype: reshape and to() both
-    # return views, and the caller's frames would change with the result.
-    return out.clone() if out._is_view() or out is frames_BTHW3 else out
+    # One copy into a fresh tensor (layout and cast in one pass): never a view
+    # of the frames, which one patch column (or P = 1) in the same dtype would
+    # give through reshape and to(), letting the caller's frames change with
+    # the result. Asking Tensor._is_view() instead broke
+    # torch.compile(fullgraph=True), which cannot trace it.
+    out = torch.empty((B, T, gh * gw, P * P * 3), dtype=dtype, device=frames_BTHW3.device)
+    out.view(B, T, gh, gw, P, P, 3).copy_(x)
+    return out
 
 
 def unpatchify_ref(patches_BTSK: torch.Tensor, patch: int, height: int, width: int) -> torch.Tensor:
