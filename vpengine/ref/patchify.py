@@ -44,8 +44,8 @@ def patchify_ref(frames_BTHW3: torch.Tensor, patch: int, dtype: torch.dtype = to
     B, T, H, W, P = check_patchify_args(frames_BTHW3, patch)
     gh, gw = H // P, W // P
     x = frames_BTHW3.reshape(B, T, gh, P, gw, P, 3).permute(0, 1, 2, 4, 3, 5, 6)
-    x_BTSK = x.reshape(B, T, gh * gw, P * P * 3)
     if frames_BTHW3.dtype == torch.uint8:
+        x_BTSK = x.reshape(B, T, gh * gw, P * P * 3)
         # A divisor on the frames' device: PyTorch's CUDA division by a CPU
         # scalar multiplies by its reciprocal, 1 ulp off the IEEE quotient
         # (numpy's, the official preprocessing's) for 126 of the 256 values.
