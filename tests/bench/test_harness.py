@@ -446,3 +446,17 @@ def test_flex_baseline_never_falls_back_to_eager(monkeypatch):
         assert dynamo_config.fail_on_recompile_limit_hit  # an error, not an eager measurement
     assert dynamo_config.recompile_limit == 8  # restored, and still there for the tests that compile next
     del suite._flex_fn.compiled  # the fake must not outlive the test
+
+
+def test_a_zero_time_gives_a_speedup_not_a_crash():
+    """A call below the clock's resolution times 0 s (the rates floor it at
+    1 ns); the speedup divided by it and ZeroDivisionError ended the run."""
+    from vpengine.bench.runner import Result
+    from vpengine.bench.timing import Timing
+
+    base = Result(_case(lambda: None, backend="torch", baseline=True), Timing(2e-6, 2e-6, 2e-6, 3))
+    zero = Result(_case(lambda: None), Timing(0.0, 0.0, 0.0, 3))
+    _speedups([base, zero])
+    assert zero.speedup == pytest.approx(2e3) and zero.speedup_vs == "torch"
+    recs = [r.__dict__ for r in records_for(zero, Ceilings("cpu", 1e10, 1e11, 1e11), "cpu")]
+    assert all(validate(r) == [] for r in [*recs, speedup_record(zero, "cpu").__dict__])

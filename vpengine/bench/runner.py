@@ -128,7 +128,9 @@ def _speedups(results: list[Result]) -> None:
     for r in results:
         if r.status == "ok" and not r.case.baseline and r.case.group in best:
             b = best[r.case.group]
-            r.speedup = b.timing.median / r.timing.median
+            # Floored at 1 ns as in _rate: a time of 0 (below the clock's
+            # resolution) raised ZeroDivisionError here and ended the whole run.
+            r.speedup = max(b.timing.median, 1e-9) / max(r.timing.median, 1e-9)
             r.speedup_vs = b.case.backend
 
 
