@@ -460,3 +460,25 @@ def test_a_zero_time_gives_a_speedup_not_a_crash():
     assert zero.speedup == pytest.approx(2e3) and zero.speedup_vs == "torch"
     recs = [r.__dict__ for r in records_for(zero, Ceilings("cpu", 1e10, 1e11, 1e11), "cpu")]
     assert all(validate(r) == [] for r in [*recs, speedup_record(zero, "cpu").__dict__])
+
+
+def test_cpu_threads_are_given_back_after_a_run(monkeypatch):
+    """``run(threads=1)`` left the caller's process on one thread and one CPU,
+    also when a case was interrupted."""
+    import os
+
+    from vpengine.bench import runner
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "load_suite", lambda name: object())
+    monkeypatch.setattr(runner, "measure_ceilings", lambda device, quick: (Ceilings("cpu", 1e10, 1e11, 1e11), {}))
+    threads, cpus = torch.get_num_threads(), os.sched_getaffinity(0)
+    for setup in (lambda: (lambda: None), interrupt):
+        monkeypatch.setattr(runner, "get_cases", lambda name, ctx: [_case(setup)])
+        try:
+            runner.run(["tokens"], device="cpu", quick=True, threads=1, log=lambda s: None)
+        except KeyboardInterrupt:
+            pass
+        assert (torch.get_num_threads(), os.sched_getaffinity(0)) == (threads, cpus)

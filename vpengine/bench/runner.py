@@ -19,7 +19,7 @@ from ..backends import BackendUnavailable
 from . import record as R
 from .roofline import Ceilings, measure_ceilings
 from .suites import SUITES, Case, SkipCase, SuiteContext, get_cases, load_suite
-from .timing import Budget, Timing, measure, measure_interleaved, pin_cpu_threads
+from .timing import Budget, Timing, measure, measure_interleaved, pin_cpu_threads, restored_cpu_threads
 
 
 @dataclass
@@ -238,7 +238,14 @@ def run(
     interleave: time the cases of each (op, mode, shape, dtype) group
         round-robin; default: on CPU outside quick mode (a GPU is not shared,
         and interleaving would hold every contender's inputs at once).
+
+    CPU threads are pinned for the run and given back at its end.
     """
+    with restored_cpu_threads():
+        return _run(suites, device, quick, threads, log, budget_s, on_records, interleave)
+
+
+def _run(suites, device, quick, threads, log, budget_s, on_records, interleave) -> Run:
     emit = on_records or (lambda recs: None)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     busy, n = None, 0

@@ -9,6 +9,7 @@ through CUDA events, one pair per call.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -66,6 +67,21 @@ def pin_cpu_threads(num_threads: int | None = None) -> int:
         os.sched_setaffinity(0, allowed[:n])
     torch.set_num_threads(n)
     return n
+
+
+@contextlib.contextmanager
+def restored_cpu_threads():
+    """Give back torch's intra-op thread count and the process's CPU affinity
+    on exit: pin_cpu_threads changes both for the whole process, and a caller
+    of the runner (a notebook, a test session) kept ``--threads 1`` after it."""
+    threads = torch.get_num_threads()
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        yield
+    finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
+        torch.set_num_threads(threads)
 
 
 def _sync(device: torch.device) -> None:
