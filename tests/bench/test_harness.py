@@ -482,3 +482,35 @@ def test_cpu_threads_are_given_back_after_a_run(monkeypatch):
         except KeyboardInterrupt:
             pass
         assert (torch.get_num_threads(), os.sched_getaffinity(0)) == (threads, cpus)
+
+
+def test_commit_of_a_tree_inside_another_checkout_is_unknown(tmp_path, monkeypatch):
+    """vpengine without its own .git (pip-installed into a venv inside a
+    project, vendored) recorded the enclosing checkout's commit as its own."""
+    import importlib.util
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    from vpengine.bench import record
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "f").write_text("x")
+    subprocess.run([*git, "add", "f"], check=True)
+    subprocess.run([*git, "commit", "-qm", "outer"], check=True)
+    copy = tmp_path / "site-packages" / "vpengine" / "bench" / "record.py"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(pathlib.Path(record.__file__), copy)
+    spec = importlib.util.spec_from_file_location("record_copy", copy)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "record_copy", mod)  # its dataclass looks itself up there
+    spec.loader.exec_module(mod)
+    monkeypatch.delenv("VPENGINE_COMMIT", raising=False)
+    assert mod.commit() == "unknown"
+    monkeypatch.setenv("VPENGINE_COMMIT", "abc123")
+    mod.commit.cache_clear()
+    assert mod.commit() == "abc123"

@@ -122,16 +122,20 @@ def commit() -> str:
         return env
     root = pathlib.Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
-        )
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
+            return "unknown"
+        top, head = sha.stdout.splitlines()
+        # A tree without its own .git (installed into a venv, vendored) inside
+        # another checkout: git answers with that checkout's commit, not ours.
+        if not os.path.samefile(top, root):
             return "unknown"
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=10,
         )
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        return head + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
