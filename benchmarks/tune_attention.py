@@ -138,9 +138,10 @@ def main(argv=None) -> int:
                            speedup=base_ms / ms if ms == ms else float("nan"), rel_err=err, note=note,
                            device=torch.cuda.get_device_name() if device == "cuda" else "cpu", commit=os.environ.get("VPENGINE_COMMIT", "unknown"))
                 rows.append(row)
-                if args.json:
+                if args.json:  # a tile that failed has no numbers: null, as NaN is not JSON
+                    line = {k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
                     with open(args.json, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                        f.write(json.dumps(line, allow_nan=False) + "\n")
             mod._GPU_TILES[key] = shipped
     print(f"{'shape':9} {'pass':5} {'ms':>8} {'vs shipped':>10} {'rel err':>8}  tile")
     for r in sorted(rows, key=lambda r: (r["shape"], r["kind"], -(r["speedup"] if r["speedup"] == r["speedup"] else 0))):
