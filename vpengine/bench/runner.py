@@ -166,7 +166,7 @@ def records_for(r: Result, ceilings: Ceilings | None, device: str) -> list[R.Rec
         add("pct_roofline", "%", _rate(100.0 * roof, t, 1.0), note="vs ceilings measured in this run")
     if ceilings is not None and c.mfu and c.flops:
         add("mfu", "%", _rate(100.0 * c.flops / ceilings.peak_flops(c.dtype), t, 1.0),
-            note=f"vs the measured {c.dtype if c.dtype == 'float32' else 'bfloat16'} matmul rate")
+            note=f"vs the measured {c.dtype if c.dtype == 'float32' else 'bfloat16 (or faster fp32)'} matmul rate")
     return out
 
 
