@@ -559,3 +559,29 @@ def test_a_bf16_kernel_stays_under_its_roof_where_bf16_is_emulated():
         c = dataclasses.replace(_case(lambda: None, flops=3.2e9, nbytes=1e6, mfu=mfu), dtype="bfloat16")
         (pct,) = [r for r in records_for(Result(c, t), emulated, "cpu") if r.metric in ("pct_roofline", "mfu")]
         assert 50 < pct.median < 100
+
+
+def test_python_m_vpengine_bench_stops_cleanly_on_sigterm(monkeypatch):
+    """``python -m vpengine.bench`` ("the same as vpengine bench") had no
+    SIGTERM handler: a timeout's TERM killed it without its table."""
+    import runpy
+    import signal
+    import sys
+
+    from vpengine import cli as vp_cli
+    from vpengine.bench import cli as bench_cli
+
+    seen = {}
+
+    def fake_run(args):
+        seen["handler"] = signal.getsignal(signal.SIGTERM)
+        seen["suite"] = args.suite
+        return 0
+
+    monkeypatch.setattr(bench_cli, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", ["vpengine.bench", "--quick", "--suite", "tokens"])
+    monkeypatch.delitem(sys.modules, "vpengine.bench.__main__", raising=False)
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("vpengine.bench", run_name="__main__")
+    assert e.value.code == 0
+    assert seen == {"handler": vp_cli._terminate, "suite": [["tokens"]]}
