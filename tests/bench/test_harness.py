@@ -585,3 +585,25 @@ def test_python_m_vpengine_bench_stops_cleanly_on_sigterm(monkeypatch):
         runpy.run_module("vpengine.bench", run_name="__main__")
     assert e.value.code == 0
     assert seen == {"handler": vp_cli._terminate, "suite": [["tokens"]]}
+
+
+def test_report_of_a_case_skipped_then_measured_says_measured():
+    """Runs accumulate in a results file: a case a first run skipped (its
+    budget ran out) and a second run measured showed its row, a stale
+    "skipped" note and "0 measured, 1 skipped" in the suite's summary."""
+    from vpengine.bench.report import suite_summary
+
+    def rec(metric, median, note=""):
+        return _line(metric=metric, median=median, p20=median, p80=median, note=note)
+
+    ceiling = _line(op="ceiling/copy", backend="torch", mode="measure", metric="gbps", unit="GB/s", suite="ceilings")
+    skip = rec("skipped", None, "time budget of 10 s used up")
+    error = rec("error", None, "RuntimeError: boom")
+    for stale in (skip, error):
+        lines = [ceiling, stale, ceiling, rec("time", 2.0)]
+        assert "used up" not in format_table(lines) and "boom" not in format_table(lines)
+        assert suite_summary(lines) == {"tokens": "1 measured, 0 skipped, 0 errors"}
+    # The other way round, the latest run's skip is news; the row keeps the earlier measurement.
+    lines = [ceiling, rec("time", 2.0), ceiling, skip]
+    assert "used up" in format_table(lines) and format_table(lines).count("\nx ") == 1
+    assert suite_summary(lines) == {"tokens": "0 measured, 1 skipped, 0 errors"}

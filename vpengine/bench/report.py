@@ -54,6 +54,10 @@ def _where(r: dict) -> str:
     return " ".join(x for x in (r["op"], r["mode"], r["shape"], r["dtype"], r["backend"]) if x != "-")
 
 
+def _case_key(r: dict) -> tuple:
+    return (r["suite"], r["op"], r["mode"], r["shape"], r["dtype"], r["backend"])
+
+
 def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
     """One row per measured case (ceilings first) and notes for skipped/failed ones."""
     cases: OrderedDict[tuple, dict] = OrderedDict()
@@ -61,9 +65,15 @@ def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
     notes = []
     skips: OrderedDict[tuple, list[dict]] = OrderedDict()
     skipped_cases = set()
-    for r, run in zip(records, run_indices(records)):
+    runs = run_indices(records)
+    # A skip or error that a later run of the file made good (it measured the
+    # case) is no news: its note contradicted the row shown for that case.
+    measured_in = {_case_key(r): run for r, run in zip(records, runs) if r["metric"] not in STATUS_METRICS}
+    for r, run in zip(records, runs):
+        if r["metric"] in STATUS_METRICS and measured_in.get(_case_key(r), -1) > run:
+            continue
         if r["metric"] == "skipped":
-            case = (r["suite"], r["op"], r["mode"], r["shape"], r["dtype"], r["backend"])
+            case = _case_key(r)
             if case in skipped_cases:  # the same case skipped by another run in the file
                 continue
             skipped_cases.add(case)
@@ -173,18 +183,16 @@ def compact_table(records: list[dict]) -> str:
 
 
 def suite_summary(records: list[dict]) -> dict[str, str]:
-    """suite -> "N measured, M skipped, K errors"."""
+    """suite -> "N measured, M skipped, K errors", each case as the latest run
+    in ``records`` left it (the first run's skip of a case a later run
+    measured counted it as skipped)."""
+    status: dict[tuple, int] = {}
+    for r in records:  # in file order: a later run's line replaces an earlier one's
+        if r["suite"] != "ceilings":
+            status[_case_key(r)] = {"skipped": 1, "error": 2}.get(r["metric"], 0)
     out: dict[str, list[int]] = {}
-    seen = set()
-    for r in records:
-        if r["suite"] == "ceilings":
-            continue
-        key = (r["suite"], r["op"], r["mode"], r["shape"], r["dtype"], r["backend"])
-        if key in seen:
-            continue
-        seen.add(key)
-        c = out.setdefault(r["suite"], [0, 0, 0])
-        c[{"skipped": 1, "error": 2}.get(r["metric"], 0)] += 1
+    for key, i in status.items():
+        out.setdefault(key[0], [0, 0, 0])[i] += 1
     return {s: f"{a} measured, {b} skipped, {e} errors" for s, (a, b, e) in out.items()}
 
 
