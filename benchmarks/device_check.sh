@@ -44,7 +44,15 @@ OUTDIR=${OUT:-benchmarks/results}
 mkdir -p "$OUTDIR"
 CARD=$($PY -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no-cuda')" 2>/dev/null \
   | tr -cs 'A-Za-z0-9.' '-' | sed 's/-*$//')
-COMMIT=${VPENGINE_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
+COMMIT=${VPENGINE_COMMIT:-}
+if [ -z "$COMMIT" ]; then
+  COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+  # "+dirty" as vpengine.bench.record.commit() writes it: the export below
+  # overrides that function, and a tree with local changes is not the commit.
+  if [ "$COMMIT" != unknown ] && [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    COMMIT="$COMMIT+dirty"
+  fi
+fi
 export VPENGINE_COMMIT=$COMMIT
 NAME="$(date -u +%Y%m%d-%H%M)_${CARD:-unknown}_${COMMIT}"
 JSONL="$OUTDIR/$NAME.jsonl"

@@ -607,3 +607,38 @@ def test_report_of_a_case_skipped_then_measured_says_measured():
     lines = [ceiling, rec("time", 2.0), ceiling, skip]
     assert "used up" in format_table(lines) and format_table(lines).count("\nx ") == 1
     assert suite_summary(lines) == {"tokens": "0 measured, 1 skipped, 0 errors"}
+
+
+def test_device_check_marks_a_tree_with_local_changes_dirty(tmp_path):
+    """device_check.sh exports VPENGINE_COMMIT from `git rev-parse` alone, which
+    overrides record.commit(): results of a modified tree claimed the clean commit."""
+    import os
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    tree = tmp_path / "tree"
+    (tree / "benchmarks").mkdir(parents=True)
+    shutil.copy(repo / "benchmarks" / "device_check.sh", tree / "benchmarks")
+    git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "tree"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if k != "VPENGINE_COMMIT"}
+    # No time for any step: only the names of the output files are made.
+    env.update(OUT=str(tmp_path / "out"), PYTHON=sys.executable, VPENGINE_CHECK_TOTAL_S="0",
+               VPENGINE_CHECK_SKIP_BUILD="1", VPENGINE_CHECK_TESTS="none", VPENGINE_CHECK_SUITES="none")
+
+    def first_line():
+        proc = subprocess.run(["bash", "benchmarks/device_check.sh"], cwd=tree, env=env, capture_output=True,
+                              text=True, timeout=120)
+        return next(line for line in proc.stdout.splitlines() if line.startswith("vpengine device check"))
+
+    assert first_line().endswith(f"_{sha}.* (total limit 0s)")
+    (tree / "benchmarks" / "device_check.sh").write_text((tree / "benchmarks" / "device_check.sh").read_text() + "\n")
+    assert first_line().endswith(f"_{sha}+dirty.* (total limit 0s)")
