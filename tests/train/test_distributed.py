@@ -81,3 +81,18 @@ def test_an_epoch_without_a_batch_on_one_rank_is_skipped(train_data, tmp_path):
     assert _spawn(cfg) == {0: ("ok", 6), 1: ("ok", 6)}
     epochs = sorted({json.loads(x)["epoch"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()})
     assert epochs != list(range(epochs[-1] + 1)), f"seed 5 no longer draws an empty epoch ({epochs}): pick another"
+
+
+def test_stage1_refuses_a_manifest_smaller_than_a_step(train_data, tmp_path):
+    """Shards are padded by repeating rows: one row on 2 ranks put the same clip
+    on both, its own negative (loss log 2, zero gradient at every step). One
+    process refuses the same global batch (a shard shorter than a batch)."""
+    row = json.loads((train_data / "m.jsonl").read_text().splitlines()[0])
+    manifest = tmp_path / "one.jsonl"
+    manifest.write_text(json.dumps({**row, "path": str(train_data / row["path"])}) + "\n")
+    cfg = TrainConfig(stage=1, model=str(train_data / "lvt.safetensors"), manifest=str(manifest),
+                      out_dir=str(tmp_path / "run"), tokenizer=str(train_data / "spm.model"), frames=4, size=32,
+                      batch_size=1, dtype="float32", num_workers=1, decoder="pyav", steps=2, log_every=1)
+    result = _spawn(cfg)
+    assert all(status == "error" and "the same clip twice" in why for status, why in result.values()), result
+    assert not (tmp_path / "run").exists()

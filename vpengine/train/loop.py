@@ -49,6 +49,16 @@ class _Run:
             raise ValueError(f"stage 1 needs at least 2 clips per step across ranks (batch_size {cfg.batch_size} "
                              f"on {self.world} rank{'s' if self.world > 1 else ''}): the contrastive loss "
                              "takes its negatives from the other clips, and one clip alone has none")
+        if cfg.stage == 1 and self.world > 1 and len(self.loader.entries) < cfg.batch_size * self.world:
+            # The shards are padded to equal length by repeating rows (with the
+            # same sampling seed): a step of more clips than the manifest has
+            # holds some clip twice, a negative identical to its positive (one
+            # row on 2 ranks: loss log 2 and a zero gradient at every step).
+            # One process refuses such a manifest later: a shard shorter than a batch.
+            raise ValueError(f"stage 1 on {self.world} ranks with batch_size {cfg.batch_size} takes "
+                             f"{cfg.batch_size * self.world} clips per step, but {cfg.manifest} has "
+                             f"{len(self.loader.entries)} rows: a step would hold the same clip twice, its "
+                             "own negative")
         self.tokenizer = None
         if cfg.stage == 1:
             from ..data.tokenizer import Tokenizer
