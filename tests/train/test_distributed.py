@@ -96,3 +96,16 @@ def test_stage1_refuses_a_manifest_smaller_than_a_step(train_data, tmp_path):
     result = _spawn(cfg)
     assert all(status == "error" and "the same clip twice" in why for status, why in result.values()), result
     assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_rows_are_counted_once_across_ranks(tmp_path, train_data):
+    """One broken row on 2 ranks: both shards hold it (padding), the error
+    counts it once."""
+    manifest = tmp_path / "bad.jsonl"
+    manifest.write_text(json.dumps({"path": str(train_data / "broken.mp4")}) + "\n")
+    cfg = TrainConfig(stage=2, model=str(train_data / "lvt.safetensors"), manifest=str(manifest),
+                      out_dir=str(tmp_path / "run"), frames=4, size=32, batch_size=1, dtype="float32",
+                      num_workers=1, decoder="pyav", steps=2, decoder_layers=1, mask_ratio=0.5)
+    result = _spawn(cfg)
+    assert all(status == "error" and "has 1 rows and 1 could not be read" in why
+               for status, why in result.values()), result

@@ -248,7 +248,8 @@ def _train(run: _Run) -> dict:
             never = len(run.loader.shard_rows()) < cfg.batch_size
             none_read = run.world == 1 and run.loader.num_bad >= len(run.loader.entries)
             if empty >= _EMPTY_EPOCHS or (empty and (never or none_read)):
-                unreadable = sum(_all_ranks(run.loader.num_bad, run.world))
+                # Rows, not skips: a padded shard repeats rows, so two ranks can skip the same one.
+                unreadable = len(set().union(*_all_ranks({b.index for b in run.loader.bad_files}, run.world)))
                 rows = f"the manifest has {len(run.loader.entries)} rows and {unreadable} could not be read"
                 if run.step:  # the steps trained so far can be resumed once the data is mended
                     run.checkpoint()
