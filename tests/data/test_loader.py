@@ -284,3 +284,31 @@ def test_row_window_conflicting_with_the_spec_is_a_bad_row(tmp_path):
     assert [b.rows for b in loader] == [[0], [2]]
     (bad,) = loader.bad_files
     assert bad.index == 1 and "window" in bad.reason
+
+
+def test_consumed_clips_are_released(videos, monkeypatch):
+    """A clip the consumer got is not kept by the producer: an epoch of
+    millions of rows must run in the memory of a few batches."""
+    import gc
+    import weakref
+
+    import vpengine.data.loader as loader_module
+
+    decoded = []
+    decode_plan = loader_module.decode_plan
+
+    def tracked(*args, **kw):
+        clip = decode_plan(*args, **kw)
+        decoded.append(weakref.ref(clip))
+        return clip
+
+    monkeypatch.setattr(loader_module, "decode_plan", tracked)
+    loader = ClipLoader([videos["h264"]] * 40, SPEC, batch_size=2, backend="pyav", num_workers=1, prefetch=1,
+                        shuffle=False)
+    for i, _ in enumerate(loader):
+        if i == 15:
+            gc.collect()
+            alive = sum(r() is not None for r in decoded)
+            break
+    # Ahead of the consumer: the queued batch, one waiting to be queued, the pool's batch.
+    assert len(decoded) >= 32 and alive <= 4 * 2

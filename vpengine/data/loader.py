@@ -306,6 +306,7 @@ class ClipLoader:
                     if stop.is_set():
                         return
                     item = futures[i].result()
+                    futures[i] = None  # a done future holds its clip: all of the epoch's, kept, would run out of memory
                     if nxt < len(rows):
                         futures.append(pool.submit(self._work, rows[nxt]))
                         nxt += 1
