@@ -312,3 +312,30 @@ def test_consumed_clips_are_released(videos, monkeypatch):
             break
     # Ahead of the consumer: the queued batch, one waiting to be queued, the pool's batch.
     assert len(decoded) >= 32 and alive <= 4 * 2
+
+
+def test_early_break_does_not_decode_the_queued_rows(videos, monkeypatch):
+    """After a break (or an error, or Ctrl-C) the loop waits for the decodes
+    already running, not for the prefetch window's queued rows: with long
+    videos those took seconds to minutes."""
+    import time
+
+    import vpengine.data.loader as loader_module
+
+    started = []
+    decode_plan = loader_module.decode_plan
+
+    def slow(*args, **kw):
+        started.append(1)
+        time.sleep(0.05)
+        return decode_plan(*args, **kw)
+
+    monkeypatch.setattr(loader_module, "decode_plan", slow)
+    loader = ClipLoader([videos["h264"]] * 40, SPEC, batch_size=4, backend="pyav", num_workers=1, prefetch=2,
+                        shuffle=False)
+    for _ in loader:
+        at_break = len(started)
+        break
+    # The decode running, and one the worker may take up before the producer
+    # sees the stop; the prefetch window's other rows are cancelled.
+    assert len(started) - at_break <= 2

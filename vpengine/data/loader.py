@@ -298,7 +298,8 @@ class ClipLoader:
 
     def _produce(self, rows: list[int], out: queue.Queue, stop: threading.Event) -> None:
         try:
-            with ThreadPoolExecutor(self.num_workers, thread_name_prefix="vpengine-decode") as pool:
+            pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="vpengine-decode")
+            try:
                 ahead = self.prefetch * self.batch_size
                 futures = [pool.submit(self._work, r) for r in rows[:ahead]]
                 nxt, pending = len(futures), []
@@ -321,6 +322,8 @@ class ClipLoader:
                         pending = []
                 if pending and not self.drop_last:
                     self._emit(pending, out)
+            finally:  # stopped, or raising: the rows not yet started are not decoded (a break would wait for them)
+                pool.shutdown(cancel_futures=True)
             out.put(_END)
         except BaseException as e:  # strict mode's BadVideoError, or a bug: re-raised by the consumer
             out.put(e)
