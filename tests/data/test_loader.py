@@ -339,3 +339,22 @@ def test_early_break_does_not_decode_the_queued_rows(videos, monkeypatch):
     # The decode running, and one the worker may take up before the producer
     # sees the stop; the prefetch window's other rows are cancelled.
     assert len(started) - at_break <= 2
+
+
+def test_set_epoch_does_not_change_a_pass_under_way(videos):
+    """A pass keeps the epoch it started with: set_epoch for the next pass
+    (a trainer preparing it) must not change the clips still to come, which
+    would otherwise depend on how many were already prefetched."""
+    spec = ClipSpec(2, sampling="random", size=(16, 16))
+
+    def loader():
+        return ClipLoader([videos["h264"]] * 12, spec, batch_size=2, backend="pyav", num_workers=1, prefetch=1,
+                          shuffle=False)
+
+    whole = [i.frame_indices for b in loader() for i in b.infos]
+    interrupted = loader()
+    it = iter(interrupted)
+    first = next(it)
+    interrupted.set_epoch(1)
+    got = [i.frame_indices for i in first.infos] + [i.frame_indices for b in it for i in b.infos]
+    assert got == whole

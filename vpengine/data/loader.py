@@ -194,8 +194,8 @@ class ClipLoader:
         rows = max(len(self.shard_rows()) - self.start, 0)
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
-    def _row_seed(self, row: int) -> int:
-        return _mix(self.seed, self.epoch, row)
+    def _row_seed(self, row: int, epoch: int | None = None) -> int:
+        return _mix(self.seed, self.epoch if epoch is None else epoch, row)
 
     def _bad(self, err: BadVideoError, row: int) -> None:
         if self.strict:
@@ -204,7 +204,7 @@ class ClipLoader:
             self.bad_files.append(BadFile(err.path, err.reason, row))
         log.warning("skipping bad video (row %d) %s: %s", row, err.path, err.reason)
 
-    def _work(self, row: int):
+    def _work(self, row: int, epoch: int):
         """In a pool thread: the plan (and the pixels unless DALI decodes the batch)."""
         e = self.entries[row]
         spec = self.spec
@@ -216,7 +216,7 @@ class ClipLoader:
                         e.end_time if e.end_time is not None else self.spec.end_time)
                 except ValueError as err:  # the row's end before the spec's start, or the reverse
                     raise BadVideoError(e.path, f"the row's time window and the spec's leave no frames: {err}") from None
-            plan = plan_clip(e.path, spec, self._row_seed(row))
+            plan = plan_clip(e.path, spec, self._row_seed(row, epoch))
             why = (dali_backend.file_reasons(plan.probe, self.dali_device, self.device.index)
                    if self.dali_device else None)
             if self.dali_device is not None and not why:
@@ -296,12 +296,12 @@ class ClipLoader:
         out.put(ClipBatch(frames, pads, [self.entries[r].caption for r, *_ in good],
                           [_info(p, b, f) for _, p, f, b in good], [r for r, *_ in good]))
 
-    def _produce(self, rows: list[int], out: queue.Queue, stop: threading.Event) -> None:
+    def _produce(self, rows: list[int], epoch: int, out: queue.Queue, stop: threading.Event) -> None:
         try:
             pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="vpengine-decode")
             try:
                 ahead = self.prefetch * self.batch_size
-                futures = [pool.submit(self._work, r) for r in rows[:ahead]]
+                futures = [pool.submit(self._work, r, epoch) for r in rows[:ahead]]
                 nxt, pending = len(futures), []
                 for i in range(len(rows)):
                     if stop.is_set():
@@ -309,7 +309,7 @@ class ClipLoader:
                     item = futures[i].result()
                     futures[i] = None  # a done future holds its clip: all of the epoch's, kept, would run out of memory
                     if nxt < len(rows):
-                        futures.append(pool.submit(self._work, rows[nxt]))
+                        futures.append(pool.submit(self._work, rows[nxt], epoch))
                         nxt += 1
                     # A bad file leaves a gap that the next rows fill; DALI-planned
                     # items count as good here and are re-checked when decoded.
@@ -333,8 +333,10 @@ class ClipLoader:
             self.bad_files = []
         out: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
+        # The pass keeps the epoch it started with, seeds as well as order: a
+        # set_epoch for the next pass must not change the clips still to come.
         rows = self.shard_rows()[self.start:]
-        producer = threading.Thread(target=self._produce, args=(rows, out, stop), daemon=True)
+        producer = threading.Thread(target=self._produce, args=(rows, self.epoch, out, stop), daemon=True)
         producer.start()
         try:
             while True:
