@@ -5,6 +5,7 @@ code (external_source, decoders.video with frame lists, resize, batching) on
 VP9 and MJPEG fixtures; the GPU path runs under the gpu marker.
 """
 import json
+import os
 
 import pytest
 import torch
@@ -196,3 +197,27 @@ def test_gpu_decoder_refuses_bt709(tmp_path):
         read_clip(path, ClipSpec(2, size=None), backend="dali-gpu")
     b, info = read_clip(path, ClipSpec(2, size=None), device="cuda")
     assert info.backend == "pyav" and torch.equal(a, b.cpu())
+
+
+def test_loader_skips_a_file_removed_after_its_probe(tmp_path, videos, monkeypatch):
+    """A file removed between its probe and DALI's checks of it (a cleanup
+    job) is skipped as a bad file; its OSError had ended the pass."""
+    import shutil
+
+    import vpengine.data.loader as loader_module
+
+    gone = str(tmp_path / "gone.webm")
+    shutil.copy(videos["vp9"], gone)
+    plan_clip = loader_module.plan_clip
+
+    def plan_then_remove(path, *args, **kw):
+        plan = plan_clip(path, *args, **kw)
+        if path == gone:
+            os.remove(path)
+        return plan
+
+    monkeypatch.setattr(loader_module, "plan_clip", plan_then_remove)
+    loader = ClipLoader([videos["vp9"], gone, videos["vp9"]], ClipSpec(4, size=(16, 16)), batch_size=2,
+                        backend="dali-cpu", shuffle=False, num_workers=1)
+    assert [b.rows for b in loader] == [[0, 2]]
+    assert [(b.index, b.reason) for b in loader.bad_files] == [(1, "cannot stat: No such file or directory")]

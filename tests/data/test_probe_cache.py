@@ -152,6 +152,19 @@ def test_a_file_removed_after_its_probe_is_missing(tmp_path, demuxes):
         pyav_backend.probe(path)
 
 
+def test_facts_read_after_the_probe_of_a_removed_file_are_a_bad_file(tmp_path):
+    """The loader's DALI path reads the orientation and the frame-size check
+    after the probe: a file removed in between is a bad file to skip, not an
+    OSError that ends the pass."""
+    path = encode_video(tmp_path / "v.webm", index_frames(4), "libvpx-vp9", fps=FPS)
+    vp = pyav_backend.probe(path)
+    os.remove(path)
+    with pytest.raises(BadVideoError, match="cannot stat"):
+        vp.orientation
+    with pytest.raises(BadVideoError, match="cannot stat"):
+        vp.frame_sizes_vary()
+
+
 class _CountingBase(Fraction):
     """A time base that counts the timestamps computed with it."""
     calls = 0

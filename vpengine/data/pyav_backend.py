@@ -98,7 +98,7 @@ class VideoProbe:
         out only with decoded frames, so this decodes one (a few ms at 720p,
         remembered per file across epochs). DALI needs it; the PyAV path reads
         it from every frame it decodes anyway."""
-        st = os.stat(self.path)
+        st = self._stat()
         return _orientation(self.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.stream)
 
     def frame_sizes_vary(self) -> bool | None:
@@ -110,8 +110,17 @@ class VideoProbe:
         file."""
         if self.size_varies is not None or self.codec not in TRACKED:
             return self.size_varies
-        st = os.stat(self.path)
+        st = self._stat()
         return _size_varies(self.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.stream, self.codec)
+
+    def _stat(self) -> os.stat_result:
+        # The file may be gone since its probe (a cleanup job removed it in
+        # between): a bad file to skip, not an OSError that ends the loader's
+        # pass (the loader's DALI path reads these facts after the probe).
+        try:
+            return os.stat(self.path)
+        except OSError as e:
+            raise BadVideoError(self.path, f"cannot stat: {e.strerror or e}") from None
 
     def window(self, start_time: float | None, end_time: float | None) -> tuple[int, int]:
         """Index range [i0, i1) of the frames with start_time <= t < end_time.
