@@ -221,3 +221,27 @@ def test_loader_skips_a_file_removed_after_its_probe(tmp_path, videos, monkeypat
                         backend="dali-cpu", shuffle=False, num_workers=1)
     assert [b.rows for b in loader] == [[0, 2]]
     assert [(b.index, b.reason) for b in loader.bad_files] == [(1, "cannot stat: No such file or directory")]
+
+
+def test_loader_skips_a_file_removed_before_its_batch_decodes(tmp_path, videos, monkeypatch):
+    """The pool probes a file and DALI decodes its batch later (up to prefetch
+    batches later): a file removed in between is found clip by clip and
+    skipped; its OSError had ended the pass."""
+    import shutil
+
+    from vpengine.data import dali_backend
+
+    gone = str(tmp_path / "gone.webm")
+    shutil.copy(videos["vp9"], gone)
+    decode_batch = dali_backend.decode_batch
+
+    def remove_then_decode(paths, *args, **kw):
+        if os.path.exists(gone):
+            os.remove(gone)
+        return decode_batch(paths, *args, **kw)
+
+    monkeypatch.setattr(dali_backend, "decode_batch", remove_then_decode)
+    loader = ClipLoader([videos["vp9"], gone, videos["vp9"]], ClipSpec(4, size=(16, 16)), batch_size=2,
+                        backend="dali-cpu", shuffle=False, num_workers=1)
+    assert [b.rows for b in loader] == [[0], [2]]  # with DALI the batch comes out one short
+    assert [(b.index, b.reason) for b in loader.bad_files] == [(1, "cannot read: No such file or directory")]

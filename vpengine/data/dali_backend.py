@@ -232,7 +232,8 @@ def decode_batch(
     copy); ``"cpu"`` a CPU tensor. ``size=None`` keeps the source size (all
     clips must then share it). A failed batch is retried clip by clip
     by the caller: a one-clip batch raises BadVideoError naming the file, a
-    larger one DaliBatchFailed. ``orientations[i]`` (see :mod:`.orientation`,
+    larger one DaliBatchFailed (or BadVideoError for a file it cannot read:
+    removed since its probe, say). ``orientations[i]`` (see :mod:`.orientation`,
     0 when absent) puts clip i upright after decoding.
     """
     if device not in ("cpu", "gpu"):
@@ -270,10 +271,20 @@ def decode_batch(
     return torch.stack(out)
 
 
+def _read(path: str) -> np.ndarray:
+    # The loader probes a file in its pool and decodes its batch later: a file
+    # removed in between is a bad file (the caller finds it clip by clip), not
+    # an OSError that ends the pass.
+    try:
+        return np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise BadVideoError(path, f"cannot read: {e.strerror or e}") from None
+
+
 def _run(device, paths, indices, size, resize, batch_size, num_threads, device_id) -> torch.Tensor:
     """One DALI run over clips that share an output size; errors as decode_batch says."""
     pipe = _get_pipe(device, size, resize, batch_size, num_threads, device_id)
-    encoded = [np.fromfile(p, dtype=np.uint8) for p in paths]
+    encoded = [_read(p) for p in paths]
     frames = [np.asarray(ix, dtype=np.int32) for ix in indices]
     try:
         clips = pipe.run(encoded, frames, device_id)
