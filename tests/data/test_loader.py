@@ -358,3 +358,49 @@ def test_set_epoch_does_not_change_a_pass_under_way(videos):
     interrupted.set_epoch(1)
     got = [i.frame_indices for i in first.infos] + [i.frame_indices for b in it for i in b.infos]
     assert got == whole
+
+
+_FINALIZED_IN_A_LOADER_THREAD = """
+import gc, sys, threading
+import vpengine.data.loader as loader_module
+from vpengine.data import ClipLoader, ClipSpec
+
+gc.disable()  # collections in the decode thread only, as an automatic one may run there
+decode_plan, calls = loader_module.decode_plan, []
+
+def collecting(*args, **kw):
+    calls.append(1)
+    if len(calls) >= 4:  # once the pass is dropped
+        gc.collect()
+    return decode_plan(*args, **kw)
+
+loader_module.decode_plan = collecting
+loader = ClipLoader([sys.argv[1]] * 20, ClipSpec(2, size=(16, 16)), batch_size=1, backend="pyav",
+                    num_workers=1, prefetch=8, shuffle=False)
+
+class Holder:
+    pass
+
+h = Holder()
+h.me, h.it = h, iter(loader)
+next(h.it)
+del h  # dropped without close(): only the cycle collector frees the pass
+for t in threading.enumerate():
+    if t is not threading.current_thread():
+        t.join(timeout=10)
+print(sorted(t.name for t in threading.enumerate()))
+"""
+
+
+def test_a_pass_finalized_in_its_own_decode_thread_stops(videos):
+    """A pass dropped without close() in a reference cycle is finalized by the
+    cycle collector, in whichever thread it runs: in the pass's own decode
+    thread the finally waited for the producer, which waited for that
+    thread. Both hung for good, and the process at exit."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _FINALIZED_IN_A_LOADER_THREAD, videos["h264"]],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "['MainThread']"

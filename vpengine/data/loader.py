@@ -45,6 +45,24 @@ from .sampling import ClipSpec
 
 log = logging.getLogger("vpengine.data")
 _END = object()
+# Set in a pass's producer and pool threads. A cycle collection may run in
+# any thread, and it may finalize an abandoned pass there: its finally must
+# not wait for a producer that is waiting on this very thread.
+_loader_thread = threading.local()
+
+
+def _mark_loader_thread() -> None:
+    _loader_thread.active = True
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> None:
+    """Queue ``item``, unless the pass stops first (no one would take it)."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.05)
+            return
+        except queue.Full:
+            pass
 
 
 @dataclass
@@ -273,7 +291,7 @@ class ClipLoader:
         log.info("DALI could not decode %s (%s); decoded with PyAV", dali_err.path, dali_err.reason)
         return row, plan, spec, frames, "pyav"
 
-    def _emit(self, items, out: queue.Queue) -> None:
+    def _emit(self, items, out: queue.Queue, stop: threading.Event) -> None:
         if self.dali_device is not None:
             items = self._dali_batch(items)
         good = []
@@ -293,12 +311,14 @@ class ClipLoader:
         else:
             frames = torch.stack([c.to(self.device) for c in clips])
         pads = torch.tensor([p.paddings for _, p, _, _ in good], dtype=torch.float32).to(self.device)
-        out.put(ClipBatch(frames, pads, [self.entries[r].caption for r, *_ in good],
-                          [_info(p, b, f) for _, p, f, b in good], [r for r, *_ in good]))
+        _put(out, ClipBatch(frames, pads, [self.entries[r].caption for r, *_ in good],
+                            [_info(p, b, f) for _, p, f, b in good], [r for r, *_ in good]), stop)
 
     def _produce(self, rows: list[int], epoch: int, out: queue.Queue, stop: threading.Event) -> None:
+        _mark_loader_thread()
         try:
-            pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="vpengine-decode")
+            pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="vpengine-decode",
+                                      initializer=_mark_loader_thread)
             try:
                 ahead = self.prefetch * self.batch_size
                 futures = [pool.submit(self._work, r, epoch) for r in rows[:ahead]]
@@ -314,19 +334,19 @@ class ClipLoader:
                     # A bad file leaves a gap that the next rows fill; DALI-planned
                     # items count as good here and are re-checked when decoded.
                     if item[1] is None:
-                        self._emit([item], out)
+                        self._emit([item], out, stop)
                         continue
                     pending.append(item)
                     if len(pending) == self.batch_size:
-                        self._emit(pending, out)
+                        self._emit(pending, out, stop)
                         pending = []
                 if pending and not self.drop_last:
-                    self._emit(pending, out)
+                    self._emit(pending, out, stop)
             finally:  # stopped, or raising: the rows not yet started are not decoded (a break would wait for them)
                 pool.shutdown(cancel_futures=True)
-            out.put(_END)
+            _put(out, _END, stop)
         except BaseException as e:  # strict mode's BadVideoError, or a bug: re-raised by the consumer
-            out.put(e)
+            _put(out, e, stop)
 
     def __iter__(self):
         with self._lock:  # bad_files: the skips of this pass (the last one, once it ends)
@@ -347,9 +367,6 @@ class ClipLoader:
                     raise item
                 yield item
         finally:
-            stop.set()
-            while producer.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    out.get(timeout=0.05)
-                except queue.Empty:
-                    pass
+            stop.set()  # the producer stops at its next row or queue put, after the decodes running
+            if not getattr(_loader_thread, "active", False):  # see _loader_thread
+                producer.join()
