@@ -404,3 +404,25 @@ def test_a_pass_finalized_in_its_own_decode_thread_stops(videos):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[-2] == "['MainThread']"
+
+
+def test_two_passes_at_once_count_their_own_bad_files(videos):
+    """An older pass still running must not add its skips to the newer pass's bad_files."""
+    loader = ClipLoader([videos["h264"], videos["text"], videos["vp9"]], SPEC, batch_size=1, backend="pyav",
+                        shuffle=False, num_workers=1, prefetch=1)
+    old = iter(loader)
+    next(old)
+    new = list(loader)  # resets bad_files for its own pass
+    assert len(new) == 2 and [b.index for b in loader.bad_files] == [1]
+    rest = list(old)  # the older pass skips the text file too, into its own list
+    assert len(rest) == 1 and [b.index for b in loader.bad_files] == [1]
+
+
+def test_a_cuda_device_the_machine_lacks_is_refused_at_construction(manifest, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no such CUDA device"):
+        ClipLoader(manifest, SPEC, batch_size=2, backend="pyav", device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"cuda:1.*1 visible"):
+        ClipLoader(manifest, SPEC, batch_size=2, backend="pyav", device="cuda:1")

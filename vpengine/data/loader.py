@@ -9,9 +9,12 @@ gives rank r the rows ``r, r + world, ...``. Each row's sampling seed is a
 function of (seed, epoch, row), so a clip does not depend on rank, worker
 count or timing: two loaders with the same arguments yield the same batches.
 
-Work: a thread pool probes and (PyAV) decodes clips ahead of time, at most
-``prefetch`` batches ahead; a producer thread assembles batches in manifest
-order, moves them to ``device`` and queues them. FFmpeg and PIL release the
+Work: a thread pool probes and (PyAV) decodes clips ahead of time; a
+producer thread assembles batches in manifest order, moves them to ``device``
+and queues them. Ahead of the batch the consumer holds, up to ``prefetch``
+finished batches wait in the queue, one more may wait to enter it, and
+``prefetch`` batches' worth of clips are being decoded or done: about
+``2 * prefetch + 1`` batches of memory at most. FFmpeg and PIL release the
 GIL, so threads decode in parallel. With DALI on the GPU the pool only probes
 (choosing the frames on the host) and the producer decodes whole batches with
 one DALI call on the GPU.
@@ -175,6 +178,11 @@ class ClipLoader:
             why = dali_backend.dali_reasons(self.dali_device)
             if why:
                 raise BackendUnsupported(f"backend {backend!r} cannot run here: " + "; ".join(why))
+        if self.device.type == "cuda" and not (torch.cuda.is_available()
+                                               and (self.device.index or 0) < torch.cuda.device_count()):
+            # Found now, not after the first batch's decode, as torch's "no accelerator" error.
+            raise ValueError(f"device {self.device}: this machine has no such CUDA device "
+                             f"({torch.cuda.device_count()} visible)")
         if self.dali_device is not None and spec.resize == "area":
             raise ValueError("spec.resize='area' has no DALI equivalent; use lanczos, bicubic, bilinear or nearest")
         self.epoch = self.start = 0
@@ -215,11 +223,10 @@ class ClipLoader:
     def _row_seed(self, row: int, epoch: int | None = None) -> int:
         return _mix(self.seed, self.epoch if epoch is None else epoch, row)
 
-    def _bad(self, err: BadVideoError, row: int) -> None:
+    def _bad(self, err: BadVideoError, row: int, bad: list[BadFile]) -> None:
         if self.strict:
             raise err
-        with self._lock:
-            self.bad_files.append(BadFile(err.path, err.reason, row))
+        bad.append(BadFile(err.path, err.reason, row))
         log.warning("skipping bad video (row %d) %s: %s", row, err.path, err.reason)
 
     def _work(self, row: int, epoch: int):
@@ -291,14 +298,14 @@ class ClipLoader:
         log.info("DALI could not decode %s (%s); decoded with PyAV", dali_err.path, dali_err.reason)
         return row, plan, spec, frames, "pyav"
 
-    def _emit(self, items, out: queue.Queue, stop: threading.Event) -> None:
+    def _emit(self, items, out: queue.Queue, stop: threading.Event, bad: list[BadFile]) -> None:
         if self.dali_device is not None:
             items = self._dali_batch(items)
         good = []
         for row, plan, spec, frames, backend in items:
             if plan is None or isinstance(frames, Exception):
                 self._bad(frames if isinstance(frames, BadVideoError) else BadVideoError(
-                    self.entries[row].path, str(frames)), row)
+                    self.entries[row].path, str(frames)), row, bad)
             else:
                 good.append((row, plan, frames, backend))
         if not good:
@@ -314,7 +321,8 @@ class ClipLoader:
         _put(out, ClipBatch(frames, pads, [self.entries[r].caption for r, *_ in good],
                             [_info(p, b, f) for _, p, f, b in good], [r for r, *_ in good]), stop)
 
-    def _produce(self, rows: list[int], epoch: int, out: queue.Queue, stop: threading.Event) -> None:
+    def _produce(self, rows: list[int], epoch: int, out: queue.Queue, stop: threading.Event,
+                 bad: list[BadFile]) -> None:
         _mark_loader_thread()
         try:
             pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="vpengine-decode",
@@ -334,14 +342,14 @@ class ClipLoader:
                     # A bad file leaves a gap that the next rows fill; DALI-planned
                     # items count as good here and are re-checked when decoded.
                     if item[1] is None:
-                        self._emit([item], out, stop)
+                        self._emit([item], out, stop, bad)
                         continue
                     pending.append(item)
                     if len(pending) == self.batch_size:
-                        self._emit(pending, out, stop)
+                        self._emit(pending, out, stop, bad)
                         pending = []
                 if pending and not self.drop_last:
-                    self._emit(pending, out, stop)
+                    self._emit(pending, out, stop, bad)
             finally:  # stopped, or raising: the rows not yet started are not decoded (a break would wait for them)
                 pool.shutdown(cancel_futures=True)
             _put(out, _END, stop)
@@ -349,14 +357,18 @@ class ClipLoader:
             _put(out, e, stop)
 
     def __iter__(self):
-        with self._lock:  # bad_files: the skips of this pass (the last one, once it ends)
-            self.bad_files = []
+        # bad_files: the skips of this pass (the last one, once it ends). Each
+        # pass fills its own list: an older pass still running (two iterators
+        # of one loader) must not add its skips to the newer pass's count.
+        bad: list[BadFile] = []
+        with self._lock:
+            self.bad_files = bad
         out: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         # The pass keeps the epoch it started with, seeds as well as order: a
         # set_epoch for the next pass must not change the clips still to come.
         rows = self.shard_rows()[self.start:]
-        producer = threading.Thread(target=self._produce, args=(rows, self.epoch, out, stop), daemon=True)
+        producer = threading.Thread(target=self._produce, args=(rows, self.epoch, out, stop, bad), daemon=True)
         producer.start()
         try:
             while True:
