@@ -60,6 +60,9 @@ def test_json_array_manifest(tmp_path):
     ("{not json\n", "jsonl", "not valid JSON"),
     ('{"path": "a.mp4", "start": 3, "end": 1}\n', "jsonl", "end"),
     ("file_name,caption\na.mp4,x\n", "csv", "'path' column"),
+    ('{"path": "a.mp4", "caption": ["a dog runs", "a puppy runs"]}\n', "jsonl", "caption must be a string"),
+    ('{"path": "a.mp4", "caption": {"en": "a cat"}}\n', "jsonl", "caption must be a string"),
+    ('{"path": "a.mp4", "text": true}\n', "jsonl", "caption must be a string"),
     ("a.mp4\n", "txt", "must end in"),
 ])
 def test_manifest_errors_name_the_line(tmp_path, text, ext, match):

@@ -154,6 +154,11 @@ def _entry(row: dict, index: int, root: str, where: str) -> ManifestEntry:
     if not os.path.isabs(path):
         path = os.path.join(root, path)
     caption = _field(row, "caption")
+    if isinstance(caption, (list, dict, bool)):
+        # str() would train on "['a dog runs', 'a puppy runs']" or "True": a list
+        # of captions per clip (MSR-VTT, VATEX) needs one row per caption.
+        raise ValueError(f"{where}: caption must be a string; got {caption!r} (for several captions of a "
+                         "clip, write one row per caption)")
     start, end = _time(_field(row, "start"), "start", where), _time(_field(row, "end"), "end", where)
     if start is not None and end is not None and end <= start:
         raise ValueError(f"{where}: end ({end}) must be greater than start ({start})")
