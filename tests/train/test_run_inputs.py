@@ -192,3 +192,18 @@ def test_an_epoch_without_a_batch_by_chance_does_not_end_the_run(train_data, tmp
         train(_cfg(train_data, tmp_path / "b", steps=5), log=_quiet)
     monkeypatch.setattr(loop._Run, "epoch_steps", real)
     assert train(_cfg(train_data, tmp_path / "b", steps=5), resume=True, log=_quiet)["steps"] == 5
+
+
+def test_stage1_refuses_a_caption_of_only_spaces_or_punctuation():
+    """Canonicalized, such a caption is ".", the same text as an empty one."""
+    from types import SimpleNamespace
+
+    from vpengine.data.manifest import ManifestEntry
+    from vpengine.train.prepare import check_manifest
+
+    cfg = SimpleNamespace(stage=1, manifest="m.jsonl")
+    check_manifest(cfg, [ManifestEntry(f"{i}.mp4", c) for i, c in enumerate(["a dog runs", "42", "\u3000猫", "...é"])])
+    for caption in (None, "", "   ", "\n\t", "...", " - ", "\u3000.\u00a0"):
+        with pytest.raises(ValueError, match="needs a caption on every row"):
+            check_manifest(cfg, [ManifestEntry("a.mp4", "a dog runs"), ManifestEntry("b.mp4", caption)])
+    check_manifest(SimpleNamespace(stage=2, manifest="m.jsonl"), [ManifestEntry("b.mp4", " ")])

@@ -4,11 +4,13 @@ checks that refuse a run before any work (and before its folder exists).
 from __future__ import annotations
 
 import os
+import string
 
 import torch
 import torch.distributed as dist
 
 from .._files import check_writable
+from ..data.tokenizer import canonicalize_text
 from ..model.api import build, load_any
 from ..model.config import ModelConfig, VideoTextConfig, get_config
 from ..model.layers import activation_checkpointing
@@ -66,16 +68,30 @@ def optimizer(task: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> 
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
 
 
+_BLANK = string.whitespace + string.punctuation
+
+
+def _no_text(caption: str | None) -> bool:
+    """A caption of only spaces or punctuation is none: canonicalized it is
+    ".", the text of every such clip, and each would be trained toward it.
+    (``strip`` first: canonicalizing tens of millions of rows takes a minute.)"""
+    if not caption:
+        return True
+    rest = caption.strip(_BLANK)
+    return not rest or (rest[0].isspace() and canonicalize_text(rest) == ".")  # Unicode spaces
+
+
 def check_manifest(cfg: TrainConfig, entries: list) -> None:
     """``entries``: the manifest as the loader read it (read once: pretraining
     manifests hold tens of millions of rows)."""
     if not entries:
         raise ValueError(f"manifest {cfg.manifest} lists no clips")
     if cfg.stage == 1:
-        missing = [i for i, e in enumerate(entries) if not e.caption]
+        missing = [i for i, e in enumerate(entries) if _no_text(e.caption)]
         if missing:
             raise ValueError(f"stage 1 needs a caption on every row; {len(missing)} of {len(entries)} rows of "
-                             f"{cfg.manifest} have none (first: row {missing[0]}, {entries[missing[0]].path})")
+                             f"{cfg.manifest} have none, or one of only spaces or punctuation (first: row "
+                             f"{missing[0]}, {entries[missing[0]].path}: {entries[missing[0]].caption!r})")
 
 
 def check_out_dir(cfg: TrainConfig, resume: bool) -> None:
