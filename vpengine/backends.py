@@ -90,11 +90,17 @@ def use_backend(name: str, ops: tuple[str, ...] | None = None) -> Iterator[None]
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
-    stack.append((None if name == "auto" else name, None if ops is None else frozenset(ops)))
+    entry = (None if name == "auto" else name, None if ops is None else frozenset(ops))
+    stack.append(entry)
     try:
         yield
     finally:
-        stack.pop()
+        # This block's own entry, not the top one: blocks held open by
+        # generators or coroutines on one thread may close in any order.
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is entry:
+                del stack[i]
+                break
 
 
 def backend_choices() -> tuple:
