@@ -22,6 +22,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import torch
+
 from . import _ext
 
 BACKEND_NAMES = ("ref", "triton", "cuda", "cpu")
@@ -87,20 +89,39 @@ def use_backend(name: str, ops: tuple[str, ...] | None = None) -> Iterator[None]
         unknown = [o for o in ops if o not in REGISTRIES]
         if unknown:
             raise ValueError(f"unknown op name(s) {unknown}; expected some of {', '.join(sorted(REGISTRIES))}")
-    stack = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
     entry = (None if name == "auto" else name, None if ops is None else frozenset(ops))
-    stack.append(entry)
+    stack = _push(entry)
     try:
         yield
     finally:
-        # This block's own entry, not the top one: blocks held open by
-        # generators or coroutines on one thread may close in any order.
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i] is entry:
-                del stack[i]
-                break
+        _remove(stack, entry)
+
+
+# The stack is read when an op runs, not when torch.compile traces it: a block
+# that dynamo traced through would be gone by then, and the compiled ops would
+# silently run auto's choice. Disabled here, entering or leaving a block makes
+# dynamo break the graph there, so the ops run under it; with fullgraph=True
+# it raises with this reason instead.
+_IN_COMPILE = "use_backend() cannot take effect inside a torch.compile'd function; enter it around the compiled call"
+
+
+@torch.compiler.disable(reason=_IN_COMPILE)
+def _push(entry: tuple) -> list:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(entry)
+    return stack
+
+
+@torch.compiler.disable(reason=_IN_COMPILE)
+def _remove(stack: list, entry: tuple) -> None:
+    # This block's own entry, not the top one: blocks held open by generators
+    # or coroutines on one thread may close in any order.
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i] is entry:
+            del stack[i]
+            return
 
 
 def backend_choices() -> tuple:
