@@ -61,7 +61,7 @@ def forced_backend(op: str | None = None) -> str | None:
     # The innermost block that covers ``op`` decides; a block for other ops
     # leaves the decision to the blocks around it.
     for name, ops in reversed(getattr(_local, "stack", None) or ()):
-        if ops is None or op is None or op in ops:
+        if ops is None or op is None or op in ops or op.removesuffix("_backward") in ops:
             return name
     env = os.environ.get(_ENV, "").strip().lower()
     if env in ("", "auto"):
@@ -77,6 +77,15 @@ def forced_backend(op: str | None = None) -> str | None:
 def use_backend(name: str, ops: tuple[str, ...] | None = None) -> Iterator[None]:
     """Force ``name`` for every op (or only for the op names in ``ops``, one
     name or several); other ops keep what the blocks around this one chose.
+    A name covers its op's backward registry too (``spacetime_attention``
+    covers ``spacetime_attention_backward``); a token op's backward moves
+    rows the other way with the other token kernels (gather's is a
+    ``token_scatter``), which a block names by their own names.
+
+    The backward of an op run inside a block runs under the same blocks
+    when the thread that runs it has none of its own (autograd runs CUDA
+    backwards on its own threads, and a loss's ``backward()`` often comes
+    after the block has closed).
 
     ``use_backend("auto")`` restores automatic selection inside the block.
     """
@@ -122,6 +131,21 @@ def _remove(stack: list, entry: tuple) -> None:
         if stack[i] is entry:
             del stack[i]
             return
+
+
+def forward_choices() -> tuple | None:
+    """What an op's ``setup_context`` keeps for its backward: this thread's
+    blocks, or None under torch.compile (the blocks are read when the
+    compiled graph runs, not when it is traced)."""
+    return None if torch.compiler.is_compiling() else backend_choices()
+
+
+def for_backward(choices: tuple | None):
+    """Run a backward under the blocks its forward ran under (from
+    :func:`forward_choices`), unless this thread has blocks of its own."""
+    if not choices or getattr(_local, "stack", None):
+        return contextlib.nullcontext()
+    return replay_choices(choices)
 
 
 def backend_choices() -> tuple:

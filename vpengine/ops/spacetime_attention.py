@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from .. import backends
 from .._scalars import plain_float, plain_int
 from ..ref.spacetime_attention import spacetime_attention_ref
 from ._attention_backends import BWD, FWD
@@ -161,13 +162,15 @@ def _setup_context(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(qkv, out, lse, frame_paddings)
     ctx.axis, ctx.num_heads, ctx.softcap = axis, num_heads, softcap
+    ctx.choices = backends.forward_choices()
 
 
 def _backward(ctx, grad_out, grad_lse):
     qkv, out, lse, frame_paddings = ctx.saved_tensors
-    g = _spacetime_attention_bwd_op(
-        grad_out.contiguous(), qkv, out, lse, ctx.axis, ctx.num_heads, ctx.softcap, frame_paddings
-    )
+    with backends.for_backward(ctx.choices):
+        g = _spacetime_attention_bwd_op(
+            grad_out.contiguous(), qkv, out, lse, ctx.axis, ctx.num_heads, ctx.softcap, frame_paddings
+        )
     return g, None, None, None, None
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import backends
 from .._scalars import plain_int
 from ._eager import call_op, direct_call_ok
 from ._token_backends import run
@@ -120,55 +121,65 @@ def _gather_setup(ctx, inputs, output):
     x, keep_idx = inputs
     ctx.save_for_backward(keep_idx)
     ctx.num_tokens = x.shape[1]
+    ctx.choices = backends.forward_choices()
 
 
 def _gather_backward(ctx, grad):
-    (keep_idx,) = ctx.saved_tensors
-    return _gather_bwd_op(grad, keep_idx, ctx.num_tokens), None
+    with backends.for_backward(ctx.choices):
+        (keep_idx,) = ctx.saved_tensors
+        return _gather_bwd_op(grad, keep_idx, ctx.num_tokens), None
 
 
 def _scatter_setup(ctx, inputs, output):
     x_kept, keep_idx, num_tokens, fill = inputs
     ctx.save_for_backward(keep_idx)
     ctx.has_fill = fill is not None
+    ctx.choices = backends.forward_choices()
 
 
 def _scatter_backward(ctx, grad):
-    (keep_idx,) = ctx.saved_tensors
-    grad_x, grad_fill = _scatter_bwd_op(grad, keep_idx, ctx.has_fill)
-    return grad_x, None, None, (grad_fill if ctx.has_fill else None)
+    with backends.for_backward(ctx.choices):
+        (keep_idx,) = ctx.saved_tensors
+        grad_x, grad_fill = _scatter_bwd_op(grad, keep_idx, ctx.has_fill)
+        return grad_x, None, None, (grad_fill if ctx.has_fill else None)
 
 
 def _shuffle_setup(ctx, inputs, output):
     x, perm, pos_emb = inputs
     ctx.save_for_backward(perm)
     ctx.has_pos = pos_emb is not None
+    ctx.choices = backends.forward_choices()
 
 
 def _shuffle_backward(ctx, grad):
-    (perm,) = ctx.saved_tensors
-    grad_x, grad_pos = _shuffle_bwd_op(grad, perm, ctx.has_pos)
-    return grad_x, None, (grad_pos if ctx.has_pos else None)
+    with backends.for_backward(ctx.choices):
+        (perm,) = ctx.saved_tensors
+        grad_x, grad_pos = _shuffle_bwd_op(grad, perm, ctx.has_pos)
+        return grad_x, None, (grad_pos if ctx.has_pos else None)
 
 
 def _unshuffle_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[1])
+    ctx.choices = backends.forward_choices()
 
 
 def _unshuffle_backward(ctx, grad):
-    (perm,) = ctx.saved_tensors
-    return _shuffle_op(grad, perm, None), None
+    with backends.for_backward(ctx.choices):
+        (perm,) = ctx.saved_tensors
+        return _shuffle_op(grad, perm, None), None
 
 
 def _decoder_input_setup(ctx, inputs, output):
     enc_kept, keep_idx, mask_token, perm, pos_emb = inputs
     ctx.save_for_backward(keep_idx, perm)
+    ctx.choices = backends.forward_choices()
 
 
 def _decoder_input_backward(ctx, grad):
-    keep_idx, perm = ctx.saved_tensors
-    grad_enc, grad_mask, grad_pos = _decoder_input_bwd_op(grad, keep_idx, perm)
-    return grad_enc, None, grad_mask, None, grad_pos
+    with backends.for_backward(ctx.choices):
+        keep_idx, perm = ctx.saved_tensors
+        grad_enc, grad_mask, grad_pos = _decoder_input_bwd_op(grad, keep_idx, perm)
+        return grad_enc, None, grad_mask, None, grad_pos
 
 
 _gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
