@@ -128,3 +128,31 @@ def test_embed_of_tokens_that_embeds_nothing_keeps_the_tokens_layout(tmp_path):
                "--pool", "tokens", "--decoder", "pyav"])
     assert rc == 1
     assert np.load(out)["embeddings"].shape == (0, 3 * 4, 32)  # 16x16 frames, patch 8: 4 tokens a frame
+
+
+@pytest.mark.parametrize("command", ["embed", "train"])
+def test_a_missing_pyav_is_a_bad_argument_not_a_bad_file_per_clip(tmp_path, capsys, monkeypatch, command):
+    """Without PyAV (an optional dependency) every clip failed to probe: embed
+    listed each good video as a bad file and wrote that list (exit 1)."""
+    import sys
+
+    from vpengine.data import encode_video, pattern_frames
+
+    clip = encode_video(tmp_path / "v.mp4", pattern_frames(6, 32, 32, seed=0))
+    model, manifest = _model_and_manifest(tmp_path, [{"path": clip, "caption": "x"}] * 2)
+    if command == "embed":
+        args = ["embed", str(manifest), "--model", str(model), "--out", str(tmp_path / "e.npz")]
+    else:  # stage 2 distills from a video-text model
+        from vpengine.model import TextConfig, VideoTextConfig
+
+        lvt = VideoTextConfig(encoder=ENC, num_auxiliary_layers=1, pooler_num_heads=2, pooler_hidden=32,
+                              text=TextConfig(vocab_size=20, num_layers=1, num_heads=2, width=32, mlp_dim=64))
+        vpengine.save(vpengine.build(lvt, seed=0), model, overwrite=True)
+        args = ["train", "--stage", "2", "--model", str(model), "--manifest", str(manifest),
+                "--out", str(tmp_path / "run"), "--num-workers", "1", "--batch-size", "2", "--steps", "1",
+                "--dtype", "float32"]
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError, as where it is not installed
+    rc = main([*args, "--frames", "4", "--size", "16", "--decoder", "pyav"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "PyAV is not installed" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "m.safetensors", "v.mp4"]

@@ -44,6 +44,7 @@ from . import dali_backend
 from .clip import BACKENDS, ClipInfo, _info, decode_plan, plan_clip
 from .errors import BackendUnsupported, BadFile, BadVideoError
 from .manifest import ManifestEntry, read_manifest
+from .pyav_io import _av
 from .sampling import ClipSpec
 
 log = logging.getLogger("vpengine.data")
@@ -178,6 +179,9 @@ class ClipLoader:
             why = dali_backend.dali_reasons(self.dali_device)
             if why:
                 raise BackendUnsupported(f"backend {backend!r} cannot run here: " + "; ".join(why))
+        # Every clip is probed with PyAV, whatever decodes it: without PyAV each
+        # good file would be skipped as bad, for a reason that is the machine's.
+        _av()
         if self.device.type == "cuda" and not (torch.cuda.is_available()
                                                and (self.device.index or 0) < torch.cuda.device_count()):
             # Found now, not after the first batch's decode, as torch's "no accelerator" error.
