@@ -198,6 +198,7 @@ def _main(argv=None) -> int:
     if args.command == "embed":
         import torch
 
+        from .backends import BackendUnavailable
         from .data import BadVideoError, ClipSpec
         from .data.errors import BackendUnsupported
         from .embed import embed_manifest
@@ -217,7 +218,8 @@ def _main(argv=None) -> int:
                            device=device, dtype=getattr(torch, args.dtype), pool=args.pool,
                            backend=args.decoder, strict=args.strict, compile=args.compile,
                            overwrite=args.overwrite)
-        except (ValueError, CheckpointError, OSError, BadVideoError, BackendUnsupported) as e:
+        # BackendUnavailable: VPENGINE_BACKEND names a backend that cannot run here (a setting, not a crash)
+        except (ValueError, CheckpointError, OSError, BadVideoError, BackendUnsupported, BackendUnavailable) as e:
             print(f"vpengine embed: {e}", file=sys.stderr)
             return 2
         if summary["clips"] == 0:

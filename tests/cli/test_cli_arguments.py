@@ -156,3 +156,29 @@ def test_a_missing_pyav_is_a_bad_argument_not_a_bad_file_per_clip(tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2 and "PyAV is not installed" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "m.safetensors", "v.mp4"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="forces a backend that cannot run on a machine without CUDA")
+@pytest.mark.parametrize("command", ["embed", "train"])
+def test_a_forced_backend_that_cannot_run_here_is_a_bad_argument(tmp_path, capsys, monkeypatch, command):
+    """VPENGINE_BACKEND=cuda on a CPU machine: a one-line error and exit 2 (as for
+    VPENGINE_BACKEND=bogus), not a traceback and embed's exit 1 ("no clip read")."""
+    from vpengine.data import encode_video, pattern_frames
+    from vpengine.model import TextConfig, VideoTextConfig
+
+    clip = encode_video(tmp_path / "v.mp4", pattern_frames(6, 32, 32, seed=0))
+    model, manifest = _model_and_manifest(tmp_path, [{"path": clip, "caption": "x"}] * 2)
+    if command == "embed":
+        args = ["embed", str(manifest), "--model", str(model), "--out", str(tmp_path / "e.npz")]
+    else:  # stage 2 distills from a video-text model
+        lvt = VideoTextConfig(encoder=ENC, num_auxiliary_layers=1, pooler_num_heads=2, pooler_hidden=32,
+                              text=TextConfig(vocab_size=20, num_layers=1, num_heads=2, width=32, mlp_dim=64))
+        vpengine.save(vpengine.build(lvt, seed=0), model, overwrite=True)
+        args = ["train", "--stage", "2", "--model", str(model), "--manifest", str(manifest),
+                "--out", str(tmp_path / "run"), "--num-workers", "1", "--batch-size", "2", "--steps", "1",
+                "--dtype", "float32"]
+    monkeypatch.setenv("VPENGINE_BACKEND", "cuda")
+    rc = main([*args, "--frames", "4", "--size", "16", "--decoder", "pyav"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "forced backend 'cuda' cannot run" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "m.safetensors", "v.mp4"]

@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser, path=str) -> None:
 
 
 def run(args, device) -> int:
+    from ..backends import BackendUnavailable
     from ..data import BadVideoError
     from ..data.errors import BackendUnsupported
     from ..model.convert import CheckpointError
@@ -57,7 +58,9 @@ def run(args, device) -> int:
     try:
         cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
         summary = train(cfg, resume=args.resume, device=device)
-    except (ValueError, CheckpointError, BadVideoError, BackendUnsupported, OSError, FloatingPointError) as e:
+    # BackendUnavailable: VPENGINE_BACKEND names a backend that cannot run here (a setting, not a crash)
+    except (ValueError, CheckpointError, BadVideoError, BackendUnsupported, BackendUnavailable, OSError,
+            FloatingPointError) as e:
         print(f"vpengine train: {e}", file=sys.stderr)
         return 2
     if summary["rank"] != 0:  # one summary per run, from rank 0 (it holds every rank's bad files)
