@@ -245,3 +245,39 @@ def test_loader_skips_a_file_removed_before_its_batch_decodes(tmp_path, videos, 
                         backend="dali-cpu", shuffle=False, num_workers=1)
     assert [b.rows for b in loader] == [[0], [2]]  # with DALI the batch comes out one short
     assert [(b.index, b.reason) for b in loader.bad_files] == [(1, "cannot read: No such file or directory")]
+
+
+def test_a_file_rewritten_after_its_probe_is_not_black_frames(tmp_path, videos, monkeypatch):
+    """DALI gives black frames, no error, for indices past a file's end: a
+    file rewritten shorter between its probe and its batch's decode (the
+    loader's pool probes prefetch batches ahead) was a good clip with black
+    frames. It is a bad file now, as PyAV's decode finds it missing frames."""
+    import shutil
+
+    import vpengine.data.loader as loader_module
+    from vpengine.data.clip import decode_plan, plan_clip
+
+    path = str(tmp_path / "rewritten.webm")
+    shutil.copy(videos["vp9"], path)  # 20 frames
+    spec = ClipSpec(4, size=(16, 16))
+    plan = plan_clip(path, spec)
+    shutil.copy(videos["vfr_vp9"], path)  # 10 frames: the plan's 10 and 15 are gone
+    with pytest.raises(BadVideoError, match="changed since"):
+        decode_plan(plan, spec, "dali-cpu")
+
+    shutil.copy(videos["vp9"], path)
+
+    def plan_then_rewrite(p, *args, **kw):
+        plan = plan_clip(p, *args, **kw)
+        if p == path:
+            shutil.copy(videos["vfr_vp9"], path)
+        return plan
+
+    monkeypatch.setattr(loader_module, "plan_clip", plan_then_rewrite)
+    loader = ClipLoader([videos["vp9"], path, videos["vp9"]], spec, batch_size=3, backend="dali-cpu",
+                        shuffle=False, num_workers=1)
+    batches = list(loader)
+    assert [b.rows for b in batches] == [[0, 2]]
+    assert [b.index for b in loader.bad_files] == [1]
+    for clip, info in zip(batches[0].frames, batches[0].infos):
+        assert gray_index(clip) == info.frame_indices

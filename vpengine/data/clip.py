@@ -25,6 +25,7 @@ import torch
 
 from . import pyav_backend, pyav_decode
 from .errors import BackendUnsupported, BadVideoError
+from .file_cache import file_key
 from .resize import resize_frames
 from .sampling import ClipSpec, sample_indices
 
@@ -64,12 +65,20 @@ class ClipPlan:
     indices: list[int]
     paddings: list[float]
     window: tuple[int, int]
+    # The file's identity (file_cache.file_key) just before its probe; None
+    # when it could not be read. DALI decodes the file later and gives black
+    # frames, no error, for indices past a file that has since shrunk.
+    file_key: tuple | None = None
 
 
 def plan_clip(path: str, spec: ClipSpec, seed: int | None = None) -> ClipPlan:
     """Probe ``path`` and choose the frames of the clip. Raises BadVideoError."""
     if not isinstance(spec, ClipSpec):
         raise ValueError(f"spec must be a ClipSpec; got {type(spec).__name__}")
+    try:
+        key = file_key(path)  # taken first: a change during the probe shows at decode time too
+    except OSError:
+        key = None  # the probe says why
     vp = pyav_backend.probe(path)
     i0, i1 = vp.window(spec.start_time, spec.end_time)
     if i1 <= i0:
@@ -78,7 +87,7 @@ def plan_clip(path: str, spec: ClipSpec, seed: int | None = None) -> ClipPlan:
             str(path), f"no frame in the window [{spec.start_time}, {spec.end_time}) s (frames span {span})"
         )
     rel, pad = sample_indices(spec, i1 - i0, seed)
-    return ClipPlan(vp, [i0 + i for i in rel], pad, (i0, i1))
+    return ClipPlan(vp, [i0 + i for i in rel], pad, (i0, i1), key)
 
 
 def _info(plan: ClipPlan, backend: str, frames_THW3: torch.Tensor) -> ClipInfo:
@@ -130,7 +139,7 @@ def decode_plan(plan: ClipPlan, spec: ClipSpec, backend: str, threads: int = 0,
         clips = dali_backend.decode_batch(
             [plan.probe.path], [plan.indices], [plan.probe.codec],
             device=backend[5:], size=spec.size, resize=spec.resize, device_id=device_id,
-            orientations=[plan.probe.orientation],
+            orientations=[plan.probe.orientation], file_keys=[plan.file_key],
         )
         return clips[0]
     raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")

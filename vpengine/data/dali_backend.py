@@ -35,6 +35,7 @@ import torch
 
 from . import orientation
 from .errors import BackendUnsupported, BadVideoError
+from .file_cache import file_key
 from .frame_sizes import TRACKED
 
 CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
@@ -225,6 +226,7 @@ def decode_batch(
     device_id: int | None = None,
     batch_size: int | None = None,
     orientations: list[int] | None = None,
+    file_keys: list[tuple | None] | None = None,
 ) -> torch.Tensor:
     """Decode ``indices[i]`` of ``paths[i]`` for every i with DALI; uint8 ``[B, T, h, w, 3]``.
 
@@ -234,7 +236,10 @@ def decode_batch(
     by the caller: a one-clip batch raises BadVideoError naming the file, a
     larger one DaliBatchFailed (or BadVideoError for a file it cannot read:
     removed since its probe, say). ``orientations[i]`` (see :mod:`.orientation`,
-    0 when absent) puts clip i upright after decoding.
+    0 when absent) puts clip i upright after decoding. ``file_keys[i]`` (a
+    ``ClipPlan.file_key``; None: not checked) is path i's identity when its
+    indices were chosen: a file changed since is a BadVideoError, as DALI
+    would give black frames, no error, for indices past its new end.
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
@@ -254,9 +259,12 @@ def decode_batch(
         raise ValueError(f"orientations has {len(turns)} entries for {len(paths)} paths")
     if any(not 0 <= o < 8 for o in turns):
         raise ValueError(f"orientations must lie in 0..7; got {turns}")
+    keys = [None] * len(paths) if file_keys is None else list(file_keys)
+    if len(keys) != len(paths):
+        raise ValueError(f"file_keys has {len(keys)} entries for {len(paths)} paths")
     batch_size = batch_size or max(len(paths), 1)
     if not any(turns):
-        return _run(device, paths, indices, size, resize, batch_size, num_threads, device_id)
+        return _run(device, paths, indices, keys, size, resize, batch_size, num_threads, device_id)
     # Clips stored sideways decode and resize at the transposed size, then turn.
     out: list = [None] * len(paths)
     for odd in (0, 1):
@@ -264,27 +272,30 @@ def decode_batch(
         if not sel:
             continue
         part_size = size if not odd or size is None else (size[1], size[0])
-        clips = _run(device, [paths[i] for i in sel], [indices[i] for i in sel], part_size, resize,
-                     batch_size, num_threads, device_id)
+        clips = _run(device, [paths[i] for i in sel], [indices[i] for i in sel], [keys[i] for i in sel],
+                     part_size, resize, batch_size, num_threads, device_id)
         for j, i in enumerate(sel):
             out[i] = orientation.apply_torch(clips[j], turns[i])
     return torch.stack(out)
 
 
-def _read(path: str) -> np.ndarray:
+def _read(path: str, key: tuple | None) -> np.ndarray:
     # The loader probes a file in its pool and decodes its batch later: a file
     # removed in between is a bad file (the caller finds it clip by clip), not
-    # an OSError that ends the pass.
+    # an OSError that ends the pass. So is one rewritten in between: DALI
+    # returns black frames, no error, for indices past a file's end.
     try:
+        if key is not None and file_key(path) != key:
+            raise BadVideoError(path, "the file changed since its frames were chosen (its probe)")
         return np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise BadVideoError(path, f"cannot read: {e.strerror or e}") from None
 
 
-def _run(device, paths, indices, size, resize, batch_size, num_threads, device_id) -> torch.Tensor:
+def _run(device, paths, indices, keys, size, resize, batch_size, num_threads, device_id) -> torch.Tensor:
     """One DALI run over clips that share an output size; errors as decode_batch says."""
     pipe = _get_pipe(device, size, resize, batch_size, num_threads, device_id)
-    encoded = [_read(p) for p in paths]
+    encoded = [_read(p, k) for p, k in zip(paths, keys)]
     frames = [np.asarray(ix, dtype=np.int32) for ix in indices]
     try:
         clips = pipe.run(encoded, frames, device_id)

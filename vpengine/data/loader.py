@@ -270,7 +270,8 @@ class ClipLoader:
         try:
             clips = dali_backend.decode_batch([p.probe.path for p in plans], [p.indices for p in plans],
                                               [p.probe.codec for p in plans],
-                                              orientations=[p.probe.orientation for p in plans], **kw)
+                                              orientations=[p.probe.orientation for p in plans],
+                                              file_keys=[p.file_key for p in plans], **kw)
             for k, i in enumerate(todo):
                 items[i] = (*items[i][:3], clips[k], "dali-" + dev)
         except (dali_backend.DaliBatchFailed, BadVideoError) as err:
@@ -281,7 +282,8 @@ class ClipLoader:
                 p = items[i][1]
                 try:
                     clip = dali_backend.decode_batch([p.probe.path], [p.indices], [p.probe.codec],
-                                                     orientations=[p.probe.orientation], **kw)[0]
+                                                     orientations=[p.probe.orientation],
+                                                     file_keys=[p.file_key], **kw)[0]
                     items[i] = (*items[i][:3], clip, "dali-" + dev)
                 except BadVideoError as alone:
                     items[i] = self._pyav_fallback(items[i], alone)
