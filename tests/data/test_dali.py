@@ -281,3 +281,19 @@ def test_a_file_rewritten_after_its_probe_is_not_black_frames(tmp_path, videos, 
     assert [b.index for b in loader.bad_files] == [1]
     for clip, info in zip(batches[0].frames, batches[0].infos):
         assert gray_index(clip) == info.frame_indices
+
+
+def test_pipeline_cache_is_bounded(videos):
+    """One DALI pipeline per output size, each with its own threads and
+    buffers: read_clip over many sizes kept every one of them."""
+    from vpengine.data import dali_backend
+
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None
+    for s in range(8, 8 + 2 * dali_backend.MAX_PIPES + 2):
+        clip, _ = read_clip(videos["vp9"], ClipSpec(2, size=(s, s)), backend="dali-cpu")
+        assert gray_index(clip) == [0, 10]
+    assert len(dali_backend._PIPES) <= dali_backend.MAX_PIPES
+    if threads is not None:  # the evicted pipelines' threads are gone too
+        assert len(os.listdir("/proc/self/task")) <= threads + 8 * dali_backend.MAX_PIPES
+    pipe = dali_backend._get_pipe("cpu", (8, 8 + 1), "lanczos", 1, 2, None)  # a hit is the same pipeline
+    assert dali_backend._get_pipe("cpu", (8, 8 + 1), "lanczos", 1, 2, None) is pipe
