@@ -37,7 +37,10 @@ def _lanczos_pil(frames_THW3: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _torch_resize(frames_THW3: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     x_T3HW = frames_THW3.permute(0, 3, 1, 2).float()
     kw = {"antialias": True, "align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    y_T3hw = F.interpolate(x_T3HW, size=size, mode=mode, **kw)
+    # torch's "nearest" takes source pixel floor(i * scale), half a pixel off
+    # the pixel-centre grid of the other modes, PIL and DALI; "nearest-exact"
+    # takes floor((i + 0.5) * scale), DALI's choice (measured: same columns).
+    y_T3hw = F.interpolate(x_T3HW, size=size, mode="nearest-exact" if mode == "nearest" else mode, **kw)
     # round-half-up then clamp: bicubic overshoots [0, 255] at sharp edges.
     return y_T3hw.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
