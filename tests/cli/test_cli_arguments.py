@@ -130,39 +130,9 @@ def test_embed_of_tokens_that_embeds_nothing_keeps_the_tokens_layout(tmp_path):
     assert np.load(out)["embeddings"].shape == (0, 3 * 4, 32)  # 16x16 frames, patch 8: 4 tokens a frame
 
 
-@pytest.mark.parametrize("command", ["embed", "train"])
-def test_a_missing_pyav_is_a_bad_argument_not_a_bad_file_per_clip(tmp_path, capsys, monkeypatch, command):
-    """Without PyAV (an optional dependency) every clip failed to probe: embed
-    listed each good video as a bad file and wrote that list (exit 1)."""
-    import sys
-
-    from vpengine.data import encode_video, pattern_frames
-
-    clip = encode_video(tmp_path / "v.mp4", pattern_frames(6, 32, 32, seed=0))
-    model, manifest = _model_and_manifest(tmp_path, [{"path": clip, "caption": "x"}] * 2)
-    if command == "embed":
-        args = ["embed", str(manifest), "--model", str(model), "--out", str(tmp_path / "e.npz")]
-    else:  # stage 2 distills from a video-text model
-        from vpengine.model import TextConfig, VideoTextConfig
-
-        lvt = VideoTextConfig(encoder=ENC, num_auxiliary_layers=1, pooler_num_heads=2, pooler_hidden=32,
-                              text=TextConfig(vocab_size=20, num_layers=1, num_heads=2, width=32, mlp_dim=64))
-        vpengine.save(vpengine.build(lvt, seed=0), model, overwrite=True)
-        args = ["train", "--stage", "2", "--model", str(model), "--manifest", str(manifest),
-                "--out", str(tmp_path / "run"), "--num-workers", "1", "--batch-size", "2", "--steps", "1",
-                "--dtype", "float32"]
-    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError, as where it is not installed
-    rc = main([*args, "--frames", "4", "--size", "16", "--decoder", "pyav"])
-    err = capsys.readouterr().err
-    assert rc == 2 and "PyAV is not installed" in err and "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "m.safetensors", "v.mp4"]
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="forces a backend that cannot run on a machine without CUDA")
-@pytest.mark.parametrize("command", ["embed", "train"])
-def test_a_forced_backend_that_cannot_run_here_is_a_bad_argument(tmp_path, capsys, monkeypatch, command):
-    """VPENGINE_BACKEND=cuda on a CPU machine: a one-line error and exit 2 (as for
-    VPENGINE_BACKEND=bogus), not a traceback and embed's exit 1 ("no clip read")."""
+def _embed_or_train(tmp_path, command) -> list[str]:
+    """Arguments of a one-clip-manifest ``embed`` or stage-2 ``train`` run that
+    would succeed here; the tests below break one thing about the machine."""
     from vpengine.data import encode_video, pattern_frames
     from vpengine.model import TextConfig, VideoTextConfig
 
@@ -177,8 +147,31 @@ def test_a_forced_backend_that_cannot_run_here_is_a_bad_argument(tmp_path, capsy
         args = ["train", "--stage", "2", "--model", str(model), "--manifest", str(manifest),
                 "--out", str(tmp_path / "run"), "--num-workers", "1", "--batch-size", "2", "--steps", "1",
                 "--dtype", "float32"]
+    return [*args, "--frames", "4", "--size", "16", "--decoder", "pyav"]
+
+
+@pytest.mark.parametrize("command", ["embed", "train"])
+def test_a_missing_pyav_is_a_bad_argument_not_a_bad_file_per_clip(tmp_path, capsys, monkeypatch, command):
+    """Without PyAV (an optional dependency) every clip failed to probe: embed
+    listed each good video as a bad file and wrote that list (exit 1)."""
+    import sys
+
+    args = _embed_or_train(tmp_path, command)
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError, as where it is not installed
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and "PyAV is not installed" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "m.safetensors", "v.mp4"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="forces a backend that cannot run on a machine without CUDA")
+@pytest.mark.parametrize("command", ["embed", "train"])
+def test_a_forced_backend_that_cannot_run_here_is_a_bad_argument(tmp_path, capsys, monkeypatch, command):
+    """VPENGINE_BACKEND=cuda on a CPU machine: a one-line error and exit 2 (as for
+    VPENGINE_BACKEND=bogus), not a traceback and embed's exit 1 ("no clip read")."""
+    args = _embed_or_train(tmp_path, command)
     monkeypatch.setenv("VPENGINE_BACKEND", "cuda")
-    rc = main([*args, "--frames", "4", "--size", "16", "--decoder", "pyav"])
+    rc = main(args)
     err = capsys.readouterr().err
     assert rc == 2 and "forced backend 'cuda' cannot run" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "m.safetensors", "v.mp4"]
