@@ -211,18 +211,23 @@ def test_an_avi_with_held_frames_is_not_truncation(tmp_path):
         read_clip(tmp_path / "cut.avi", ClipSpec(6, size=None), backend="pyav")
 
 
-def test_an_avi_written_to_a_pipe_reads(tmp_path):
-    """A writer that cannot seek back (FFmpeg to a pipe) leaves the RIFF size
-    and the frame count as placeholders: nothing to judge truncation by."""
-    path = tmp_path / "piped.avi"
-    with open(path, "wb") as f, av.open(_Pipe(f), "w", format="avi") as c:
-        st = c.add_stream("mjpeg", rate=FPS)
-        st.width, st.height, st.pix_fmt = 64, 48, "yuvj420p"
+def _write_to_pipe(path, fmt: str, codec: str, pix_fmt: str) -> None:
+    """12 index frames muxed as FFmpeg does to a pipe: it cannot seek back to fill in sizes."""
+    with open(path, "wb") as f, av.open(_Pipe(f), "w", format=fmt) as c:
+        st = c.add_stream(codec, rate=FPS)
+        st.width, st.height, st.pix_fmt = 64, 48, pix_fmt
         for i, rgb in enumerate(index_frames(12)):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
             c.mux(st.encode(frame))
         c.mux(st.encode())
+
+
+def test_an_avi_written_to_a_pipe_reads(tmp_path):
+    """A writer that cannot seek back (FFmpeg to a pipe) leaves the RIFF size
+    and the frame count as placeholders: nothing to judge truncation by."""
+    path = tmp_path / "piped.avi"
+    _write_to_pipe(path, "avi", "mjpeg", "yuvj420p")
     assert path.read_bytes()[4:8] == b"\xff\xff\xff\xff"
     frames, info = read_clip(path, ClipSpec(6, size=None), backend="pyav")
     assert info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
@@ -232,14 +237,7 @@ def test_an_asf_written_to_a_pipe_reads(tmp_path):
     """FFmpeg writing ASF to a pipe leaves the Data Object's size a
     placeholder (its header alone): nothing to judge truncation by."""
     path = tmp_path / "piped.wmv"
-    with open(path, "wb") as f, av.open(_Pipe(f), "w", format="asf") as c:
-        st = c.add_stream("wmv2", rate=FPS)
-        st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
-        for i, rgb in enumerate(index_frames(12)):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            c.mux(st.encode(frame))
-        c.mux(st.encode())
+    _write_to_pipe(path, "asf", "wmv2", "yuv420p")
     frames, info = read_clip(path, ClipSpec(6, size=None), backend="pyav")
     assert info.num_source_frames == 12 and gray_index(frames) == info.frame_indices
 
