@@ -272,3 +272,16 @@ def test_activation_checkpointing_trains_the_same_model(train_data, tmp_path, ca
         weights[on] = load_file(out / "model.safetensors")
     assert losses[True] == losses[False]
     assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[False])
+
+
+def test_masks_draw_from_a_stream_of_their_own():
+    """The mask seed of rank r was the loader's shuffle seed of epoch r: on a
+    CPU, rank 0's first masks came from epoch 0's data-order numbers."""
+    from vpengine.data.loader import _mix
+    from vpengine.train.loop import mask_seed
+
+    for seed in (0, 1, 1234):
+        for rank in range(4):
+            shuffles = {_mix(seed, epoch) for epoch in range(8)}
+            assert mask_seed(seed, rank) not in shuffles
+            assert mask_seed(seed, rank) == mask_seed(seed, rank) != mask_seed(seed, rank + 1)

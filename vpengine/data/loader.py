@@ -122,11 +122,12 @@ def _integer(name: str, value) -> int:
     raise ValueError(f"{name} must be an integer; got {value!r}")
 
 
-def _mix(*parts: int) -> int:
+def _mix(*parts: int | str) -> int:
     """A 63-bit seed from integers. Arithmetic such as ``seed * P + epoch``
     collides once a row or epoch count passes P (pretraining manifests hold
-    tens of millions of rows); a hash of the decimal parts does not."""
-    text = ":".join(str(int(p)) for p in parts).encode()
+    tens of millions of rows); a hash of the decimal parts does not. A
+    string part names a stream: no integer parts hash to the same text."""
+    text = ":".join(p if isinstance(p, str) else str(int(p)) for p in parts).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 

@@ -32,6 +32,13 @@ from .config import TrainConfig, lr_factor
 from .prepare import build_task, check_manifest, check_out_dir, distributed, optimizer
 
 
+
+def mask_seed(seed: int, rank: int) -> int:
+    """The mask generator's seed for a rank. A stream of its own: it was
+    ``_mix(seed, rank)``, the loader's shuffle seed for epoch ``rank``, so on
+    a CPU rank 0's masks drew the very numbers of epoch 0's data order."""
+    return _mix("masks", seed, rank)
+
 class _Run:
     """The state of one training process: task, optimizer, data position."""
 
@@ -74,7 +81,7 @@ class _Run:
         self.params = [p for p in self.task.parameters() if p.requires_grad]
         self.opt = optimizer(self.task, cfg, self.device)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
-        self.masks = torch.Generator(device=self.device).manual_seed(_mix(cfg.seed, self.rank))
+        self.masks = torch.Generator(device=self.device).manual_seed(mask_seed(cfg.seed, self.rank))
         self.step, self.epoch, self.cursor = 0, 0, 0
         if state is not None:
             self.task.load_state_dict(state["task"])
