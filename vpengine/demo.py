@@ -24,11 +24,13 @@ def synthetic_clip(batch: int, frames: int, size: int, seed: int = 0) -> torch.T
 
 
 def load_model(preset: str):
-    from .model.api import build, cached_official_path, load_official
+    from .model.api import build, cached_official_path, check_preset_model, load_official
 
     path = cached_official_path(preset)
     if path:
-        return load_official(path), f"official weights from the local Hugging Face cache ({path})"
+        model = load_official(path)
+        check_preset_model(preset, model, f"{path}, the cached official file of {preset},")
+        return model, f"official weights from the local Hugging Face cache ({path})"
     return build(preset), "RANDOM initialisation (official weights not in the local Hugging Face cache)"
 
 

@@ -1,5 +1,5 @@
 """Public model API: presets, official checkpoints of any shape, safetensors IO,
-from_pretrained through a Hugging Face cache, input validation, autocast."""
+input validation, autocast (from_pretrained: test_from_pretrained.py)."""
 import re
 
 import numpy as np
@@ -206,57 +206,6 @@ def test_checkpoint_truncated_and_not_npz(tmp_path):
     st.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="x.safetensors"):
         vpengine.load(st)
-
-
-def test_from_pretrained_reads_offline_hf_cache(tmp_path, monkeypatch):
-    """An offline HF cache holding a (tiny) checkpoint under the official name."""
-    model = _random(ENC)
-    repo_dir = tmp_path / "models--google--videoprism-base-f16r288"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    snap = repo_dir / "snapshots" / commit
-    snap.mkdir(parents=True)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(commit)
-    save_official(model, snap / "flax_base_f16r288_repeated.npz")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    loaded = vpengine.from_pretrained("videoprism_public_v1_base", cache_dir=tmp_path)
-    video = _video()
-    with torch.no_grad():
-        assert torch.equal(loaded(video), model(video))
-    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):
-        vpengine.from_pretrained("videoprism_public_v1_large", cache_dir=tmp_path)
-    with pytest.raises(ValueError, match="no weights were released"):
-        vpengine.from_pretrained("videoprism_v1_giant")
-    # The encoder's file under the LvT name, then a truncated download: say which cached file and what to do.
-    lvt = tmp_path / "models--google--videoprism-lvt-base-f16r288"
-    (lvt / "snapshots" / commit).mkdir(parents=True)
-    (lvt / "refs").mkdir()
-    (lvt / "refs" / "main").write_text(commit)
-    cached = lvt / "snapshots" / commit / "flax_lvt_base_f16r288_repeated.npz"
-    cached.write_bytes((snap / "flax_base_f16r288_repeated.npz").read_bytes())
-    with pytest.raises(CheckpointError, match="holds a VideoEncoder, not the model of videoprism_lvt_public_v1_base"):
-        vpengine.from_pretrained("videoprism_lvt_public_v1_base", cache_dir=tmp_path)
-    cached.write_bytes(cached.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="Hugging Face cache's copy .* delete it"):
-        vpengine.from_pretrained("videoprism_lvt_public_v1_base", cache_dir=tmp_path)
-
-
-@pytest.mark.parametrize("value, offline", [("1", True), ("TRUE", True), ("on", True), ("yes", True),
-                                            ("0", False), ("FALSE", False), ("off", False), ("no", False)])
-def test_hf_hub_offline_values_read_like_huggingface_hub(tmp_path, monkeypatch, value, offline):
-    import huggingface_hub
-
-    seen = {}
-
-    def fake_download(repo, filename, cache_dir=None, local_files_only=False):
-        seen["local_files_only"] = local_files_only
-        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setenv("HF_HUB_OFFLINE", value)
-    with pytest.raises(FileNotFoundError, match="downloads are off" if offline else "could not be reached"):
-        vpengine.from_pretrained("videoprism_public_v1_base", cache_dir=tmp_path)
-    assert seen["local_files_only"] is offline
 
 
 def test_bad_inputs_name_the_layout():

@@ -1,6 +1,7 @@
 """Public model API: build, load_official, save, load, from_pretrained."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -175,10 +176,34 @@ def from_pretrained(
     except CheckpointError as e:
         raise CheckpointError(f"{e}\nThis is the Hugging Face cache's copy of {repo}/{filename}: delete it "
                               "and run again online to fetch it anew") from None
-    if type(model.config) is not type(PRESETS[name]):  # e.g. an encoder file under an LvT name
-        raise CheckpointError(f"{path}, the cached {repo}/{filename}, holds a {type(model).__name__}, "
-                              f"not the model of {name}; delete it and run again online")
+    check_preset_model(name, model, f"{path}, the cached {repo}/{filename},")
     return model
+
+
+def _config_diff(got, want, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(want):
+        a, b = getattr(got, f.name), getattr(want, f.name)
+        if dataclasses.is_dataclass(b) and type(a) is type(b):
+            out += _config_diff(a, b, f"{prefix}{f.name}.")
+        elif a != b:
+            out.append(f"{prefix}{f.name} {a!r} (expected {b!r})")
+    return out
+
+
+def check_preset_model(name: str, model: nn.Module, where: str) -> None:
+    """CheckpointError unless ``model`` has exactly the config of preset
+    ``name``. The class alone is not enough: base and large (or a fine-tuned
+    variant of another shape) are both VideoEncoders, and a user asking for
+    one must not silently get the other's weights and embedding width."""
+    want = PRESETS[name]
+    if type(model.config) is not type(want):  # e.g. an encoder file under an LvT name
+        raise CheckpointError(f"{where} holds a {type(model).__name__}, not the model of {name}; "
+                              "delete it and run again online")
+    diff = _config_diff(model.config, want)
+    if diff:
+        raise CheckpointError(f"{where} holds a {type(model).__name__} of another shape than {name}: "
+                              + _some(diff, "; ") + "; delete it and run again online")
 
 
 def cached_official_path(name: str) -> str | None:
