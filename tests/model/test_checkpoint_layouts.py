@@ -11,7 +11,7 @@ from test_api import ENC, LVT, _random, _video
 import vpengine
 from vpengine.cli import main
 from vpengine.model import CheckpointError
-from vpengine.model.convert import restack
+from vpengine.model.convert import STACK, restack
 from vpengine.model.encoder import resize_weights
 from vpengine.model.export import save_official, to_official
 
@@ -119,3 +119,26 @@ def test_float64_position_tables_resize_in_float64():
                          resize_weights(W0, 2, dtype=torch.float64), model.spatial_pos_emb.view(H0, W0, -1))
     assert torch.equal(spatial, exact.reshape(8, -1))
     assert torch.equal(temporal, resize_weights(T0, 3, dtype=torch.float64) @ model.temporal_pos_emb)
+
+
+@pytest.mark.parametrize("config, pre", [(ENC, "params/"), (LVT, "params/vision_encoder/")], ids=["encoder", "lvt"])
+def test_shape_inference_errors_name_the_arrays(tmp_path, config, pre):
+    """The arrays the config is read from: a missing one is named as missing
+    (not the whole file called foreign), a bad one with its shape."""
+    arrays = to_official(_random(config))
+    kernel, query = pre + "patch_projection/linear/kernel", pre + "spatial_encoder/" + STACK + "self_attention/query/w"
+    pos = pre + "spatial_pos_emb/emb_var"
+
+    def refused(edit: dict, drop: str | None = None) -> str:
+        np.savez(tmp_path / "x.npz", **{**{k: v for k, v in arrays.items() if k != drop}, **edit})
+        with pytest.raises(CheckpointError) as e:
+            vpengine.load_official(tmp_path / "x.npz")
+        return str(e.value)
+
+    assert f"required array '{kernel}' is missing" in refused({}, drop=kernel)
+    # width 50 in the kernel, 3 heads of 16 in the attention: both named, with their shapes
+    msg = refused({kernel: np.zeros((108, 50), np.float32)})
+    assert f"{kernel} has shape [108, 50] (width 50)" in msg
+    assert f"{query} [{ENC.num_spatial_layers}, 48, 3, 16]) have 3 heads x 16 head dim = 48" in msg
+    assert f"{kernel} has shape [100, 48]: 100 rows is not 3*P*P" in refused({kernel: np.zeros((100, 48), np.float32)})
+    assert f"{pos} has shape [6, 48]: 6 rows is not a square grid" in refused({pos: np.zeros((6, 48), np.float32)})

@@ -147,29 +147,42 @@ def _infer_encoder(A: _Arrays, p: str) -> EncoderConfig:
     rows, D = A.shape(p + "patch_projection/linear/kernel", 2)
     P = int(round(math.sqrt(rows / 3)))
     if 3 * P * P != rows:
-        raise CheckpointError(f"{A.source}: patch kernel has {rows} rows, not 3*P*P for any patch size P")
+        raise CheckpointError(f"{A.source}: {p}patch_projection/linear/kernel has shape {[rows, D]}: "
+                              f"{rows} rows is not 3*P*P for any patch size P")
     Ls, H, E = _heads(A, p + "spatial_encoder/" + STACK)
     Lt = _heads(A, p + "temporal_encoder/" + STACK)[0]
     mlp = A.shape(p + "spatial_encoder/" + STACK + "ff_layer/ffn_layer1/linear/kernel", 3)[2]
-    n_sp = A.shape(p + "spatial_pos_emb/emb_var", 2)[0]
+    n_sp, pos_D = A.shape(p + "spatial_pos_emb/emb_var", 2)
     g = int(round(math.sqrt(n_sp)))
     if g * g != n_sp:
-        raise CheckpointError(f"{A.source}: spatial_pos_emb has {n_sp} rows, not a square grid")
+        raise CheckpointError(f"{A.source}: {p}spatial_pos_emb/emb_var has shape {[n_sp, pos_D]}: {n_sp} rows "
+                              "is not a square grid of patch positions")
     T0 = A.shape(p + "temporal_pos_emb/emb_var", 2)[0]
-    if H * E != D:
-        raise CheckpointError(f"{A.source}: {H} heads x {E} head dim != width {D}")
+    if H * E != D:  # which of the two is wrong cannot be told: name both
+        q = p + "spatial_encoder/" + STACK + "self_attention/query/w"
+        raise CheckpointError(
+            f"{A.source}: {p}patch_projection/linear/kernel has shape {[rows, D]} (width {D}), but the "
+            f"spatial attention weights ({q} {list(A.arrays[q].shape)}) have {H} heads x {E} head dim = "
+            f"{H * E}: one of them is mis-shaped")
     return EncoderConfig(
         width=D, num_spatial_layers=Ls, num_temporal_layers=Lt, num_heads=H, mlp_dim=mlp,
         patch_size=P, pos_emb_shape=(T0, g, g),
     )
 
 
+_ENCODER_MODULES = ("patch_projection", "spatial_pos_emb", "spatial_encoder", "spatial_ln", "temporal_pos_emb",
+                    "temporal_encoder", "temporal_ln")
+
+
 def infer_config(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> ModelConfig:
     """The model config implied by an official checkpoint's array shapes."""
     A = _Arrays(arrays, source)
-    if A.has("params/patch_projection/linear/kernel"):
+    # Told apart by any array of their top-level modules, so that a file
+    # lacking only the patch kernel says that array is missing.
+    is_lvt = any(k.startswith("params/vision_encoder/") for k in arrays)
+    if not is_lvt and any(k.startswith(f"params/{m}/") for k in arrays for m in _ENCODER_MODULES):
         return _infer_encoder(A, "params/")
-    if not A.has("params/vision_encoder/patch_projection/linear/kernel"):
+    if not is_lvt:
         keys = ", ".join(sorted(arrays)[:5]) or "no arrays"
         raise CheckpointError(
             f"{source} is not an official VideoPrism checkpoint: no params/patch_projection or "
