@@ -44,6 +44,7 @@ from .file_cache import FileCache
 from .frame_sizes import TRACKED
 from .pyav_io import _av, _open, _wrap
 from .stream_facts import StartWatch, _orientation, _output_reorders, _size_varies, decoder_start, output_count
+from .unindexed import y4m_frame_bytes, y4m_shortfall
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,11 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                 short = asf_shortfall(path)
                 if short:  # FFmpeg's demuxer drops a cut file's declared duration: only its objects tell
                     raise BadVideoError(path, f"truncated: its ASF objects declare {short} bytes past the end of the file")
+            elif fmt == "yuv4mpegpipe" and (frame_bytes := y4m_frame_bytes(pixels)):
+                short = y4m_shortfall(path, frame_bytes)
+                if short:  # FFmpeg's demuxer drops a partial last frame without a word
+                    raise BadVideoError(path, f"truncated: its last y4m frame needs {short} bytes past the end "
+                                              "of the file")
             # AVI has no presentation times (FFmpeg numbers its packets); FFmpeg's
             # ASF muxer stores decode times and its MXF muxer gives H.264 no
             # reorder offsets: with a reordering codec their times may follow
