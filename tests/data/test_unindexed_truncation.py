@@ -9,7 +9,7 @@ import pytest
 from clip_facts import FPS, gray_index
 from vpengine.data import BadVideoError, ClipSpec, read_clip
 from vpengine.data.synthetic import index_frames
-from vpengine.data.unindexed import y4m_shortfall
+from vpengine.data.unindexed import gif_shortfall, y4m_shortfall
 
 av = pytest.importorskip("av")
 
@@ -66,3 +66,53 @@ def test_a_y4m_cut_between_frames_reads(tmp_path):
     (tmp_path / "four.y4m").write_bytes(data[: len(data) - 2 * frame])
     frames, info = _read_all(tmp_path / "four.y4m", 4)
     assert info.num_source_frames == 4 and gray_index(frames) == list(range(4))
+
+
+GIF_CASES = [(1, 48, 64, "rgb8"), (2, 47, 63, "bgr8"), (17, 2, 2, "rgb8"), (5, 9, 1, "bgr8"), (3, 1, 1, "rgb8"),
+             (30, 120, 160, "rgb8")]
+
+
+def _gif(tmp_path, n, h, w, pix_fmt) -> bytes:
+    return _write(tmp_path / "whole.gif", "gif", "gif", index_frames(n, h, w), pix_fmt)
+
+
+@pytest.mark.parametrize("n,h,w,pix_fmt", GIF_CASES)
+def test_a_complete_gif_reads_whole(tmp_path, n, h, w, pix_fmt):
+    data = _gif(tmp_path, n, h, w, pix_fmt)
+    assert data.endswith(b"\x3b") and gif_shortfall(str(tmp_path / "whole.gif")) == 0
+    frames, info = _read_all(tmp_path / "whole.gif", n)
+    assert info.num_source_frames == n and len(frames) == n
+
+
+@pytest.mark.parametrize("n,h,w,pix_fmt", [c for c in GIF_CASES if c[0] > 1])
+def test_a_gif_cut_short_is_truncation(tmp_path, n, h, w, pix_fmt):
+    """FFmpeg reads a cut image as far as it goes and stops there: the cut
+    file had read as a whole video of fewer frames. The trailer is all a cut
+    between two images leaves missing."""
+    data = _gif(tmp_path, n, h, w, pix_fmt)
+    last_image = data.rindex(b"\x21\xf9")  # the last image's graphic control extension
+    for i, at in enumerate((len(data) - 1, len(data) - 3, last_image, last_image + 12, (len(data) + last_image) // 2)):
+        cut = tmp_path / f"cut{i}.gif"
+        cut.write_bytes(data[:at])
+        with pytest.raises(BadVideoError, match=r"truncated: its GIF blocks need at least \d+ bytes past the end"):
+            _read_all(cut, 1)
+
+
+def test_bytes_after_the_gif_trailer_are_not_judged(tmp_path):
+    data = _gif(tmp_path, 3, 8, 8, "rgb8")
+    (tmp_path / "tail.gif").write_bytes(data + b"\0" * 64)
+    assert gif_shortfall(str(tmp_path / "tail.gif")) == 0
+    (tmp_path / "text.gif").write_bytes(b"GIF89a-but-not-really")
+    assert gif_shortfall(str(tmp_path / "text.gif")) is None
+
+
+def test_a_gif_from_another_writer_reads_whole(tmp_path):
+    """PIL's GIFs carry a loop (application) and a comment extension, and a
+    local palette per frame."""
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)) for _ in range(7)]
+    path = tmp_path / "pil.gif"
+    images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0, comment=b"made by PIL")
+    assert gif_shortfall(str(path)) == 0
+    assert _read_all(path, 7)[1].num_source_frames == 7

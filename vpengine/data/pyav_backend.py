@@ -44,7 +44,7 @@ from .file_cache import FileCache
 from .frame_sizes import TRACKED
 from .pyav_io import _av, _open, _wrap
 from .stream_facts import StartWatch, _orientation, _output_reorders, _size_varies, decoder_start, output_count
-from .unindexed import y4m_frame_bytes, y4m_shortfall
+from .unindexed import gif_shortfall, y4m_frame_bytes, y4m_shortfall
 
 
 @dataclass(frozen=True)
@@ -248,6 +248,11 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                 if short:  # FFmpeg's demuxer drops a partial last frame without a word
                     raise BadVideoError(path, f"truncated: its last y4m frame needs {short} bytes past the end "
                                               "of the file")
+            elif fmt == "gif":
+                short = gif_shortfall(path)
+                if short:  # FFmpeg reads a cut image as far as it goes, and no further image
+                    raise BadVideoError(path, f"truncated: its GIF blocks need at least {short} bytes past the end "
+                                              "of the file (no trailer)")
             # AVI has no presentation times (FFmpeg numbers its packets); FFmpeg's
             # ASF muxer stores decode times and its MXF muxer gives H.264 no
             # reorder offsets: with a reordering codec their times may follow

@@ -7,10 +7,16 @@ the containers that declare one).
   last ``FRAME``. FFmpeg's demuxer drops that partial frame without a word,
   and the file read as a whole video of fewer frames. A cut exactly between
   two frames leaves a whole (shorter) file: nothing tells it.
+- ``gif_shortfall``: GIF. Its blocks (extensions, images) follow one another
+  up to the trailer byte 0x3B, and each one's data comes in sub-blocks that
+  end with an empty one: a file cut short ends inside a block, or between
+  two without the trailer. FFmpeg's demuxer and decoder take the cut image
+  as far as it goes, and the file read as a whole video of fewer frames.
 
 """
 from __future__ import annotations
 
+import mmap
 import os
 
 _FRAME = b"FRAME"
@@ -56,3 +62,43 @@ def y4m_shortfall(path: str, frame_bytes: int) -> int | None:
                 return end - size
             pos = end
     return 0
+
+
+_GIF_EXTENSION, _GIF_IMAGE, _GIF_TRAILER = 0x21, 0x2C, 0x3B
+
+
+def _colour_table(flags: int) -> int:
+    return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+
+def gif_shortfall(path: str) -> int | None:
+    """Bytes a GIF file needs at least past its end to reach its trailer: 0
+    for a complete file (bytes after the trailer are not judged), 1 for one
+    that ends between two blocks; None for one that is not a GIF, or whose
+    bytes start no block (nothing to judge by)."""
+    size = os.path.getsize(path)
+    if size < 13:
+        return None
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        if m[:6] not in (b"GIF87a", b"GIF89a"):
+            return None
+        pos = 13 + _colour_table(m[10])  # header, logical screen descriptor, global colour table
+        while pos < size:
+            block = m[pos]
+            if block == _GIF_TRAILER:
+                return 0
+            if block == _GIF_EXTENSION:
+                pos += 2  # introducer, label
+            elif block == _GIF_IMAGE:
+                if pos + 10 > size:
+                    return pos + 10 - size + 2
+                pos += 10 + _colour_table(m[pos + 9]) + 1  # descriptor, local colour table, LZW code size
+            else:
+                return None
+            # Sub-blocks: a length byte, then that many bytes; an empty one ends the block.
+            while pos < size and m[pos]:
+                pos += 1 + m[pos]
+            if pos >= size:
+                return pos - size + 2  # the rest of the sub-block, the empty one, the trailer
+            pos += 1
+    return 1  # every block whole, the trailer missing
