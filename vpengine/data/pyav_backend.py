@@ -23,7 +23,8 @@ of an MPEG-TS/PS file or of a stream that does not start at a keyframe; see
 stream_facts.StartWatch). A raw H.264/HEVC stream, with no timestamps to
 count by, is counted by one full decode. A file whose demuxed frames fall
 short of what its header declares (frame count, or the duration of a
-video-only file) is truncated, and raises (completeness.py).
+video-only file) is truncated, and raises (completeness.py); so is a y4m or
+GIF file that ends inside a frame or block (unindexed.py).
 
 Footgun (toolchain notes): never touch a stream object after its container
 closed (reading ``average_rate`` then segfaulted), so everything is copied

@@ -13,6 +13,13 @@ the containers that declare one).
   two without the trailer. FFmpeg's demuxer and decoder take the cut image
   as far as it goes, and the file read as a whole video of fewer frames.
 
+Raw H.264/HEVC (Annex B) streams are not judged by their bytes: a NAL unit
+carries no length (it runs to the next start code), and the one mark of
+its end, a nonzero last byte (its stop bit), a cut leaves 255 times in
+256; only an entropy decoder knows where a slice's data should end.
+FFmpeg's H.264 decoder flags some cut last frames (pyav_decode raises on
+those) and leaves others unflagged; its HEVC decoder flags none. A cut
+between two access units leaves a whole, shorter stream.
 """
 from __future__ import annotations
 
