@@ -199,11 +199,11 @@ def check_preset_model(name: str, model: nn.Module, where: str) -> None:
     want = PRESETS[name]
     if type(model.config) is not type(want):  # e.g. an encoder file under an LvT name
         raise CheckpointError(f"{where} holds a {type(model).__name__}, not the model of {name}; "
-                              "delete it and run again online")
+                              "delete it (from_pretrained fetches it anew online)")
     diff = _config_diff(model.config, want)
     if diff:
         raise CheckpointError(f"{where} holds a {type(model).__name__} of another shape than {name}: "
-                              + _some(diff, "; ") + "; delete it and run again online")
+                              + _some(diff, "; ") + "; delete it (from_pretrained fetches it anew online)")
 
 
 def cached_official_path(name: str) -> str | None:
