@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from collections import OrderedDict
@@ -196,6 +197,27 @@ def suite_summary(records: list[dict]) -> dict[str, str]:
     return {s: f"{a} measured, {b} skipped, {e} errors" for s, (a, b, e) in out.items()}
 
 
+def select_commit(records: list[dict], wanted: str) -> tuple[list[dict], str]:
+    """The lines of the one commit ``wanted`` names, and "" or why none are
+    given. ``wanted`` is a commit as recorded ("unknown", "abc...+dirty") or a
+    prefix of its sha of at least 7 hex digits, as git accepts; a prefix that
+    fits several commits (a tree and its +dirty state among them) picks none,
+    since a table of two trees' lines would pass for one."""
+    commits = list(dict.fromkeys(r["commit"] for r in records))
+    if wanted in commits:
+        hits = [wanted]
+    elif not re.fullmatch(r"[0-9a-fA-F]{7,}", wanted):
+        return [], (f"no lines of commit {wanted} (a prefix needs at least 7 hex digits); "
+                    f"commits there: {', '.join(commits) or 'none'}")
+    else:
+        hits = [c for c in commits if c.lower().startswith(wanted.lower())]
+    if not hits:
+        return [], f"no lines of commit {wanted}; commits there: {', '.join(commits) or 'none'}"
+    if len(hits) > 1:
+        return [], f"commit {wanted} is ambiguous: it starts {', '.join(hits)}; give more of it"
+    return [r for r in records if r["commit"] == hits[0]], ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vpengine.bench.report", description="Print a results file as a table.")
     p.add_argument("jsonl", help="JSON-lines file written by `vpengine bench --json`")
@@ -214,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vpengine.bench.report: {args.jsonl} holds no results lines", file=sys.stderr)
         return 2
     if args.commit:
-        recs = [r for r in recs if r["commit"] == args.commit]
-        if not recs:
-            print(f"vpengine.bench.report: no lines of commit {args.commit} in {args.jsonl}", file=sys.stderr)
+        recs, why = select_commit(recs, args.commit)
+        if why:
+            print(f"vpengine.bench.report: {why} in {args.jsonl}", file=sys.stderr)
             return 1
     print(compact_table(recs) if args.compact else format_table(recs))
     for s, v in suite_summary(recs).items():
