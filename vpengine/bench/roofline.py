@@ -16,40 +16,66 @@ is reported beside the roofline, not used in it.
 """
 from __future__ import annotations
 
+import gc
 import glob
 import math
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 
-from .timing import Budget, measure
+from .timing import Budget, Timing, measure
 
 _MIB = 1 << 20
 
 
 @dataclass(frozen=True)
 class Ceilings:
-    """Measured rates: bytes/s of copy, FLOP/s of bf16 and fp32 matmul."""
+    """Measured rates: bytes/s of copy, FLOP/s of bf16 and fp32 matmul; None
+    for a ceiling whose measurement failed (its error line says why)."""
 
     device: str
-    copy_bytes_per_s: float
-    bf16_flops_per_s: float
-    fp32_flops_per_s: float
+    copy_bytes_per_s: float | None
+    bf16_flops_per_s: float | None
+    fp32_flops_per_s: float | None
 
-    def peak_flops(self, dtype: str) -> float:
+    def peak_flops(self, dtype: str) -> float | None:
         if dtype in ("float32", "fp32"):
             return self.fp32_flops_per_s
         # A CPU without bf16 units emulates the bf16 product at a fraction of
         # the fp32 rate (0.018 against 0.138 TFLOP/s on an EPYC), while a bf16
         # kernel may compute in fp32: against the bf16 rate alone it reached
-        # 417% of its "roofline". The best this machine did bounds both.
+        # 417% of its "roofline". The best this machine did bounds both, so
+        # with either rate unknown the bound is unknown too.
+        if self.bf16_flops_per_s is None or self.fp32_flops_per_s is None:
+            return None
         return max(self.bf16_flops_per_s, self.fp32_flops_per_s)
 
-    def roof_time(self, flops: float, nbytes: float, dtype: str) -> float:
-        """The fastest time a kernel doing ``flops`` and moving ``nbytes`` can take."""
-        t_flops = flops / self.peak_flops(dtype) if flops else 0.0
+    def roof_time(self, flops: float, nbytes: float, dtype: str) -> float | None:
+        """The fastest time a kernel doing ``flops`` and moving ``nbytes`` can
+        take; None when a ceiling it needs was not measured (a roof made of
+        the other ceiling alone would be too low, and its share too high)."""
+        peak = self.peak_flops(dtype) if flops else 0.0
+        if (flops and peak is None) or (nbytes and self.copy_bytes_per_s is None):
+            return None
+        t_flops = flops / peak if flops else 0.0
         t_bytes = nbytes / self.copy_bytes_per_s if nbytes else 0.0
         return max(t_flops, t_bytes)
+
+
+class Measured(NamedTuple):
+    """One ceiling as measured: ``timing`` None and ``error`` the reason
+    when its measurement raised."""
+
+    dtype: str
+    shape: str
+    unit: str
+    timing: Timing | None
+    work: float
+    error: str = ""
+
+    def rate(self) -> float | None:
+        return None if self.timing is None else self.work / self.timing.median
 
 
 def _llc_mib() -> int:
@@ -68,16 +94,22 @@ def _llc_mib() -> int:
     return int(math.ceil(max(sizes, default=0)))
 
 
-def _copy_case(device: torch.device, quick: bool):
+def _copy_nbytes(device: torch.device, quick: bool) -> int:
     if device.type == "cuda":
-        nbytes = (256 if quick else 1024) * _MIB
-    else:
-        # Out of the last-level cache in every mode (a 105 MiB L3 held --quick's
-        # old 16 MiB buffers and gave a cache rate, not the memory's).
-        nbytes = max(16 if quick else 128, 2 * _llc_mib()) * _MIB
+        return (256 if quick else 1024) * _MIB
+    # Out of the last-level cache in every mode (a 105 MiB L3 held --quick's
+    # old 16 MiB buffers and gave a cache rate, not the memory's).
+    return max(16 if quick else 128, 2 * _llc_mib()) * _MIB
+
+
+def _copy_case(device: torch.device, quick: bool):
+    nbytes = _copy_nbytes(device, quick)
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    return (lambda: dst.copy_(src)), 2.0 * nbytes
+    return (lambda: dst.copy_(src),), 2.0 * nbytes
+
+
+_STREAM_BYTES = 128 * _MIB
 
 
 def _stream_copy_case(device: torch.device, quick: bool):
@@ -88,10 +120,10 @@ def _stream_copy_case(device: torch.device, quick: bool):
 
     if not _ext.has_native("token_gather_native", "CPU"):
         return None
-    rows = 128 * _MIB // 4096
+    rows = _STREAM_BYTES // 4096
     src = torch.ones(1, rows, 1024)  # 4 KiB rows
     idx = torch.arange(rows)[None]
-    return (lambda: torch.ops.vpengine.token_gather_native(src, idx)), 2.0 * src.nbytes
+    return (lambda: torch.ops.vpengine.token_gather_native(src, idx),), 2.0 * src.nbytes
 
 
 def _matmul_cases(device: torch.device, dtype: torch.dtype, quick: bool):
@@ -107,38 +139,58 @@ def _matmul_cases(device: torch.device, dtype: torch.dtype, quick: bool):
     return fns, 2.0 * m * k * n_
 
 
-def measure_ceilings(device: torch.device | str, quick: bool = False) -> tuple[Ceilings, dict[str, tuple]]:
-    """Measure the three ceilings; returns them and, per ceiling, (name, shape,
-    dtype, rate unit, Timing, work) for the records."""
+def _attempt(device: torch.device, budget: Budget, dtype: str, shape: str, unit: str,
+             build: Callable) -> Measured | None:
+    """Build and time one ceiling (the fastest of its callables); None where
+    ``build`` has nothing to time here. A failure (no bf16 on this device, out
+    of memory) comes back as its reason: one ceiling must not end the run."""
+    try:
+        built = build()
+        if built is None:
+            return None
+        fns, work = built
+        t = min((measure(fn, device, budget) for fn in fns), key=lambda x: x.median)
+        return Measured(dtype, shape, unit, t, work)
+    except Exception as e:  # recorded as the ceiling's error line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    built = fns = None
+    gc.collect()  # the failed buffers, before the next ceiling allocates its own
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return Measured(dtype, shape, unit, None, 0.0, reason)
+
+
+def measure_ceilings(device: torch.device | str, quick: bool = False) -> tuple[Ceilings, dict[str, Measured]]:
+    """Measure the three ceilings; returns them and, per ceiling, its
+    :class:`Measured` for the records. A ceiling that failed is None in
+    :class:`Ceilings` and carries its reason in ``Measured.error``."""
     device = torch.device(device)
     budget = Budget(warmup=2, min_reps=5, max_reps=50, min_time_s=0.2 if quick else 0.5)
-    raw = {}
-    fn, work = _copy_case(device, quick)
-    raw["copy"] = ("float32", f"{int(work / 2 / _MIB)} MiB", "GB/s", measure(fn, device, budget), work)
-    stream = _stream_copy_case(device, quick)
+    raw: dict[str, Measured] = {}
+    raw["copy"] = _attempt(device, budget, "float32", f"{_copy_nbytes(device, quick) // _MIB} MiB", "GB/s",
+                           lambda: _copy_case(device, quick))
+    stream = _attempt(device, budget, "float32", f"{_STREAM_BYTES // _MIB} MiB", "GB/s",
+                      lambda: _stream_copy_case(device, quick))
     if stream is not None:
-        fn, work = stream
-        raw["copy_stream"] = ("float32", f"{int(work / 2 / _MIB)} MiB", "GB/s", measure(fn, device, budget), work)
+        raw["copy_stream"] = stream
     for name, dt in (("matmul_bf16", torch.bfloat16), ("matmul_fp32", torch.float32)):
         if device.type == "cuda":
             prev, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
         try:
-            fns, work = _matmul_cases(device, dt, quick)
             with torch.no_grad():
-                t = min((measure(fn, device, budget) for fn in fns), key=lambda x: x.median)
+                raw[name] = _attempt(device, budget, str(dt).removeprefix("torch."), _matmul_shape(device, dt, quick),
+                                     "TFLOP/s", lambda: _matmul_cases(device, dt, quick))
         finally:
             if device.type == "cuda":
                 torch.backends.cuda.matmul.allow_tf32 = prev
-        shape = _matmul_shape(device, dt, quick)
-        raw[name] = (str(dt).removeprefix("torch."), shape, "TFLOP/s", t, work)
-        del fns
     from .record import device_name
 
     ceilings = Ceilings(
         device=device_name(device),
-        copy_bytes_per_s=raw["copy"][4] / raw["copy"][3].median,
-        bf16_flops_per_s=raw["matmul_bf16"][4] / raw["matmul_bf16"][3].median,
-        fp32_flops_per_s=raw["matmul_fp32"][4] / raw["matmul_fp32"][3].median,
+        copy_bytes_per_s=raw["copy"].rate(),
+        bf16_flops_per_s=raw["matmul_bf16"].rate(),
+        fp32_flops_per_s=raw["matmul_fp32"].rate(),
     )
     return ceilings, raw
 

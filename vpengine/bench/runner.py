@@ -161,11 +161,14 @@ def records_for(r: Result, ceilings: Ceilings | None, device: str) -> list[R.Rec
         add("clips_per_s", "clips/s", _rate(c.clips, t, 1.0))
         if c.frames_per_clip:
             add("frames_per_s", "frames/s", _rate(c.clips * c.frames_per_clip, t, 1.0))
-    if ceilings is not None and (c.flops or c.nbytes) and not c.mfu:  # MFU is the same ratio, named
-        roof = ceilings.roof_time(c.flops, c.nbytes, c.dtype)
+    # A ceiling that failed leaves the shares that need it out (roof_time and
+    # peak_flops give None): a roof of the other ceilings alone is too low.
+    roof = ceilings.roof_time(c.flops, c.nbytes, c.dtype) if ceilings is not None else None
+    if roof is not None and (c.flops or c.nbytes) and not c.mfu:  # MFU is the same ratio, named
         add("pct_roofline", "%", _rate(100.0 * roof, t, 1.0), note="vs ceilings measured in this run")
-    if ceilings is not None and c.mfu and c.flops:
-        add("mfu", "%", _rate(100.0 * c.flops / ceilings.peak_flops(c.dtype), t, 1.0),
+    peak = ceilings.peak_flops(c.dtype) if ceilings is not None else None
+    if peak is not None and c.mfu and c.flops:
+        add("mfu", "%", _rate(100.0 * c.flops / peak, t, 1.0),
             note=f"vs the measured {c.dtype if c.dtype == 'float32' else 'bfloat16 (or faster fp32)'} matmul rate")
     return out
 
@@ -206,15 +209,27 @@ def cpu_load_note(threads: int) -> str | None:
 
 def ceiling_records(ceilings: Ceilings, raw: dict, load_note: str | None = None) -> list[R.Record]:
     out = []
-    for name, (dtype, shape, unit, t, work) in raw.items():
-        scale = 1e9 if unit == "GB/s" else 1e12
-        med, p20, p80 = _rate(work, t, scale)
+    for name, m in raw.items():
         backend = "cpu" if name == "copy_stream" else "torch"  # the one vpengine kernel (roofline.py)
-        out.append(R.Record(op=f"ceiling/{name}", backend=backend, mode="measure", shape=shape, dtype=dtype,
-                            metric="gbps" if unit == "GB/s" else "tflops", unit=unit, median=med, p20=p20,
-                            p80=p80, device=ceilings.device, versions=R.versions(), commit=R.commit(),
-                            suite="ceilings", note=f"{t.reps} reps" + (f"; {load_note}" if load_note else "")))
+        base = dict(op=f"ceiling/{name}", backend=backend, mode="measure", shape=m.shape, dtype=m.dtype,
+                    device=ceilings.device, versions=R.versions(), commit=R.commit(), suite="ceilings")
+        if m.timing is None:
+            out.append(R.Record(metric="error", unit="", median=None, p20=None, p80=None, **base,
+                                note=f"ceiling not measured ({m.error}); rates that need it get no roofline share"))
+            continue
+        scale = 1e9 if m.unit == "GB/s" else 1e12
+        med, p20, p80 = _rate(m.work, m.timing, scale)
+        out.append(R.Record(metric="gbps" if m.unit == "GB/s" else "tflops", unit=m.unit, median=med, p20=p20,
+                            p80=p80, **base, note=f"{m.timing.reps} reps" + (f"; {load_note}" if load_note else "")))
     return out
+
+
+def _ceilings_line(c: Ceilings) -> str:
+    def show(v, scale, unit):
+        return "not measured" if v is None else f"{v / scale:.{1 if unit == 'GB/s' else 3}f} {unit}"
+
+    return (f"copy {show(c.copy_bytes_per_s, 1e9, 'GB/s')}, bf16 {show(c.bf16_flops_per_s, 1e12, 'TFLOP/s')}, "
+            f"fp32 {show(c.fp32_flops_per_s, 1e12, 'TFLOP/s')}")
 
 
 def run(
@@ -262,9 +277,10 @@ def _run(suites, device, quick, threads, log, budget_s, on_records, interleave) 
     out.ceilings = ceilings
     out.records += ceiling_records(ceilings, raw, busy)
     emit(out.records)
-    log(f"[bench] ceilings on {ceilings.device}: copy {ceilings.copy_bytes_per_s / 1e9:.1f} GB/s, "
-        f"bf16 {ceilings.bf16_flops_per_s / 1e12:.3f} TFLOP/s, fp32 {ceilings.fp32_flops_per_s / 1e12:.3f} TFLOP/s "
-        f"({time.perf_counter() - t0:.1f} s)")
+    log(f"[bench] ceilings on {ceilings.device}: {_ceilings_line(ceilings)} ({time.perf_counter() - t0:.1f} s)")
+    for name, m in raw.items():
+        if m.timing is None:
+            log(f"[bench] ERROR: ceiling {name} not measured: {m.error}")
     dev_name = ceilings.device
     t_start = time.perf_counter()
     for name in suites or SUITES:
