@@ -54,3 +54,47 @@ def test_commit_is_picked_by_any_unambiguous_prefix(tmp_path, capsys):
     capsys.readouterr()
     assert report_main([path, "--commit", "deadbeef"]) == 1
     assert "no lines of commit deadbeef; commits there: c4927efe647e" in capsys.readouterr().err
+
+
+def _two_devices():
+    """A CPU run then a GPU run appended to one file, alike cases on both."""
+    def run(device, copy_gbps, gather_ms, base_ms, copy_ms, pct):
+        return [rec("ceiling/copy", "torch", "gbps", copy_gbps, device, suite="ceilings", mode="measure",
+                     shape="256 MiB"),
+                rec("copy_same_bytes/token_gather", "torch", "time", copy_ms, device),
+                rec("token_gather", "auto", "time", gather_ms, device),
+                rec("token_gather", "auto", "pct_roofline", pct, device),
+                rec("token_gather", "auto", "speedup", base_ms / gather_ms, device, note="vs index_select"),
+                rec("token_gather", "index_select", "time", base_ms, device)]
+
+    return run("Xeon (2 threads)", 20.0, 1.0, 1.5, 0.9, 40.0) + run("H100", 3000.0, 0.02, 0.03, 0.015, 70.0)
+
+
+def test_runs_of_two_devices_are_reported_apart(tmp_path, capsys):
+    """A file holding a CPU and a GPU run showed one row per case: the GPU
+    run's index_select beside the CPU run's cpu-backend row and its speedup
+    (computed against the CPU's index_select), one device's ceiling rows,
+    and in --compact the median of both machines' ceilings (1510 GB/s) and
+    the faster machine's path as "best"."""
+    from vpengine.bench.report import compact_table, format_table, suite_summary
+
+    lines = _two_devices()
+    table = format_table(lines)
+    cpu, gpu = table.split("=== H100 ===")
+    assert "=== Xeon (2 threads) ===" in cpu and "2 devices in these lines" in cpu
+    for part, gbps, ms, base in ((cpu, "20.0", "1", "1.5"), (gpu, "3000", "0.02", "0.03")):
+        (ceiling,) = [line for line in part.splitlines() if line.startswith("ceiling/copy")]
+        assert ceiling.split()[6] == gbps
+        (auto,) = [line for line in part.splitlines() if line.startswith("token_gather") and " auto " in line]
+        assert auto.split()[5] == ms and auto.rstrip().endswith("1.5x vs index_select")
+        (b,) = [line for line in part.splitlines() if " index_select " in line]
+        assert b.split()[5] == base
+    compact = compact_table(lines)
+    assert "measured ceilings on Xeon (2 threads): copy 20.0 GB/s" in compact
+    assert "measured ceilings on H100: copy 3000 GB/s" in compact and "1510" not in compact
+    blocks = compact.split("measured ceilings on ")[1:]
+    assert [b.count("\ntoken_gather ") for b in blocks] == [1, 1]  # each machine's best path
+    assert "90% of a same-size copy" in blocks[0] and "75% of a same-size copy" in blocks[1]
+    assert suite_summary(lines) == {"tokens": "6 measured, 0 skipped, 0 errors"}
+    path = write(tmp_path / "r.jsonl", lines)
+    assert report_main([path]) == 0 and "=== H100 ===" in capsys.readouterr().out

@@ -56,11 +56,24 @@ def _where(r: dict) -> str:
 
 
 def _case_key(r: dict) -> tuple:
-    return (r["suite"], r["op"], r["mode"], r["shape"], r["dtype"], r["backend"])
+    # The device belongs to the case: one case on two devices is two rows,
+    # each timed, and shared out, against its own machine.
+    return (r["device"], r["suite"], r["op"], r["mode"], r["shape"], r["dtype"], r["backend"])
 
 
-def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
-    """One row per measured case (ceilings first) and notes for skipped/failed ones."""
+def by_device(records: list[dict]) -> OrderedDict[str, list[dict]]:
+    """The records of each device, in file order: every table is built per
+    device, since a row, its speedup's baseline and the ceilings of its %roof
+    must come from one machine."""
+    out: OrderedDict[str, list[dict]] = OrderedDict()
+    for r in records:
+        out.setdefault(r["device"], []).append(r)
+    return out
+
+
+def _measured_cases(records: list[dict]) -> tuple[OrderedDict, dict, list[str], OrderedDict]:
+    """case key -> its metrics from the latest run that measured it; case key
+    -> that run; notes of failed cases; alike skips grouped."""
     cases: OrderedDict[tuple, dict] = OrderedDict()
     case_run: dict[tuple, int] = {}
     notes = []
@@ -85,11 +98,19 @@ def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
         if r["metric"] in STATUS_METRICS:
             notes.append(f"{r['metric']}: [{r['suite']}] {_where(r)}: {r['note']}")
             continue
-        key = (r["suite"], r["op"], r["mode"], r["shape"], r["dtype"], r["backend"])
+        key = _case_key(r)
         if case_run.get(key, -1) < run:  # a later run measured the case again: all its metrics from that run
             cases[key] = {}  # (keeps the case's place in the table)
             case_run[key] = run
         cases.setdefault(key, {})[r["metric"]] = r
+    return cases, case_run, notes, skips
+
+
+def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
+    """One row per measured case (ceilings first) and notes for skipped/failed
+    ones. Give it one device's records (:func:`by_device`): the rows do not
+    name their device."""
+    cases, _, notes, skips = _measured_cases(records)
     for (suite, backend, _), group in skips.items():
         r = group[0]
         if len(group) == 1:
@@ -98,7 +119,7 @@ def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
             ops = ", ".join(dict.fromkeys(g["op"] for g in group))
             notes.append(f"skipped: [{suite}] {backend}, {len(group)} cases of {ops}; the first: {r['note']}")
     rows = []
-    for (suite, op, mode, shape, dtype, backend), m in cases.items():
+    for (_, suite, op, mode, shape, dtype, backend), m in cases.items():
         if suite == "ceilings":
             rate = m.get("tflops") or m.get("gbps")
             rows.append([op, mode, shape, dtype, backend, "", "",
@@ -122,14 +143,8 @@ def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
     return rows, notes
 
 
-def format_table(records: list[dict], title: str | None = None) -> str:
-    rows, notes = rows_from_records(records)
-    widths = [len(c) for c in COLUMNS]
-    for row in rows:
-        widths = [max(w, len(x)) for w, x in zip(widths, row)]
+def _run_header(records: list[dict]) -> list[str]:
     lines = []
-    if title:
-        lines.append(title)
     runs = list(dict.fromkeys((r["device"], json.dumps(r["versions"], sort_keys=True), r["commit"])
                               for r in records))
     for device, versions, commit in runs:
@@ -143,44 +158,85 @@ def format_table(records: list[dict], title: str | None = None) -> str:
     if n_runs > 1:
         lines.append(f"({n_runs} bench runs in these lines; each row shows the latest run that measured "
                      "its case, every column from that run)")
-    lines.append("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
-    if notes:
-        lines.append("")
-        lines += notes
+    return lines
+
+
+def _several_devices(n: int) -> str:
+    return (f"({n} devices in these lines: a table each; a row's %roof, MFU and speedup are against "
+            "the ceilings and baselines of its own run on its own device)")
+
+
+def format_table(records: list[dict], title: str | None = None) -> str:
+    devices = by_device(records)
+    built = [(recs, *rows_from_records(recs)) for recs in devices.values()]
+    widths = [len(c) for c in COLUMNS]
+    for _, rows, _ in built:
+        for row in rows:
+            widths = [max(w, len(x)) for w, x in zip(widths, row)]
+    lines = [title] if title else []
+    if len(devices) > 1:
+        lines.append(_several_devices(len(devices)))
+    for i, (recs, rows, notes) in enumerate(built):
+        if len(devices) > 1:
+            lines += ([""] if i else []) + [f"=== {recs[0]['device']} ==="]
+        lines += _run_header(recs)
+        lines.append("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
+        lines.append("  ".join("-" * w for w in widths))
+        lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
+        if notes:
+            lines.append("")
+            lines += notes
     return "\n".join(lines)
 
 
 def compact_table(records: list[dict]) -> str:
     """One line per (op, mode, shape, dtype): the fastest vpengine path, its
     rate and share of the roofline, and its speedup over the best baseline.
-    Short enough to be the last thing a time-boxed GPU run prints."""
-    rows, _ = rows_from_records([r for r in records if r["suite"] != "ceilings"])
-    best: OrderedDict[tuple, list[str]] = OrderedDict()
-    for row in rows:
-        if not row[12]:  # no speedup: a baseline, or a vpengine path with no baseline measured
+    Short enough to be the last thing a time-boxed GPU run prints. One block
+    per device: a path is the best on its own machine, and its share of a
+    same-size copy is of the copy timed in its own run."""
+    devices = by_device(records)
+    out = [_several_devices(len(devices))] if len(devices) > 1 else []
+    for recs in devices.values():
+        out += _compact_block(recs, several=len(devices) > 1)
+    return "\n".join(out)
+
+
+def _compact_block(records: list[dict], several: bool) -> list[str]:
+    cases, case_run, _, _ = _measured_cases([r for r in records if r["suite"] != "ceilings"])
+    best: OrderedDict[tuple, tuple] = OrderedDict()
+    for key, m in cases.items():
+        # no speedup: a baseline, or a vpengine path with no baseline measured
+        if "speedup" not in m or "time" not in m:
             continue
-        key = tuple(row[:4])
-        if key not in best or float(row[5]) < float(best[key][5]):
-            best[key] = row
+        group = key[2:6]  # op, mode, shape, dtype
+        if group not in best or m["time"]["median"] < best[group][1]["time"]["median"]:
+            best[group] = (key, m)
     # Ops timed beside a copy of the same bytes (the tokens suite): their
     # share of that copy, the practical ceiling at a 10-100 us size.
-    copy_ms = {(r[0].removeprefix("copy_same_bytes/"), *r[1:4]): float(r[5])
-               for r in rows if r[0].startswith("copy_same_bytes/")}
+    copies = {(k[2].removeprefix("copy_same_bytes/"), *k[3:6]): (case_run[k], m["time"]["median"])
+              for k, m in cases.items() if k[2].startswith("copy_same_bytes/") and "time" in m}
     out = []
-    for key, r in best.items():
-        speedup = r[12]
-        if key in copy_ms:
-            speedup += f"; {100 * copy_ms[key] / float(r[5]):.0f}% of a same-size copy"
-        out.append([*r[:4], r[4], r[5], r[7], r[8], r[10] or r[11], speedup])
+    for group, (key, m) in best.items():
+        speedup = f"{_fmt(m['speedup']['median'])}x {m['speedup']['note']}"
+        copy = copies.get(group)
+        if copy is not None:
+            speedup += f"; {100 * copy[1] / m['time']['median']:.0f}% of a same-size copy"
+        share = m.get("pct_roofline") or m.get("mfu")
+        out.append([*group, key[6], _fmt(m["time"]["median"]),
+                    _fmt(m["tflops"]["median"]) if "tflops" in m else "",
+                    _fmt(m["gbps"]["median"]) if "gbps" in m else "",
+                    _fmt(share["median"]) if share else "", speedup])
     cols = ("op", "mode", "shape", "dtype", "best", "ms", "TFLOP/s", "GB/s", "%roof/MFU", "speedup")
     widths = [max([len(c), *(len(x[i]) for x in out)]) for i, c in enumerate(cols)]
-    lines = ["measured ceilings: " + " | ".join(
+    n_runs = max(run_indices(records), default=0) + 1
+    where = f" on {records[0]['device']}" if several and records else ""
+    over = f" (median of {n_runs} runs)" if n_runs > 1 else ""
+    lines = [f"measured ceilings{where}{over}: " + " | ".join(
         f"{op.removeprefix('ceiling/')} {_fmt(v)} {unit}" for op, (v, unit) in ceiling_values(records).items())]
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in out]
-    return "\n".join(lines)
+    return lines
 
 
 def suite_summary(records: list[dict]) -> dict[str, str]:
@@ -193,7 +249,7 @@ def suite_summary(records: list[dict]) -> dict[str, str]:
             status[_case_key(r)] = {"skipped": 1, "error": 2}.get(r["metric"], 0)
     out: dict[str, list[int]] = {}
     for key, i in status.items():
-        out.setdefault(key[0], [0, 0, 0])[i] += 1
+        out.setdefault(key[1], [0, 0, 0])[i] += 1
     return {s: f"{a} measured, {b} skipped, {e} errors" for s, (a, b, e) in out.items()}
 
 
