@@ -98,3 +98,25 @@ def test_runs_of_two_devices_are_reported_apart(tmp_path, capsys):
     assert suite_summary(lines) == {"tokens": "6 measured, 0 skipped, 0 errors"}
     path = write(tmp_path / "r.jsonl", lines)
     assert report_main([path]) == 0 and "=== H100 ===" in capsys.readouterr().out
+
+
+def test_compact_takes_every_number_of_a_line_from_one_run():
+    """--compact dropped the ceiling lines before telling runs apart, so two
+    runs of one commit read as one: an appended run stopped before its
+    speedups showed its time beside the first run's speedup, and a path's
+    share of a same-size copy divided one run's copy by another run's time."""
+    from vpengine.bench.report import compact_table
+
+    ceiling = rec("ceiling/copy", "torch", "gbps", 20.0, suite="ceilings", mode="measure")
+    first = [ceiling, rec("copy_same_bytes/token_gather", "torch", "time", 0.9),
+             rec("token_gather", "auto", "time", 1.0), rec("token_gather", "auto", "speedup", 3.0, note="vs ref"),
+             rec("token_gather", "ref", "time", 3.0)]
+    interrupted = [ceiling, rec("token_gather", "auto", "time", 9.0)]  # no speedup line
+    out = compact_table(first + interrupted)
+    assert "3x vs ref" not in out and "\ntoken_gather" not in out  # no speedup measured in the latest run
+    remeasured = [ceiling, rec("token_gather", "auto", "time", 2.0),
+                  rec("token_gather", "auto", "speedup", 1.5, note="vs ref"), rec("token_gather", "ref", "time", 3.0)]
+    (line,) = [x for x in compact_table(first + remeasured).splitlines() if x.startswith("token_gather")]
+    assert "1.5x vs ref" in line and "same-size copy" not in line  # the only copy was timed in the first run
+    (line,) = [x for x in compact_table(first).splitlines() if x.startswith("token_gather")]
+    assert "3x vs ref; 90% of a same-size copy" in line

@@ -203,11 +203,13 @@ def compact_table(records: list[dict]) -> str:
 
 
 def _compact_block(records: list[dict], several: bool) -> list[str]:
-    cases, case_run, _, _ = _measured_cases([r for r in records if r["suite"] != "ceilings"])
+    # All the lines, ceilings too: they are what tells one run from the next
+    # (without them two runs of a commit read as one, their metrics mixed).
+    cases, case_run, _, _ = _measured_cases(records)
     best: OrderedDict[tuple, tuple] = OrderedDict()
     for key, m in cases.items():
         # no speedup: a baseline, or a vpengine path with no baseline measured
-        if "speedup" not in m or "time" not in m:
+        if key[1] == "ceilings" or "speedup" not in m or "time" not in m:
             continue
         group = key[2:6]  # op, mode, shape, dtype
         if group not in best or m["time"]["median"] < best[group][1]["time"]["median"]:
@@ -220,7 +222,7 @@ def _compact_block(records: list[dict], several: bool) -> list[str]:
     for group, (key, m) in best.items():
         speedup = f"{_fmt(m['speedup']['median'])}x {m['speedup']['note']}"
         copy = copies.get(group)
-        if copy is not None:
+        if copy is not None and copy[0] == case_run[key]:  # another run's copy timed another machine state
             speedup += f"; {100 * copy[1] / m['time']['median']:.0f}% of a same-size copy"
         share = m.get("pct_roofline") or m.get("mfu")
         out.append([*group, key[6], _fmt(m["time"]["median"]),
