@@ -120,3 +120,23 @@ def test_compact_takes_every_number_of_a_line_from_one_run():
     assert "1.5x vs ref" in line and "same-size copy" not in line  # the only copy was timed in the first run
     (line,) = [x for x in compact_table(first).splitlines() if x.startswith("token_gather")]
     assert "3x vs ref; 90% of a same-size copy" in line
+
+
+def test_chart_points_and_roofs_come_from_one_run_and_device():
+    """The roofline chart merged a case's metrics across runs (TFLOP/s of one,
+    GB/s of another: a point at an intensity no run measured) and drew the
+    median of every device's ceilings as its roof."""
+    from vpengine.bench import plot
+
+    def run(device, gbps, tflops, flops_rate, bytes_rate):
+        return [rec("ceiling/copy", "torch", "gbps", gbps, device, suite="ceilings", mode="measure"),
+                rec("ceiling/matmul_fp32", "torch", "tflops", tflops, device, suite="ceilings", mode="measure"),
+                rec("attn", "auto", "time", 1.0, device), rec("attn", "auto", "tflops", flops_rate, device),
+                rec("attn", "auto", "gbps", bytes_rate, device)]
+
+    first = run("H100", 3000.0, 50.0, 10.0, 100.0)
+    second = run("H100", 3000.0, 50.0, 20.0, 200.0)[:-1]  # stopped before its GB/s line
+    ((key, point),) = plot._cases(first + second).items()
+    assert point == {"time": 1.0, "tflops": 20.0}  # no GB/s from the first run beside the second's TFLOP/s
+    mixed = plot._one_device(run("Xeon", 20.0, 0.2, 0.1, 10.0) + first)
+    assert {r["device"] for r in mixed} == {"H100"} and plot._ceiling(mixed, "ceiling/copy") == 3000.0

@@ -16,12 +16,21 @@ from .record import STATUS_METRICS
 
 
 def _cases(records: list[dict]):
-    by: dict[tuple, dict] = {}
-    for r in records:
-        if r["metric"] in STATUS_METRICS or r["suite"] == "ceilings":
-            continue
-        by.setdefault((r["op"], r["mode"], r["shape"], r["dtype"], r["backend"]), {})[r["metric"]] = r["median"]
-    return by
+    """case -> metric -> median, every metric of a case from the latest run
+    that measured it (merged metric by metric, a point's TFLOP/s of one run
+    met its GB/s of another and sat at an intensity neither run had)."""
+    from .report import _measured_cases
+
+    cases, _, _, _ = _measured_cases(records)
+    return {k[2:]: {metric: r["median"] for metric, r in m.items()} for k, m in cases.items() if k[1] != "ceilings"}
+
+
+def _one_device(records: list[dict]) -> list[dict]:
+    """The lines of the device of the latest run: one chart has one roof,
+    and a roof of several machines' ceilings bounds none of them."""
+    from .report import by_device
+
+    return by_device(records)[records[-1]["device"]] if records else []
 
 
 def _ceiling(records: list[dict], op: str) -> float | None:
@@ -37,6 +46,7 @@ def plot_roofline(records: list[dict], path: str | os.PathLike, title: str = "")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = _one_device(records)
     bw = _ceiling(records, "ceiling/copy")  # GB/s
     peaks = {"bf16": _ceiling(records, "ceiling/matmul_bf16"), "fp32": _ceiling(records, "ceiling/matmul_fp32")}
     cases = _cases(records)
@@ -90,7 +100,7 @@ def plot_roofline(records: list[dict], path: str | os.PathLike, title: str = "")
     bx.set_xlabel("achieved GB/s")
     bx.set_title("data-movement kernels vs copy bandwidth")
     device = records[0]["device"] if records else ""
-    commit = records[0]["commit"] if records else ""
+    commit = ", ".join(dict.fromkeys(r["commit"] for r in records))
     fig.suptitle(title or f"vpengine roofline - {device} - {commit}", fontsize=10)
     fig.tight_layout()
     try:
