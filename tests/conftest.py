@@ -3,6 +3,8 @@ runs (it is read at decoration time), so it is set here, before vpengine's
 kernels can be imported, unless a CUDA device is present."""
 import os
 import pathlib
+import random
+import zlib
 
 import pytest
 
@@ -36,3 +38,16 @@ def parity_dir():
     if not PARITY.is_dir():
         pytest.skip(f"parity vectors not found at {PARITY} (set VPENGINE_SHARED to the shared/ folder)")
     return PARITY
+
+
+@pytest.fixture(autouse=True)
+def _seeded_rng(request):
+    """Each test draws the same unseeded inputs whichever tests ran before it
+    (or were deselected): a tolerance failure then reproduces alone, instead
+    of depending on the order of a CI run."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    random.seed(seed)
+    try:
+        torch.manual_seed(seed)
+    except NameError:  # pragma: no cover
+        pass
