@@ -1,5 +1,7 @@
 """Stage 1 and stage 2 task modules: the student's visible-token encoder, the
 frozen teacher, and both losses going down on a fixed batch."""
+import math
+
 import pytest
 import torch
 
@@ -78,6 +80,20 @@ def test_stage1_learns_pairs(lvt_config):
     assert float(out["video_to_text_acc"]) == 1.0
     with pytest.raises(ValueError, match="one caption per clip"):
         task(video, ids[:3], pads[:3])
+
+
+def test_stage1_temperature_at_its_cap_keeps_its_gradient(lvt_config):
+    """AdamW's momentum can carry the log scale past log(100); it must come back
+    to the cap and still receive a gradient, not sit above it, frozen."""
+    task = ContrastiveTask(build(lvt_config, seed=0).train())
+    with torch.no_grad():
+        task.log_logit_scale.fill_(math.log(100.0) + 0.3)
+    ids = torch.randint(1, 64, (3, 5), generator=torch.Generator().manual_seed(1))
+    out = task(_video(3, 2, 16, 16, seed=2), ids, torch.zeros(3, 5))
+    out["loss"].backward()
+    assert float(out["temperature"]) == pytest.approx(0.01)
+    assert float(task.log_logit_scale) <= math.log(100.0) + 1e-6
+    assert float(task.log_logit_scale.grad) != 0.0
 
 
 def test_stage2_teacher_frozen_student_from_teacher_and_loss_falls(lvt_config):

@@ -21,7 +21,8 @@ class ContrastiveTask(nn.Module):
 
     init_temperature: starting temperature (CLIP's 0.07 by default).
     max_logit_scale: the inverse temperature is clamped to at most this (CLIP's
-        100), which keeps the logits of a collapsing run finite.
+        100), which keeps the logits of a collapsing run finite; the parameter
+        itself is clamped at every forward, so it can still move down from the cap.
     """
 
     def __init__(self, model: VideoTextModel, *, init_temperature: float = 0.07, max_logit_scale: float = 100.0):
@@ -48,7 +49,13 @@ class ContrastiveTask(nn.Module):
                              "caption per clip")
         video_emb = self.model.encode_video(video, frame_paddings)
         text_emb = self.model.encode_text(text_ids, text_paddings)
-        scale = self.logit_scale()
+        # The cap holds the parameter itself, as CLIP clamps it after each step:
+        # a clamp in the forward alone gives no gradient above the cap, and
+        # AdamW's momentum carries the parameter past it, where it then stayed
+        # frozen for the rest of the run, however the loss wanted it to move.
+        with torch.no_grad():
+            self.log_logit_scale.clamp_(max=self.max_log_logit_scale)
+        scale = self.logit_scale()  # exactly at the cap the clamp still passes the gradient
         out = contrastive_loss(video_emb, text_emb, scale)
         out["temperature"] = 1.0 / scale.detach()
         return out
