@@ -16,12 +16,18 @@ def _unit(*shape, seed=0):
     return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), dim=-1)
 
 
-def _explicit_contrastive(v, t, scale, rows=None):
-    """Mean over ``rows`` of the symmetric cross-entropy, written out with logsumexp."""
+def _explicit_contrastive(v, t, scale, rows=None, captions=None):
+    """Mean over ``rows`` of the symmetric cross-entropy, written out with
+    logsumexp; columns of the same caption as the row (``captions``, one label
+    a row) other than its own are no negatives."""
     sim = scale * v @ t.T
     rows = range(v.shape[0]) if rows is None else rows
-    terms = [0.5 * (torch.logsumexp(sim[i], 0) - sim[i, i]) + 0.5 * (torch.logsumexp(sim[:, i], 0) - sim[i, i])
-             for i in rows]
+    captions = range(v.shape[0]) if captions is None else captions
+    terms = []
+    for i in rows:
+        neg = [j for j in range(v.shape[0]) if j == i or captions[j] != captions[i]]
+        terms.append(0.5 * (torch.logsumexp(sim[i, neg], 0) - sim[i, i])
+                     + 0.5 * (torch.logsumexp(sim[neg, i], 0) - sim[i, i]))
     return torch.stack(terms).mean()
 
 
@@ -66,6 +72,29 @@ def test_contrastive_loss_perfect_pairs_and_accuracy():
     assert float(shuffled["video_to_text_acc"]) == 0.0 and float(shuffled["loss"]) > 10
 
 
+def test_a_repeated_caption_is_no_negative_of_itself():
+    """Rows 0, 2 and 4 share a caption: none is a negative of another, and
+    retrieving any of them is a hit (ties used to go to the first row)."""
+    v, t = _unit(6, 8, seed=12).float().requires_grad_(), _unit(6, 8, seed=13).float()
+    t = t[[0, 1, 0, 3, 0, 5]].requires_grad_()  # one caption embeds to one vector
+    keys = torch.tensor([[7, 1], [8, 0], [7, 1], [9, 0], [7, 1], [9, 1]])
+    out = contrastive_loss(v, t, torch.tensor(6.0), caption_keys=keys)
+    want = _explicit_contrastive(v, t, 6.0, captions=[0, 1, 0, 3, 0, 5])
+    torch.testing.assert_close(out["loss"], want, rtol=1e-6, atol=1e-6)
+    got_g = torch.autograd.grad(out["loss"], (v, t))
+    want_g = torch.autograd.grad(want, (v, t))
+    for a, b in zip(got_g, want_g):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    same = contrastive_loss(v, v, torch.tensor(100.0), caption_keys=torch.zeros(6, 1, dtype=torch.long))
+    assert float(same["loss"]) < 1e-6  # one caption for every clip: no negatives left at all
+    twice = v.detach()[[0, 0, 2, 3, 4, 5]]  # one clip and its caption, twice: logits that tie
+    keys_twice = torch.tensor([[1], [1], [2], [3], [4], [5]])
+    tied = contrastive_loss(twice, twice, torch.tensor(100.0), caption_keys=keys_twice)
+    assert float(tied["video_to_text_acc"]) == 1.0 and float(tied["text_to_video_acc"]) == 1.0
+    with pytest.raises(ValueError, match="caption_keys must be an integer tensor"):
+        contrastive_loss(v, t, torch.tensor(1.0), caption_keys=keys[:3])
+
+
 def test_contrastive_loss_bad_inputs():
     with pytest.raises(ValueError, match="same shape"):
         contrastive_loss(_unit(4, 8), _unit(3, 8), torch.tensor(1.0))
@@ -102,6 +131,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_KEYS = torch.tensor([[1], [2], [3], [2], [5]])  # rows 1 (rank 0) and 3 (rank 1) share a caption
+
+
 def _rank_main(rank, world, port, sizes, result):
     import torch.distributed as dist
 
@@ -114,7 +146,10 @@ def _rank_main(rank, world, port, sizes, result):
         t = t_all[lo:lo + sizes[rank]].clone().requires_grad_()
         out = contrastive_loss(v, t, torch.tensor(5.0))
         out["loss"].backward()
-        result[rank] = (float(out["loss"]), v.grad.clone(), t.grad.clone())
+        v2, t2 = v.detach().clone().requires_grad_(), t.detach().clone().requires_grad_()
+        dup = contrastive_loss(v2, t2, torch.tensor(5.0), caption_keys=_KEYS[lo:lo + sizes[rank]])
+        dup["loss"].backward()
+        result[rank] = (float(out["loss"]), v.grad.clone(), t.grad.clone(), float(dup["loss"]), v2.grad, t2.grad)
     finally:
         dist.destroy_process_group()
 
@@ -131,8 +166,16 @@ def test_two_ranks_unequal_batches_match_one_process():
     t = _unit(5, 8, seed=11).float().requires_grad_()
     losses = [_explicit_contrastive(v, t, 5.0, rows=range(0, 3)), _explicit_contrastive(v, t, 5.0, rows=range(3, 5))]
     sum(losses).backward()
+    v2, t2 = v.detach().clone().requires_grad_(), t.detach().clone().requires_grad_()
+    captions = _KEYS[:, 0].tolist()
+    dups = [_explicit_contrastive(v2, t2, 5.0, rows=range(0, 3), captions=captions),
+            _explicit_contrastive(v2, t2, 5.0, rows=range(3, 5), captions=captions)]
+    sum(dups).backward()
     for r, (lo, hi) in enumerate([(0, 3), (3, 5)]):
-        loss, gv, gt = result[r]
+        loss, gv, gt, dup, gv2, gt2 = result[r]
         assert math.isclose(loss, float(losses[r].detach()), rel_tol=1e-5)
         torch.testing.assert_close(gv, v.grad[lo:hi], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(gt, t.grad[lo:hi], rtol=1e-4, atol=1e-6)
+        assert math.isclose(dup, float(dups[r].detach()), rel_tol=1e-5)  # the caption shared across ranks
+        torch.testing.assert_close(gv2, v2.grad[lo:hi], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gt2, t2.grad[lo:hi], rtol=1e-4, atol=1e-6)

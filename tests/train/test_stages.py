@@ -96,6 +96,22 @@ def test_stage1_temperature_at_its_cap_keeps_its_gradient(lvt_config):
     assert float(task.log_logit_scale.grad) != 0.0
 
 
+def test_stage1_clips_of_one_caption_are_not_each_others_negatives(lvt_config):
+    """Clips 0 and 2 have the same caption (padding may hide other ids): its
+    other clip is left out of each one's negatives, in both directions."""
+    task = ContrastiveTask(build(lvt_config, seed=0).train())
+    ids = torch.tensor([[5, 6, 0], [5, 6, 7], [5, 6, 9], [8, 0, 0]])
+    pads = torch.tensor([[0, 0, 1], [0, 0, 0], [0, 0, 1], [0, 1, 1.0]])
+    video = _video(4, 2, 16, 16, seed=5)
+    out = task(video, ids, pads)
+    v, t = task.model.encode_video(video), task.model.encode_text(ids, pads)
+    sim = task.logit_scale() * v @ t.T
+    negatives = [[0, 1, 3], [0, 1, 2, 3], [1, 2, 3], [0, 1, 2, 3]]
+    want = torch.stack([0.5 * (sim[i, n].logsumexp(0) + sim[n, i].logsumexp(0)) - sim[i, i]
+                        for i, n in enumerate(negatives)]).mean()
+    torch.testing.assert_close(out["loss"], want, rtol=1e-5, atol=1e-6)
+
+
 def test_stage2_teacher_frozen_student_from_teacher_and_loss_falls(lvt_config):
     teacher = build(lvt_config, seed=0)
     task = MaskedDistillation(teacher, decoder_layers=1, mask_ratio=0.5).train()

@@ -9,6 +9,8 @@ instead of G x G), and autograd carries the gradient of the gathered columns
 back to the rank that owns them. Each rank's loss is the mean over its own
 rows, so with equal batches (the trainer's) the ranks' mean is the full G x G
 loss. Ranks may hold different batch sizes; their rows then weigh 1/B_r each.
+Given caption keys, rows of one caption (on any rank) are not each other's
+negatives: a caption repeated in a step is a false negative otherwise.
 
 Stage 2 regresses the frozen stage-1 teacher: its tokens (token-wise) and its
 pooled video embedding (global).
@@ -68,7 +70,8 @@ def _check_embeddings(**named: torch.Tensor) -> None:
                          + ", ".join(f"{k} {v}" for k, v in shapes.items()))
 
 
-def contrastive_loss(video_BD: torch.Tensor, text_BD: torch.Tensor, logit_scale: torch.Tensor | float) -> dict:
+def contrastive_loss(video_BD: torch.Tensor, text_BD: torch.Tensor, logit_scale: torch.Tensor | float,
+                     caption_keys: torch.Tensor | None = None) -> dict:
     """Symmetric InfoNCE of paired, L2-normalized video and text embeddings.
 
     Row b of ``video_BD`` and of ``text_BD`` are a positive pair; every other
@@ -76,21 +79,51 @@ def contrastive_loss(video_BD: torch.Tensor, text_BD: torch.Tensor, logit_scale:
     inverse temperature (a scalar tensor or a number). Returns ``loss`` (the mean of the
     video-to-text and text-to-video cross-entropies, float32) and the two
     top-1 retrieval accuracies of this rank's rows (detached).
+
+    ``caption_keys [B, K]`` (integers, e.g. the token ids with padding zeroed):
+    rows with equal keys hold the same caption. Such pairs are not negatives of
+    each other (their logits are left out of both cross-entropies), and
+    retrieving either one counts as a hit. Without keys every other row is a
+    negative, as in the paper; a caption repeated in a step then puts a floor
+    of log 2 under its rows' loss and pushes apart the clips it describes.
     """
     _check_embeddings(video_BD=video_BD, text_BD=text_BD)
     v, t = video_BD.float(), text_BD.float()
     v_all, first = gather_rows(v)
     t_all, _ = gather_rows(t)
     labels = torch.arange(first, first + v.shape[0], device=v.device)
+    same = _same_captions(caption_keys, v.shape[0], first) if caption_keys is not None else None
     with torch.autocast(v.device.type, enabled=False):  # bf16 autocast would undo the .float() above
         scale = logit_scale.float() if isinstance(logit_scale, torch.Tensor) else float(logit_scale)
         logits_vt = scale * v @ t_all.T  # [B, G]: this rank's videos against every caption
         logits_tv = scale * t @ v_all.T
+    if same is not None:
+        # A pair's own logit stays; the other rows of its caption leave the softmax.
+        drop = same.clone()
+        drop[torch.arange(len(labels), device=drop.device), labels] = False
+        logits_vt = logits_vt.masked_fill(drop, float("-inf"))
+        logits_tv = logits_tv.masked_fill(drop, float("-inf"))
     loss = 0.5 * (F.cross_entropy(logits_vt, labels) + F.cross_entropy(logits_tv, labels))
     with torch.no_grad():
-        acc_vt = (logits_vt.argmax(1) == labels).float().mean()
-        acc_tv = (logits_tv.argmax(1) == labels).float().mean()
+        if same is None:
+            acc_vt = (logits_vt.argmax(1) == labels).float().mean()
+            acc_tv = (logits_tv.argmax(1) == labels).float().mean()
+        else:  # any row of the right caption is a right answer (ties went to the first one)
+            acc_vt = same.gather(1, logits_vt.argmax(1, keepdim=True)).float().mean()
+            acc_tv = same.gather(1, logits_tv.argmax(1, keepdim=True)).float().mean()
     return {"loss": loss, "video_to_text_acc": acc_vt, "text_to_video_acc": acc_tv}
+
+
+def _same_captions(keys_BK: torch.Tensor, rows: int, first: int) -> torch.Tensor:
+    """``[B, G]`` bool: whether this rank's row b and global row g hold the same caption."""
+    if not isinstance(keys_BK, torch.Tensor) or keys_BK.dim() != 2 or keys_BK.shape[0] != rows \
+            or keys_BK.dtype.is_floating_point or keys_BK.dtype.is_complex:
+        got = f"{tuple(keys_BK.shape)} {keys_BK.dtype}" if isinstance(keys_BK, torch.Tensor) else type(keys_BK).__name__
+        raise ValueError(f"caption_keys must be an integer tensor [{rows}, K]; got {got}")
+    with torch.no_grad():
+        keys = keys_BK.long()
+        keys_all, _ = gather_rows(keys)
+        return (keys[:, None, :] == keys_all[None, :, :]).all(-1)
 
 
 def token_distillation_loss(pred_BND: torch.Tensor, target_BND: torch.Tensor,

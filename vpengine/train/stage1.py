@@ -56,7 +56,9 @@ class ContrastiveTask(nn.Module):
         with torch.no_grad():
             self.log_logit_scale.clamp_(max=self.max_log_logit_scale)
         scale = self.logit_scale()  # exactly at the cap the clamp still passes the gradient
-        out = contrastive_loss(video_emb, text_emb, scale)
+        # Equal token rows are one caption (common in web and ASR captions): not negatives of each other.
+        keys = torch.where(text_paddings > 0.5, 0, text_ids.long() + 1)  # +1: id 0 may be a real piece
+        out = contrastive_loss(video_emb, text_emb, scale, caption_keys=keys)
         out["temperature"] = 1.0 / scale.detach()
         return out
 
