@@ -71,9 +71,16 @@ def exact_and_plain(qkv, axis, H, softcap, pad, grad_out):
     return res
 
 
+def leaf(qkv):
+    """qkv as a leaf that wants its gradient, in qkv's own layout. Not
+    ``clone()``: a clone of a non-dense view (the 'sliced' layout) comes back
+    contiguous, so the backend never saw the strides the test was named for."""
+    return qkv.detach().requires_grad_(True)
+
+
 def run(backend, qkv, axis, H, pad, grad_out, softcap=50.0):
-    """(out, grad of qkv) of the public op with ``backend`` forced."""
-    x = qkv.detach().clone().requires_grad_(True)
+    """(out, grad of qkv) of the public op with ``backend`` forced, on qkv's layout."""
+    x = leaf(qkv)
     with ops.use_backend(backend):
         out = ops.spacetime_attention(x, axis, H, softcap=softcap, frame_paddings=pad)
         (g,) = torch.autograd.grad(out, x, grad_out)

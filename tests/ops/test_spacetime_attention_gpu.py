@@ -12,7 +12,7 @@ import importlib
 import pytest
 import torch
 
-from attention_checks import FLOOR, compare, exact_and_plain, make_paddings, make_qkv
+from attention_checks import FLOOR, compare, exact_and_plain, leaf, make_paddings, make_qkv
 from vpengine import backends, ops
 from vpengine.ops import _attention_backends as ab
 
@@ -27,7 +27,7 @@ def check(backend, shape, axis, dtype, pad_mode, layout="contiguous", softcap=50
     qkv = make_qkv(B, T, S, H, E, dtype, device="cuda", layout=layout)
     pad = make_paddings(B, T, pad_mode, device="cuda")
     grad_out = torch.randn(B, T, S, H * E, device="cuda").to(dtype)
-    x = qkv.detach().clone().requires_grad_(True)
+    x = leaf(qkv)
     with ops.use_backend(backend):
         out = ops.spacetime_attention(x, axis, H, softcap=softcap, frame_paddings=pad)
         (g,) = torch.autograd.grad(out, x, grad_out)
