@@ -16,8 +16,10 @@ from vpengine.ops import patchify, use_backend
 from vpengine.ref.patchify import patchify_ref, unpatchify_ref
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# (B, T, H, W, P): batch 1, one frame, non-square, the VideoPrism patch.
-SHAPES = ((1, 1, 36, 36, 18), (2, 3, 36, 54, 18), (1, 2, 12, 8, 4))
+# (B, T, H, W, P): batch 1, one frame, non-square, the VideoPrism patch;
+# patches of 1, 2, 7 and 32 (odd, and wider than the model's).
+SHAPES = ((1, 1, 36, 36, 18), (2, 3, 36, 54, 18), (1, 2, 12, 8, 4), (1, 1, 3, 5, 1), (2, 1, 4, 6, 2),
+          (1, 2, 14, 21, 7), (1, 1, 32, 64, 32))
 
 
 def _frames(B, T, H, W, seed=0):
@@ -124,6 +126,24 @@ def test_sm90_code_scales_exactly_with_one_load_per_byte_pair(dtype):
 def test_non_contiguous_input():
     x = _frames(2, 2, 36, 36)[:, :, :, :36].transpose(0, 1)  # strided view
     _compare(patchify(x, 18), patchify_ref(x.contiguous(), 18))
+
+
+def _views(g):
+    yield "channels-last of [B, T, 3, H, W]", torch.randint(0, 256, (1, 2, 3, 14, 7), generator=g,
+                                                             dtype=torch.uint8).permute(0, 1, 3, 4, 2)
+    yield "H and W swapped", torch.randint(0, 256, (1, 2, 7, 14, 3), generator=g, dtype=torch.uint8).transpose(2, 3)
+    yield "crop of RGBA", torch.randint(0, 256, (2, 1, 17, 12, 4), generator=g, dtype=torch.uint8)[:, :, 1:15, 2:9, :3]
+
+
+@pytest.mark.parametrize("backend", ["ref", "cpu", "triton"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_contiguous_views_on_every_backend(backend, dtype):
+    for what, x in _views(torch.Generator().manual_seed(3)):
+        assert not x.is_contiguous(), what
+        _backend_or_skip(backend, x, dtype)
+        with use_backend(backend, ops=("patchify",)):
+            out = patchify(x, 7, dtype)
+        _compare(out, patchify_ref(x.contiguous(), 7, torch.float32).to(dtype))
 
 
 def test_float_input_is_differentiable_reshape():

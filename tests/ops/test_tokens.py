@@ -11,8 +11,9 @@ from vpengine.ops import decoder_input, token_gather, token_scatter, token_shuff
 from vpengine.ref import tokens as ref
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# (B, N, K, D): plain, batch 1 with K = 0, K = N, D not a multiple of 8.
-SHAPES = [(2, 16, 5, 12), (1, 9, 0, 8), (3, 7, 7, 20), (2, 33, 10, 13)]
+# (B, N, K, D): plain, batch 1 with K = 0, K = N, D not a multiple of 8,
+# one token of width 1, and a row one past a power of two.
+SHAPES = [(2, 16, 5, 12), (1, 9, 0, 8), (3, 7, 7, 20), (2, 33, 10, 13), (2, 1, 1, 1), (1, 4, 2, 4097)]
 BACKENDS = ["ref", "triton", "cpu"]
 OPS = ["token_gather", "token_scatter", "token_shuffle", "token_unshuffle", "decoder_input"]
 
