@@ -1,0 +1,89 @@
+"""Time and peak memory of ``read_manifest`` on a generated manifest.
+
+Every rank of a training run reads the whole manifest before its first step,
+and web-scale manifests hold millions of rows, so both the seconds and the
+bytes held per row matter. Each run is a fresh child process (a warm
+allocator or a cached import would flatter later runs); it reports the
+seconds ``read_manifest`` took and its peak resident memory above what the
+process held before the call (``ru_maxrss``, so it counts the rows kept
+and the transient garbage of parsing alike). The median of ``--runs`` is printed.
+
+Rows look like a captioned web dataset's: a relative path under a sharded
+folder, a caption of a few words, and a time window on half the rows.
+
+Run: ``python benchmarks/manifest_read.py [--rows 1000000] [--runs 3] [--formats jsonl,csv,json,tsv]``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+_CHILD = """
+import json, resource, sys, time
+from vpengine.data.manifest import read_manifest
+import gc
+gc.collect()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+rows = read_manifest(sys.argv[1])
+took = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": took, "peak_mib": (peak - before) / 1024, "rows": len(rows)}))
+"""
+
+_WORDS = "a dog runs across the park while person plays guitar on stage under bright lights".split()
+
+
+def _rows(n: int):
+    for i in range(n):
+        caption = " ".join(_WORDS[(i * 7 + k) % len(_WORDS)] for k in range(4 + i % 9))
+        row = {"path": f"videos/{i // 1000:05d}/clip_{i:08d}.mp4", "caption": caption}
+        if i % 2:
+            row.update(start=round(i % 50 * 0.5, 1), end=round(i % 50 * 0.5 + 5, 1))
+        yield row
+
+
+def write_manifest(path: str, n: int) -> None:
+    ext = os.path.splitext(path)[1]
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        if ext == ".jsonl":
+            f.writelines(json.dumps(r) + "\n" for r in _rows(n))
+        elif ext == ".json":
+            json.dump(list(_rows(n)), f)
+        else:
+            w = csv.writer(f, delimiter="\t" if ext == ".tsv" else ",", lineterminator="\n")
+            w.writerow(["path", "caption", "start", "end"])
+            w.writerows([r["path"], r["caption"], r.get("start", ""), r.get("end", "")] for r in _rows(n))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--formats", default="jsonl,csv")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in args.formats.split(","):
+            path = os.path.join(tmp, f"m.{fmt}")
+            write_manifest(path, args.rows)
+            runs = []
+            for _ in range(args.runs):
+                out = subprocess.run([sys.executable, "-c", _CHILD, path], check=True, capture_output=True, text=True)
+                runs.append(json.loads(out.stdout))
+            secs = statistics.median(r["seconds"] for r in runs)
+            mib = statistics.median(r["peak_mib"] for r in runs)
+            each = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+            print(f"{fmt:5s} {args.rows} rows ({os.path.getsize(path) / 2**20:.0f} MiB): {secs:.2f} s, "
+                  f"peak +{mib:.0f} MiB (median of {args.runs}; runs "
+                  f"{each} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
