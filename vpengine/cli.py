@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -222,9 +223,11 @@ def _main(argv=None) -> int:
         except (ValueError, CheckpointError, OSError, BadVideoError, BackendUnsupported, BackendUnavailable) as e:
             print(f"vpengine embed: {e}", file=sys.stderr)
             return 2
+        # stdout holds this one JSON document, whatever happened: progress went to stderr
+        print(json.dumps(summary), flush=True)
         if summary["clips"] == 0:
             if summary["output"] is None:
-                bad = (f"{summary['skipped']} bad files, listed in the summary above" if summary["skipped"]
+                bad = (f"{summary['skipped']} bad files, listed in the summary on stdout" if summary["skipped"]
                        else "the manifest lists no clips")
                 why = f"{bad}; {args.out} existed and is left as it was"
             elif summary["skipped"]:

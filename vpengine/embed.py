@@ -10,11 +10,15 @@ temporary name and renamed: an interrupted run leaves no partial file. A run
 that embedded nothing leaves an existing output as it was, even with
 ``overwrite``: a listing of failures is not worth the embeddings it would
 replace.
+
+Progress and warnings go to ``log`` (stderr by default): stdout is left to
+the caller, and ``vpengine embed`` puts only its JSON summary there, so
+``vpengine embed ... | jq .skipped`` reads one JSON document.
 """
 from __future__ import annotations
 
-import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -30,11 +34,13 @@ def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int
                    dtype: torch.dtype = torch.float32, pool: str = "mean", backend: str = "auto",
                    strict: bool = False, num_workers: int | None = None, compile: bool = False,
                    overwrite: bool = True,
-                   log=print) -> dict:
+                   log=None) -> dict:
     """Embed every clip of ``manifest`` and write ``out`` (.npz); returns a summary.
 
     ``overwrite=False``: FileExistsError instead of replacing an ``out`` that
     exists when the run ends (checked at the write itself, not only at the start).
+
+    ``log(text)`` takes the progress and warning lines (default: stderr).
 
     ``compile`` runs the model through ``torch.compile``: on a GPU it fuses
     the glue around vpengine's kernels (1.3x on VideoPrism-B, batch 32, H100);
@@ -45,6 +51,9 @@ def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int
         raise ValueError("pool='tokens' needs a video encoder; a video-text model gives one embedding per clip")
     if not out.endswith(".npz"):
         raise ValueError(f"output must be an .npz file; got {out!r}")
+    if log is None:
+        def log(text: str) -> None:
+            print(text, file=sys.stderr, flush=True)  # flushed: a progress line shows as it happens
     device = torch.device(device)
     model = model.to(device).eval()
     encode = model.encode_video if isinstance(model, VideoTextModel) else model
@@ -95,5 +104,4 @@ def embed_manifest(model, manifest, out: str, *, spec: ClipSpec, batch_size: int
     summary = {"clips": len(rows), "skipped": loader.num_bad, "output": out if written else None,
                "shape": list(arrays["embeddings"].shape),
                "bad_files": [{"path": b.path, "reason": b.reason} for b in loader.bad_files]}
-    log(json.dumps(summary))
     return summary
