@@ -267,7 +267,8 @@ def _read_file(manifest: str, base: str, ext: str) -> list[ManifestEntry]:
                     rows = json.load(f)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{manifest}:{e.lineno}: not valid JSON ({e.msg})") from None
-                return [convert(r, i, f"{manifest}: row ", i) for i, r in enumerate(rows)]
+                loc = f"{manifest}: row "
+                return [convert(r, i, loc, i) for i, r in enumerate(rows)]
             # Line by line: manifests of tens of millions of rows are never held as one string.
             for lineno, line in enumerate(f, 1):
                 text = line.strip(" \t\r\n")  # JSON's whitespace
