@@ -213,13 +213,15 @@ class ClipLoader:
         n = len(self.entries)
         if self.shuffle:
             g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
-            order = torch.randperm(n, generator=g).tolist()
+            order = torch.randperm(n, generator=g)
         else:
-            order = list(range(n))
+            order = torch.arange(n)
         pad = -n % self.world_size
         if n and pad:  # wrap around as often as needed: every rank gets the same count
-            order += [order[i % n] for i in range(pad)]
-        return order[self.rank :: self.world_size]
+            order = torch.cat([order, order[torch.arange(pad) % n]])
+        # Sliced before the list is made: only this rank's rows become Python
+        # ints (36 bytes each), not the whole manifest's on every rank.
+        return order[self.rank :: self.world_size].tolist()
 
     def __len__(self) -> int:
         rows = max(len(self.shard_rows()) - self.start, 0)
