@@ -268,7 +268,12 @@ def _read_file(manifest: str, base: str, ext: str) -> list[ManifestEntry]:
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{manifest}:{e.lineno}: not valid JSON ({e.msg})") from None
                 loc = f"{manifest}: row "
-                return [convert(r, i, loc, i) for i, r in enumerate(rows)]
+                # Each parsed row is dropped once its entry is made: the parsed
+                # rows and all the entries are never held at once.
+                rows.reverse()
+                for i in range(len(rows)):
+                    append(convert(rows.pop(), i, loc, i))
+                return entries
             # Line by line: manifests of tens of millions of rows are never held as one string.
             for lineno, line in enumerate(f, 1):
                 text = line.strip(" \t\r\n")  # JSON's whitespace
