@@ -11,7 +11,11 @@ and the transient garbage of parsing alike). The median of ``--runs`` is printed
 Rows look like a captioned web dataset's: a relative path under a sharded
 folder, a caption of a few words, and a time window on half the rows.
 
-Run: ``python benchmarks/manifest_read.py [--rows 1000000] [--runs 3] [--formats jsonl,csv,json,tsv]``.
+``--against DIR`` also measures the vpengine checkout in DIR (a baseline),
+alternating with this one run by run, so a shared machine's drift falls on both.
+
+Run: ``python benchmarks/manifest_read.py [--rows 1000000] [--runs 3] [--formats jsonl,csv,json,tsv]
+[--against OTHER_CHECKOUT]``.
 """
 from __future__ import annotations
 
@@ -62,26 +66,38 @@ def write_manifest(path: str, n: int) -> None:
             w.writerows([r["path"], r["caption"], r.get("start", ""), r.get("end", "")] for r in _rows(n))
 
 
+def _measure(tree: str, path: str) -> dict:
+    # cwd and PYTHONPATH both: "python -c" puts the working folder first on sys.path
+    env = {**os.environ, "PYTHONPATH": tree}
+    out = subprocess.run([sys.executable, "-c", _CHILD, path], check=True, capture_output=True, text=True,
+                         cwd=tree, env=env)
+    return json.loads(out.stdout)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--formats", default="jsonl,csv")
+    ap.add_argument("--against", default=None, help="another vpengine checkout to measure as the baseline")
     args = ap.parse_args(argv)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = [here] + ([os.path.abspath(args.against)] if args.against else [])
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in args.formats.split(","):
             path = os.path.join(tmp, f"m.{fmt}")
             write_manifest(path, args.rows)
-            runs = []
+            runs: dict = {tree: [] for tree in trees}
             for _ in range(args.runs):
-                out = subprocess.run([sys.executable, "-c", _CHILD, path], check=True, capture_output=True, text=True)
-                runs.append(json.loads(out.stdout))
-            secs = statistics.median(r["seconds"] for r in runs)
-            mib = statistics.median(r["peak_mib"] for r in runs)
-            each = ", ".join(f"{r['seconds']:.2f}" for r in runs)
-            print(f"{fmt:5s} {args.rows} rows ({os.path.getsize(path) / 2**20:.0f} MiB): {secs:.2f} s, "
-                  f"peak +{mib:.0f} MiB (median of {args.runs}; runs "
-                  f"{each} s)")
+                for tree in trees:
+                    runs[tree].append(_measure(tree, path))
+            for tree in trees:
+                secs = statistics.median(r["seconds"] for r in runs[tree])
+                mib = statistics.median(r["peak_mib"] for r in runs[tree])
+                each = ", ".join(f"{r['seconds']:.2f}" for r in runs[tree])
+                print(f"{fmt:5s} {args.rows} rows ({os.path.getsize(path) / 2**20:.0f} MiB) "
+                      f"{'this' if tree == here else 'against'}: {secs:.2f} s, peak +{mib:.0f} MiB "
+                      f"(median of {args.runs}; runs {each} s)", flush=True)
     return 0
 
 
