@@ -6,7 +6,7 @@ probabilities from the saved fp32 lse (no L x L matrix is stored):
 
     s = (q . k) * scale;  th = tanh(s / c);  z = c * th (masked: NEG)
     p = exp(z - lse)                    (a fully masked row: p = 1/L)
-    delta = rowsum(dO * O)
+    delta = rowsum(dO * O)              (16-bit, whole rows in a tile: rowsum(p * dp))
     dv = p^T dO;  dp = dO v^T;  ds = p * (dp - delta) * (1 - th^2)
     dq = scale * ds k;  dk = scale * ds^T q
 
@@ -14,13 +14,17 @@ Masked logits are constants, so ds is zero there; a fully masked row (all
 keys padded) has ds = 0 everywhere but still feeds dv with its uniform p. Its
 saved lse is NEG (NEG + log L rounds to NEG), which is how the kernels find it.
 
-Space axis: a dq program per query tile (it also stores delta) then a dk/dv
-program per key tile looping over the query tiles. Time axis (whole sequences
-in one tile): one fused program computes delta, dq, dk and dv.
+Space axis: a dq program per query tile (it also stores delta, from O) then
+a dk/dv program per key tile looping over the query tiles. Time axis (whole
+sequences in one tile): one fused program computes delta, dq, dk and dv; for
+16-bit inputs its delta comes from the fp32 p and dp, not from O rounded to
+16 bits (that rounding does not cancel against dp at a row's dominant key:
+near the cap the fp16 gradient reached 15x plain PyTorch's error).
 
-Memory traffic: read q, k, v, o, dO (5 units of B*T*S*H*E) and write dq, dk,
-dv (3 units) packed into one [B, T, S, 3*H*E] gradient; the space axis reads
-q, k, v, dO twice (once per kernel). FLOPs are 2.5x the forward's.
+Memory traffic: read q, k, v, dO and, on the space axis or in fp32, o (4 or 5 units of
+B*T*S*H*E) and write dq, dk, dv (3 units) packed into one [B, T, S, 3*H*E]
+gradient; the space axis reads q, k, v, dO twice (once per kernel). FLOPs are
+2.5x the forward's.
 """
 from __future__ import annotations
 
@@ -200,10 +204,7 @@ def _bwd_dkdv_kernel(
         o_off = b.to(tl.int64) * s_ob + jq.to(tl.int64)[:, None] * s_oj + iq[:, None] * s_oi + h * E + e[None, :]
         do = tl.load(DO + o_off, mask=qmask, other=0.0)
         l_off = b.to(tl.int64) * s_lb + jq.to(tl.int64) * s_lj + iq * s_li + h
-        if FUSED:
-            o = tl.load(OUT + o_off, mask=qmask, other=0.0)
-            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-        else:
+        if not FUSED:
             delta = tl.load(DELTA + l_off, mask=row_ok, other=0.0)
         lse = tl.load(LSE + l_off, mask=row_ok, other=float("inf"))
         masked_row = lse < -1.0e38
@@ -224,6 +225,30 @@ def _bwd_dkdv_kernel(
         # between them, but 0 * NaN = NaN).
         dv += _iso_dot_if(tl.trans(pv.to(do.dtype)), do, gq, gk, G, PREC, UPCAST, ISO)
         dp = _dot(do, vT, PREC, UPCAST)
+        if FUSED:
+            if OUT.dtype.element_ty == tl.float32:
+                o = tl.load(OUT + o_off, mask=qmask, other=0.0)
+                delta = tl.sum(do * o, 1)
+            else:
+                # Whole rows in this tile: delta = rowsum(dO * O) = rowsum(p * dp)
+                # from the fp32 p and dp, not from O rounded to 16 bits. That
+                # rounding does not cancel against dp at a row's dominant key:
+                # near the cap the fp16 gradient reached 15x plain PyTorch's
+                # error. (In fp32, O is exact enough and p's own rounding, from
+                # the saved lse, would cost more.) The select keeps other
+                # sequences' NaN out.
+                delta = tl.sum(tl.where(valid_m, p * dp, 0.0), 1)
+                if ISO or G == 1:
+                    # A non-finite operand (NaN or inf in q, k, v or dO) makes
+                    # this sum NaN where rowsum(dO * O) may be inf: those rows,
+                    # and only they, read O, so the gradient's NaN/inf pattern
+                    # stays the reference's. Packed tiles do it in their ISO
+                    # launch, which redoes every tile whose gradients came out
+                    # non-finite (such a delta makes them so wherever it is
+                    # used): in the first launch the O tile took 243 registers.
+                    odd = (delta * 0.0 != 0.0) & row_ok
+                    o = tl.load(OUT + o_off, mask=qmask & odd[:, None], other=0.0)
+                    delta = tl.where(odd, tl.sum(do.to(tl.float32) * o.to(tl.float32), 1), delta)
         ds = _ds(p, dp, delta, th, masked_row, padk, HAS_PAD, HAS_CAP)
         if G > 1 or RAGGED:
             ds = tl.where(valid_m, ds, 0.0)

@@ -12,7 +12,7 @@
 //   forward, lane (g, t):  s_j = (q_t . k_j) * E**-0.5        j < T
 //                          z_j = c * tanh(s_j / c), NEG at padded frames
 //                          p_j = softmax(z)_j;  o_t = sum_j p_j v_j;  lse_t
-//   backward, lane (g, t): p_j from lse; delta = dO_t . o_t; dp_j = dO_t . v_j
+//   backward, lane (g, t): p_j from lse; dp_j = dO_t . v_j; delta = sum_j p_j dp_j (= dO_t . o_t, unrounded)
 //                          ds_j = p_j (dp_j - delta) (1 - tanh^2);  dq_t = scale sum_j ds_j k_j
 //             lane (g, j): dv_j = sum_t p_tj dO_t;  dk_j = scale sum_t ds_tj q_t
 //

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace vpengine {
 namespace sta {
@@ -261,14 +262,11 @@ __global__ void __launch_bounds__(128)
     for (int j = 0; j < TP; ++j) sc[j] = dp[j] = 0.f;
     const T* q = qkv + base + t * p.qkv.t;
     const T* d = dout + obase + t * ostride;
-    const T* o = out + obase + t * ostride;
-    #pragma unroll 2  // two q (dO, o) vectors in flight per lane
+    #pragma unroll 2  // two q (dO) vectors in flight per lane
     for (int c = 0; c < p.E; c += V) {
-      float qv[V], dv[V], ov[V], kv[V];
+      float qv[V], dv[V], kv[V];
       load_global<T>(q + c, qv);
       load_global<T>(d + c, dv);
-      load_global<T>(o + c, ov);
-      delta += dot<T>(dv, ov);
 #pragma unroll
       for (int j = 0; j < TP; ++j) {
         if (j < p.T) {
@@ -282,6 +280,37 @@ __global__ void __launch_bounds__(128)
     const float L = lse[((sq.b * p.T + t) * p.S + sq.s) * p.H + sq.h];
     const bool masked = L < -1.0e38f;  // every key padded: uniform p, no gradient into q or k
     const float inv_t = 1.f / static_cast<float>(p.T);
+    // 16-bit T: delta = dO . o = sum_j p_j dp_j, from the fp32 p and dp of
+    // this lane's whole row rather than from o rounded to T: that rounding
+    // does not cancel against dp at the row's dominant key (the Triton
+    // kernel's fp16 gradient reached 15x plain PyTorch's error that way near
+    // the cap). An fp32 o is exact enough, and p's own rounding (from the
+    // saved lse, which scales a whole row) would cost more there.
+    bool from_o = std::is_same<T, float>::value;
+    if (!from_o) {
+#pragma unroll
+      for (int j = 0; j < TP; ++j) {
+        if (j < p.T) {
+          float th;
+          const float z = logit(sc[j], sq.b, j, p, &th);
+          delta = fmaf(masked ? inv_t : expf(z - L), dp[j], delta);
+        }
+      }
+      from_o = !isfinite(delta);
+    }
+    if (from_o) {
+      // fp32, or a non-finite operand, which makes the sum above NaN where
+      // dO . o may be inf: such rows read o, so the gradient's NaN/inf
+      // pattern stays the reference's.
+      const T* o = out + obase + t * ostride;
+      delta = 0.f;
+      for (int c = 0; c < p.E; c += V) {
+        float dv[V], ov[V];
+        load_global<T>(d + c, dv);
+        load_global<T>(o + c, ov);
+        delta += dot<T>(dv, ov);
+      }
+    }
 #pragma unroll
     for (int j = 0; j < TP; ++j) {
       if (j < p.T) {
