@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 from .._files import write_atomically
-from .record import STATUS_METRICS
 
 
 def _cases(records: list[dict]):

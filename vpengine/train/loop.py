@@ -32,12 +32,12 @@ from .config import TrainConfig, lr_factor
 from .prepare import build_task, check_manifest, check_out_dir, distributed, optimizer
 
 
-
 def mask_seed(seed: int, rank: int) -> int:
     """The mask generator's seed for a rank. A stream of its own: it was
     ``_mix(seed, rank)``, the loader's shuffle seed for epoch ``rank``, so on
     a CPU rank 0's masks drew the very numbers of epoch 0's data order."""
     return _mix("masks", seed, rank)
+
 
 class _Run:
     """The state of one training process: task, optimizer, data position."""
