@@ -5,8 +5,9 @@ Its delta = rowsum(dO * O) came from the op's fp16 output; at logits near
 the cap that rounding, which does not cancel against dp at a row's dominant
 key, put the time-axis gradient at up to 15x plain PyTorch's error (0.193
 against a bound of 0.029). Tiles holding whole rows now take delta from the
-fp32 p and dp. Runs under TRITON_INTERPRET=1 on CPU (fp16 ``tl.dot`` is right
-there; bf16 is not, so bf16 stays with the GPU tests).
+fp32 p and dp (Triton and the CUDA time kernel). Runs under TRITON_INTERPRET=1
+on CPU in fp16 (``tl.dot`` is right there; bf16 is not, so bf16 and the CUDA
+kernel run in the ``gpu`` cases).
 """
 from __future__ import annotations
 
@@ -18,18 +19,30 @@ from attention_checks import FLOOR, compare, exact_and_plain, make_paddings, mak
 H, E = 2, 16
 
 
+# (kernel, device, dtype): Triton under the interpreter in fp16; on the GPU
+# Triton and the CUDA time-axis kernel (the same change) in fp16 and bf16.
+KERNELS = [("triton", "cpu", torch.float16),
+           *(pytest.param(k, "cuda", dt, marks=pytest.mark.gpu)
+             for k in ("triton", "cuda") for dt in (torch.float16, torch.bfloat16))]
+
+
 # (B, T, S): T=4 S=5 packs whole sequences per tile on both axes; S=70 runs
 # the space axis in key tiles (delta from the saved output, a separate pass).
 @pytest.mark.parametrize("axis,shape", [("time", (1, 4, 5)), ("space", (1, 4, 5)), ("space", (1, 2, 70))])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_triton_fp16_gradient_with_logits_near_the_cap(axis, shape, seed):
+@pytest.mark.parametrize("kernel,device,dtype", KERNELS)
+def test_16bit_gradient_with_logits_near_the_cap(axis, shape, seed, kernel, device, dtype):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (run benchmarks/device_check.sh on a GPU machine)")
+    if kernel == "cuda" and axis != "time":
+        pytest.skip("the cuda kernel takes the time axis only")
     B, T, S = shape
     # scale 20: logits reach the cap, where (1 - tanh^2) and the peaked
     # softmax amplify any rounding in dz.
-    qkv = make_qkv(B, T, S, H, E, torch.float16, scale=20.0, seed=seed)
-    pad = make_paddings(B, T, "some")
-    grad_out = torch.randn(B, T, S, H * E, generator=torch.Generator().manual_seed(2)).to(torch.float16)
-    out, g = run("triton", qkv, axis, H, pad, grad_out)
+    qkv = make_qkv(B, T, S, H, E, dtype, device=device, scale=20.0, seed=seed)
+    pad = make_paddings(B, T, "some", device=device)
+    grad_out = torch.randn(B, T, S, H * E, generator=torch.Generator().manual_seed(2)).to(device, dtype)
+    out, g = run(kernel, qkv, axis, H, pad, grad_out)
     (out64, g64), (out_p, g_p) = exact_and_plain(qkv, axis, H, 50.0, pad, grad_out)
-    compare("out", out, out64, out_p, FLOOR[torch.float16])
-    compare("grad", g, g64, g_p, 2 * FLOOR[torch.float16])
+    compare("out", out, out64, out_p, FLOOR[dtype])
+    compare("grad", g, g64, g_p, 2 * FLOOR[dtype])
