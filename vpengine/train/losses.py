@@ -121,9 +121,11 @@ def _same_captions(keys_BK: torch.Tensor, rows: int, first: int) -> torch.Tensor
         got = f"{tuple(keys_BK.shape)} {keys_BK.dtype}" if isinstance(keys_BK, torch.Tensor) else type(keys_BK).__name__
         raise ValueError(f"caption_keys must be an integer tensor [{rows}, K]; got {got}")
     with torch.no_grad():
-        keys = keys_BK.long()
-        keys_all, _ = gather_rows(keys)
-        return (keys[:, None, :] == keys_all[None, :, :]).all(-1)
+        keys_all, _ = gather_rows(keys_BK.long())
+        # One id per distinct caption: a [B, G] comparison of ids, not a
+        # [B, G, K] one of tokens (67 MB a step at B=256, G=4096, K=64).
+        _, ids = torch.unique(keys_all, dim=0, return_inverse=True)
+        return ids[first : first + rows, None] == ids[None, :]
 
 
 def token_distillation_loss(pred_BND: torch.Tensor, target_BND: torch.Tensor,
