@@ -429,3 +429,22 @@ def test_a_cuda_device_the_machine_lacks_is_refused_at_construction(manifest, mo
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"cuda:1.*1 visible"):
         ClipLoader(manifest, SPEC, batch_size=2, backend="pyav", device="cuda:1")
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_len_counts_the_shard_without_drawing_it(tmp_path, drop_last):
+    """len() is the number of batches iteration yields from the rank's shard
+    (shard_rows() padded to ceil(n / world_size)), for every rank, start and
+    manifest size, including the empty tail past the shard."""
+    for n in (1, 2, 5, 7, 12):
+        rows = "".join(f'{{"path": "v{i}.mp4"}}\n' for i in range(n))
+        (tmp_path / "m.jsonl").write_text(rows)
+        for world in (1, 2, 3, 5):
+            for rank in range(world):
+                loader = ClipLoader(str(tmp_path / "m.jsonl"), SPEC, 2, rank=rank, world_size=world,
+                                    drop_last=drop_last, num_workers=1)
+                for start in (0, 1, 3, 9):
+                    loader.set_epoch(4, start=start)
+                    left = max(len(loader.shard_rows()) - start, 0)
+                    want = left // 2 if drop_last else -(-left // 2)
+                    assert len(loader) == want, (n, world, rank, start)

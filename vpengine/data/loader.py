@@ -224,7 +224,10 @@ class ClipLoader:
         return order[self.rank :: self.world_size].tolist()
 
     def __len__(self) -> int:
-        rows = max(len(self.shard_rows()) - self.start, 0)
+        # shard_rows() pads every rank to ceil(n / world_size) rows; counted
+        # here without drawing the epoch's permutation.
+        n = len(self.entries)
+        rows = max(-(-n // self.world_size) - self.start, 0)
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
     def _row_seed(self, row: int, epoch: int | None = None) -> int:
