@@ -62,3 +62,19 @@ def test_empty_window_is_a_bad_sample(tmp_path, videos):
     (batch,) = list(loader)
     assert batch.rows == [1] and batch.infos[0].frame_indices == [5, 6, 7, 8]
     assert loader.num_bad == 1 and "no frame in the window" in loader.bad_files[0].reason
+
+
+@pytest.mark.parametrize("name", ["captions.txt", "README.nfo", "notes.asc"])
+def test_a_text_file_is_not_a_video_whatever_its_name(tmp_path, videos, name):
+    """FFmpeg's tty demuxer opens a text file by its extension and draws its
+    characters as frames of ANSI art (640x400, a frame per screenful): a
+    caption file next to the videos would pass as a video."""
+    path = tmp_path / name
+    path.write_text("a dog runs across the lawn\n" * 30)
+    with pytest.raises(BadVideoError, match="not a video: a text file") as exc:
+        read_clip(path, ClipSpec(2, size=(16, 16)), backend="pyav")
+    assert exc.value.path == str(path)
+    loader = ClipLoader([str(path), videos["h264"]], ClipSpec(2, size=(16, 16)), batch_size=2,
+                        backend="pyav", shuffle=False, num_workers=1)
+    (batch,) = list(loader)
+    assert batch.rows == [1] and [(b.path, b.index) for b in loader.bad_files] == [(str(path), 0)]

@@ -173,6 +173,10 @@ def _clock_start(container) -> Fraction:
 _CAPTURES = frozenset({"mpegts", "mpeg"})
 # Containers whose packet times may be decode times (see _demux).
 _DECODE_ORDER_TIMES = frozenset({"avi", "asf", "mxf"})
+# Decoders that draw text as a terminal would: FFmpeg's tty demuxer opens any
+# text file named .txt, .nfo, .asc, .art, ... (a caption or README beside the
+# videos) as ANSI art, frames of rendered characters that are no video.
+_TEXT_ART = frozenset({"ansi", "bintext", "xbin", "idf"})
 
 # Probes of unchanged files are remembered (file_cache.py): a demux reads the
 # whole file (measured here: 9 us a packet in MP4, 29 in MPEG-TS, so 0.3-1 s
@@ -217,6 +221,9 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             index = list(container.streams.video).index(stream)
             ctx = stream.codec_context
             codec = ctx.codec.canonical_name
+            if codec in _TEXT_ART:
+                raise BadVideoError(path, f"not a video: a text file (FFmpeg's {container.format.name} demuxer "
+                                          f"would draw its characters as {codec} art)")
             height, width = int(ctx.height), int(ctx.width)
             colorspace = int(ctx.colorspace)
             pixels = ctx.format  # the pixel format, None where the stream does not say
