@@ -78,3 +78,47 @@ def test_a_text_file_is_not_a_video_whatever_its_name(tmp_path, videos, name):
                         backend="pyav", shuffle=False, num_workers=1)
     (batch,) = list(loader)
     assert batch.rows == [1] and [(b.path, b.index) for b in loader.bad_files] == [(str(path), 0)]
+
+
+def _two_mjpeg_avi(path, streams: int) -> bytes:
+    """An MJPEG AVI of ``streams`` video streams of index frames (the first
+    64x48, any second 80x60); returns its bytes."""
+    av = pytest.importorskip("av")
+    from vpengine.data.synthetic import index_frames
+
+    with av.open(str(path), "w") as out:
+        vs = []
+        for k in range(streams):
+            v = out.add_stream("mjpeg", rate=10)
+            v.width, v.height, v.pix_fmt = 64 + 16 * k, 48 + 12 * k, "yuvj420p"
+            vs.append(v)
+        for k, v in enumerate(vs):
+            for rgb in index_frames(6, v.height, v.width):
+                out.mux(v.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+            out.mux(v.encode(None))
+    return open(path, "rb").read()
+
+
+def test_a_codec_ffmpeg_cannot_decode_says_so(tmp_path):
+    """PyAV gives a stream whose codec FFmpeg has no decoder for no codec
+    context: the probe read its frame size from None and reported an
+    AttributeError. An unknown FourCC (here in place of MJPG) makes one."""
+    data = _two_mjpeg_avi(tmp_path / "src.avi", 1)
+    path = tmp_path / "unknown_codec.avi"
+    assert data.count(b"MJPG") == 2  # strh's handler and strf's compression
+    path.write_bytes(data.replace(b"MJPG", b"QQ9Q"))
+    with pytest.raises(BadVideoError, match="no decoder for its video codec") as exc:
+        read_clip(path, ClipSpec(2, size=(16, 16)), backend="pyav")
+    assert "AttributeError" not in exc.value.reason
+
+
+def test_a_stream_without_a_decoder_is_passed_over(tmp_path):
+    """The second, larger stream would be ffmpeg's choice anyway; the first,
+    undecodable one must not stop the probe from getting there."""
+    from clip_facts import gray_index
+
+    data = _two_mjpeg_avi(tmp_path / "src.avi", 2)
+    path = tmp_path / "first_unknown.avi"
+    path.write_bytes(data.replace(b"MJPG", b"QQ9Q", 2))  # the first stream's two tags
+    frames, info = read_clip(path, ClipSpec(3, size=None), backend="pyav")
+    assert info.source_size == (60, 80) and gray_index(frames) == info.frame_indices

@@ -145,15 +145,21 @@ def _video_stream(container, path: str, without: frozenset[int] = frozenset()):
     av = _av()
     Disposition = av.stream.Disposition
     videos = list(container.streams.video)
-    best, best_score = None, -1
+    best, best_score, undecodable = None, -1, 0
     for i, s in enumerate(videos):
         if s.disposition & Disposition.attached_pic or i in without:
             continue
         ctx = s.codec_context
+        if ctx is None:  # PyAV gives no codec context where FFmpeg has no decoder for the codec
+            undecodable += 1
+            continue
         score = int(ctx.width or 0) * int(ctx.height or 0) + 5_000_000 * bool(s.disposition & Disposition.default)
         if score > best_score:
             best, best_score = s, score
     if best is None:
+        if undecodable:
+            raise BadVideoError(path, "this FFmpeg build has no decoder for its video codec (a codec it does not "
+                                      "know, or one built without)")
         if without:
             raise BadVideoError(path, "the video stream has no frames")
         raise BadVideoError(path, "no video stream (only a cover image)" if videos else "no video stream")
