@@ -122,3 +122,22 @@ def test_a_stream_without_a_decoder_is_passed_over(tmp_path):
     path.write_bytes(data.replace(b"MJPG", b"QQ9Q", 2))  # the first stream's two tags
     frames, info = read_clip(path, ClipSpec(3, size=None), backend="pyav")
     assert info.source_size == (60, 80) and gray_index(frames) == info.frame_indices
+
+
+def test_an_animated_webp_is_not_called_corrupt(tmp_path):
+    """FFmpeg's WebP decoder (8.1) reads still images only and refuses an
+    animation's one packet as invalid data: the file is whole, and the
+    reason should say what FFmpeg lacks rather than call it truncated."""
+    av = pytest.importorskip("av")
+    from clip_facts import gray_index
+    from vpengine.data.synthetic import encode_video, index_frames
+
+    if "libwebp_anim" not in av.codecs_available:
+        pytest.skip("this PyAV has no animated WebP encoder")
+    path = encode_video(tmp_path / "anim.webp", index_frames(6), "libwebp_anim", fps=10)
+    try:
+        frames, info = read_clip(path, ClipSpec(3, size=None), backend="pyav")
+    except BadVideoError as e:
+        assert "animated WebP" in e.reason and "corrupt" not in e.reason
+    else:  # an FFmpeg that decodes the animation
+        assert gray_index(frames) == info.frame_indices

@@ -192,6 +192,18 @@ def _decode_in_output_order(av, vp: VideoProbe, want_pts: list[int], threads: in
     return got
 
 
+def _animated_webp(path: str) -> bool:
+    """Whether ``path`` is a WebP whose VP8X header flags an animation. FFmpeg's
+    demuxer hands the whole file over as one packet, and its decoder (8.1)
+    refuses it as invalid data: read alone, that is a corrupt file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(21)
+    except OSError:
+        return False
+    return head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and bool(head[20] & 0x02)
+
+
 def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> list[np.ndarray]:
     """Decode the frames ``indices`` (display order, repeats allowed): one
     uint8 ``[H, W, 3]`` array per index. Their sizes differ where the stream
@@ -223,6 +235,9 @@ def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> list[
                                      "truncated or corrupt")
     if len(got) < len(want):
         missing = sorted(i for i in set(indices) if vp.pts[i] not in got)
+        if not got and vp.codec == "webp" and _animated_webp(vp.path):
+            raise BadVideoError(vp.path, "an animated WebP: this FFmpeg's WebP decoder reads still images only "
+                                         "(it refuses the animation's frames)")
         raise BadVideoError(
             vp.path,
             f"decode produced {len(got)} of {len(want)} wanted frames (missing {missing[:8]}); truncated or corrupt",
