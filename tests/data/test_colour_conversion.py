@@ -117,3 +117,31 @@ def test_turned_frames_are_turned_before_the_conversion(tmp_path, rotation, mirr
             want.append(graph.pull().to_ndarray())
     got, _ = read_clip(path, ClipSpec(3, size=None), backend="pyav")
     assert np.array_equal(got.numpy(), np.stack(want))
+
+
+def test_a_colour_matrix_ffmpeg_cannot_convert_is_named(tmp_path):
+    """x264 tags a stream YCgCo on request; FFmpeg 8.1's scaler has no YCgCo
+    to RGB conversion (ENOSYS), which read as a truncated or corrupt file."""
+    from vpengine.data import BadVideoError
+
+    path = str(tmp_path / "ycgco.mkv")
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.height, s.width, s.pix_fmt = 48, 64, "yuv444p"
+        s.codec_context.colorspace = 8  # AVCOL_SPC_YCGCO
+        for f in _content(3, 48, 64):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv444p")
+            frame.colorspace = 8
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with av.open(path) as c:
+        if c.streams.video[0].codec_context.colorspace != 8:
+            pytest.skip("the encoder did not keep the YCgCo tag")
+    try:
+        got, _ = read_clip(path, ClipSpec(3, size=None), backend="pyav")
+    except BadVideoError as e:
+        assert "YCgCo" in e.reason and "to RGB" in e.reason and "corrupt" not in e.reason
+    else:  # an FFmpeg whose scaler converts YCgCo
+        assert got.shape == (3, 48, 64, 3)

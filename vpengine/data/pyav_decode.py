@@ -22,7 +22,7 @@ import numpy as np
 from . import orientation
 from .errors import BadVideoError
 from .pyav_backend import VideoProbe
-from .pyav_io import RGB24, _av, _open, _wrap, decoded
+from .pyav_io import RGB24, Unconvertible, _av, _open, _wrap, decoded
 
 
 def _groups(vp: VideoProbe, want_pts: list[int], seek: bool) -> list[tuple[int | None, list[int]]]:
@@ -227,6 +227,8 @@ def decode_frames(vp: VideoProbe, indices: list[int], threads: int = 0) -> list[
             if len(got) < len(want):  # a frame damaged after a seek may be whole from the start
                 damaged.clear()
                 got = _decode_split(av, vp, want, False, threads, damaged)
+    except Unconvertible as e:
+        raise BadVideoError(vp.path, str(e)) from e
     except Exception as e:
         raise _wrap(vp.path, e, "decode failed (truncated or corrupt)") from e
     if damaged:

@@ -42,6 +42,16 @@ def decoded(container, stream):
         yield from frames
 
 
+class Unconvertible(Exception):
+    """FFmpeg's scaler refused to convert decoded frames to RGB."""
+
+
+# FFmpeg's AVColorSpace names, for reasons
+_MATRICES = {0: "RGB", 1: "BT.709", 2: "unspecified", 4: "FCC", 5: "BT.470BG", 6: "SMPTE 170M", 7: "SMPTE 240M",
+             8: "YCgCo", 9: "BT.2020 NCL", 10: "BT.2020 CL", 11: "SMPTE 2085", 12: "chroma-derived NCL",
+             13: "chroma-derived CL", 14: "ICtCp"}
+
+
 class RGB24:
     """Decoded frames to uint8 ``[H, W, 3]`` RGB, converted as the ffmpeg
     command line converts them (mediapy, the official reader, asks it for
@@ -58,6 +68,17 @@ class RGB24:
         self._key, self._graph = None, None
 
     def __call__(self, frame, orientation: int = 0) -> np.ndarray:
+        try:
+            return self._convert(frame, orientation)
+        except _av().error.FFmpegError as e:
+            # Whole frames the scaler has no conversion for (a YCgCo matrix:
+            # ENOSYS from FFmpeg 8.1): a reason to give, not a corrupt file.
+            self._graph, self._key = None, None
+            cs = int(frame.colorspace)
+            raise Unconvertible(f"FFmpeg cannot convert its {frame.format.name} frames (colour matrix "
+                                f"{_MATRICES.get(cs, cs)}) to RGB: {e.strerror or e}") from e
+
+    def _convert(self, frame, orientation: int) -> np.ndarray:
         key = (frame.width, frame.height, frame.format.name, int(frame.colorspace), int(frame.color_range),
                orientation)
         if key != self._key:
