@@ -132,15 +132,30 @@ def _t(a):
 # ---------------------------------------------------------------- inference
 
 
+def _vote(A: _Arrays, first: str, ndim: int, others=(), pick=lambda shape: shape):
+    """``pick(shape)`` as most of the arrays that carry it say (``first`` is
+    required; ``others`` are ``(key, ndim, pick)``): one mis-shaped array is
+    then reported as the odd one out, instead of the ones that agree with
+    each other. Ties go to ``first``."""
+    votes = [pick(A.shape(first, ndim))]
+    votes += [p(A.arrays[k].shape) for k, n, p in others if k in A.arrays and A.arrays[k].ndim == n]
+    return collections.Counter(votes).most_common(1)[0][0]
+
+
 def _heads(A: _Arrays, stack: str) -> tuple[int, int, int]:
     """(layers, heads, head dim) of a stack, as most of its four attention
-    weights [L, D, H, E] say: one array with swapped axes is then reported as
-    the odd one out, instead of the three that agree with each other."""
-    shapes = [A.shape(stack + "self_attention/query/w", 4)]
-    shapes += [tuple(A.arrays[k].shape) for k in (stack + f"self_attention/{n}/w" for n in ("key", "value", "post"))
-               if k in A.arrays and A.arrays[k].ndim == 4]
-    (L, _, H, E), _ = collections.Counter(shapes).most_common(1)[0]  # ties: the query's
+    weights [L, D, H, E] say."""
+    att = stack + "self_attention/"
+    L, _, H, E = _vote(A, att + "query/w", 4, [(att + f"{n}/w", 4, tuple) for n in ("key", "value", "post")])
     return L, H, E
+
+
+def _mlp(A: _Arrays, stack: str) -> int:
+    """MLP width of a stack, as most of ffn_layer1's kernel [L, D, M] and bias
+    [L, M] and ffn_layer2's kernel [L, M, D] say."""
+    ff = stack + "ff_layer/ffn_layer"
+    return _vote(A, ff + "1/linear/kernel", 3, [(ff + "1/linear/bias", 2, lambda s: s[1]),
+                                                (ff + "2/linear/kernel", 3, lambda s: s[1])], lambda s: s[2])
 
 
 def _infer_encoder(A: _Arrays, p: str) -> EncoderConfig:
@@ -151,7 +166,7 @@ def _infer_encoder(A: _Arrays, p: str) -> EncoderConfig:
                               f"{rows} rows is not 3*P*P for any patch size P")
     Ls, H, E = _heads(A, p + "spatial_encoder/" + STACK)
     Lt = _heads(A, p + "temporal_encoder/" + STACK)[0]
-    mlp = A.shape(p + "spatial_encoder/" + STACK + "ff_layer/ffn_layer1/linear/kernel", 3)[2]
+    mlp = _mlp(A, p + "spatial_encoder/" + STACK)
     n_sp, pos_D = A.shape(p + "spatial_pos_emb/emb_var", 2)
     g = int(round(math.sqrt(n_sp)))
     if g * g != n_sp:
@@ -190,13 +205,13 @@ def infer_config(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> M
         )
     enc = _infer_encoder(A, "params/vision_encoder/")
     D = enc.width
-    aux_key = "params/auxiliary_encoder/" + STACK + "self_attention/query/w"
     has_aux = any(k.startswith("params/auxiliary_encoder/") for k in arrays)
-    aux = A.shape(aux_key, 4)[0] if has_aux else 0  # no auxiliary stack: the official default
-    _, Hp, Ep = A.shape("params/contrastive_vision_pooler/pooling_attention/query/w", 3)
+    aux = _heads(A, "params/auxiliary_encoder/" + STACK)[0] if has_aux else 0  # none: the official default
+    pool = "params/contrastive_vision_pooler/pooling_attention/"
+    _, Hp, Ep = _vote(A, pool + "query/w", 3, [(pool + f"{n}/w", 3, tuple) for n in ("key", "value", "post")])
     V = A.shape("params/text_encoder/token_emb/emb_var", 2)[0]
     Lx, Ht, _ = _heads(A, "params/text_encoder/unimodal_transformer/x_layers/")
-    tmlp = A.shape("params/text_encoder/unimodal_transformer/x_layers/ff_layer/ffn_layer1/linear/kernel", 3)[2]
+    tmlp = _mlp(A, "params/text_encoder/unimodal_transformer/x_layers/")
     text = TextConfig(vocab_size=V, num_layers=Lx, num_heads=Ht, width=D, mlp_dim=tmlp,
                       atten_logit_cap=enc.atten_logit_cap)
     return VideoTextConfig(encoder=enc, num_auxiliary_layers=aux, pooler_num_heads=Hp,
