@@ -47,6 +47,30 @@ def test_the_one_odd_array_is_the_one_named(tmp_path, config, key, damage):
     assert lines == [f"{key}: expected {want}, found {list(arrays[key].shape)}"], str(e.value)
 
 
+def _text_heads(arrays, heads, head_dim):
+    out = dict(arrays)
+    for k, a in arrays.items():
+        if k.startswith(TEXT + "self_attention/") and not k.endswith("post/b"):
+            shape = a.shape[:-2] + (heads, head_dim)
+            out[k] = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("heads, head_dim", [(5, 10), (4, 16)])
+def test_text_heads_that_do_not_make_the_width_name_the_file(tmp_path, heads, head_dim):
+    """The text tower's width is the video encoder's (48 here); attention
+    weights of 5 heads x 10 (5 does not divide 48) or 4 x 16 cannot belong
+    to it. The first used to surface as 'TextConfig: width 48 is not divisible
+    by num_heads 5', naming neither the file nor an array."""
+    path = tmp_path / "heads.npz"
+    np.savez(path, **_text_heads(to_official(_random(LVT)), heads, head_dim))
+    with pytest.raises(CheckpointError) as e:
+        vpengine.load_official(path)
+    msg = str(e.value)
+    assert "heads.npz" in msg and TEXT + "self_attention/query/w" in msg
+    assert f"{heads} heads x {head_dim} head dim = {heads * head_dim}" in msg and "width is 48" in msg
+
+
 def test_a_consistent_file_still_loads_whatever_its_shapes(tmp_path):
     """The votes change nothing for a file whose arrays agree: text heads
     unlike the video ones, an MLP that is not 4*D, a pooler of its own."""

@@ -210,7 +210,13 @@ def infer_config(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> M
     pool = "params/contrastive_vision_pooler/pooling_attention/"
     _, Hp, Ep = _vote(A, pool + "query/w", 3, [(pool + f"{n}/w", 3, tuple) for n in ("key", "value", "post")])
     V = A.shape("params/text_encoder/token_emb/emb_var", 2)[0]
-    Lx, Ht, _ = _heads(A, "params/text_encoder/unimodal_transformer/x_layers/")
+    Lx, Ht, Et = _heads(A, "params/text_encoder/unimodal_transformer/x_layers/")
+    if Ht * Et != D:  # else TextConfig's own error, which names neither the file nor an array
+        q = "params/text_encoder/unimodal_transformer/x_layers/self_attention/query/w"
+        raise CheckpointError(
+            f"{source}: the text attention weights ({q} {list(A.arrays[q].shape)}) have {Ht} heads x {Et} "
+            f"head dim = {Ht * Et}, but the model width is {D} (params/vision_encoder/patch_projection/linear/"
+            f"kernel): one of them is mis-shaped")
     tmlp = _mlp(A, "params/text_encoder/unimodal_transformer/x_layers/")
     text = TextConfig(vocab_size=V, num_layers=Lx, num_heads=Ht, width=D, mlp_dim=tmlp,
                       atten_logit_cap=enc.atten_logit_cap)
