@@ -134,6 +134,13 @@ def test_config_takes_paths_and_bounds_the_seed(tmp_path):
         _cfg(tmp_path, tmp_path / "o", seed=2 ** 64)
 
 
+def test_an_unknown_decoder_is_named_as_the_option(tmp_path):
+    """The loader's own refusal spoke of a "backend", which no option is called."""
+    with pytest.raises(ValueError, match=r"TrainConfig\.decoder must be one of 'auto', 'pyav'.*got 'av'"):
+        _cfg(tmp_path, tmp_path / "o", decoder="av")
+    assert _cfg(tmp_path, tmp_path / "o", decoder="dali-gpu").decoder == "dali-gpu"  # checked where it runs
+
+
 def test_stage1_refuses_a_single_clip_per_step(train_data, tmp_path):
     with pytest.raises(ValueError, match="at least 2 clips per step"):
         train(_cfg(train_data, tmp_path / "run", batch_size=1), log=_quiet)

@@ -11,6 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from ..data.clip import BACKENDS
 from ..model.config import PRESETS
 
 RESUMABLE = ("out_dir", "steps", "log_every", "checkpoint_every", "num_workers", "decoder", "compile",
@@ -125,6 +126,9 @@ class TrainConfig:
             raise ValueError("TrainConfig: token_loss_on='masked' with mask_ratio 0 leaves no token to predict")
         if self.dtype not in ("bfloat16", "float32"):
             raise ValueError(f"TrainConfig.dtype must be 'bfloat16' or 'float32'; got {self.dtype!r}")
+        if self.decoder not in BACKENDS:  # else the loader refuses it later, naming a "backend" no option has
+            raise ValueError(f"TrainConfig.decoder must be one of {', '.join(map(repr, BACKENDS))}; "
+                             f"got {self.decoder!r}")
         if self.token_loss_on not in ("all", "masked"):
             raise ValueError(f"TrainConfig.token_loss_on must be 'all' or 'masked'; got {self.token_loss_on!r}")
 
