@@ -109,6 +109,9 @@ def test_token_loss_weights():
     w = torch.tensor([[1.0, 0, 0, 1, 0], [0, 0, 0, 0, 1]])
     torch.testing.assert_close(token_distillation_loss(pred, target, w), (err * w).sum() / 3)
     assert float(token_distillation_loss(pred, target, torch.zeros(2, 5))) == 0.0  # no division by zero
+    # a weighted mean whatever the weights' scale: fractional ones summing to less than 1 too
+    torch.testing.assert_close(token_distillation_loss(pred, target, 0.1 * w), (err * w).sum() / 3)
+    torch.testing.assert_close(token_distillation_loss(pred, target, torch.full((2, 5), 0.05)), err.mean())
     with pytest.raises(ValueError, match="differ"):
         token_distillation_loss(pred, target[:, :4])
 

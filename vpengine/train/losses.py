@@ -140,7 +140,10 @@ def token_distillation_loss(pred_BND: torch.Tensor, target_BND: torch.Tensor,
     if weight_BN.shape != err_BN.shape:
         raise ValueError(f"weight_BN must be {tuple(err_BN.shape)}; got {tuple(weight_BN.shape)}")
     w = weight_BN.float()
-    return (err_BN * w).sum() / w.sum().clamp_min(1.0)
+    total = w.sum()
+    # Only a zero total needs a guard (every term is then 0 too): a floor of 1
+    # scaled down the mean of fractional weights that sum to less than 1.
+    return (err_BN * w).sum() / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def global_distillation_loss(pred_BD: torch.Tensor, target_BD: torch.Tensor) -> torch.Tensor:
