@@ -4,8 +4,9 @@ temperature), AdamW's moments and step counts, the LR schedule, every rank's
 mask generator and data position, and each step's logged loss (which follows
 the data order, the sampled frames and the masks step by step). Resumed once
 from a checkpoint in the middle of an epoch and once from one at an epoch's
-last batch."""
+last batch. And a checkpoint write cut off half-way loses nothing."""
 import json
+from dataclasses import replace as dataclasses_replace
 
 import pytest
 import torch
@@ -83,3 +84,48 @@ def test_resume_restores_everything_mid_epoch_and_at_an_epoch_end(train_data, tm
     assert [x["step"] for x in got] == list(range(1, 8))  # each lost step logged once, by the run that redid it
     assert [x["epoch"] for x in got] == [0, 0, 0, 1, 1, 1, 2]
     assert got == want  # losses, gradient norms and rates of every step, bit for bit
+
+
+@pytest.mark.parametrize("where", ["model", "state"])
+def test_a_checkpoint_write_interrupted_half_way_leaves_the_last_one_whole(train_data, tmp_path, monkeypatch, where):
+    """An interrupt in the middle of writing the exported model or the training
+    state (a partial file already on disk) leaves the previous checkpoint
+    readable, no stray file, and a resume that ends where the uninterrupted run does."""
+    import os
+
+    import safetensors.torch
+    from safetensors.torch import load_file
+
+    from vpengine.train import checkpoint
+
+    cfg = dataclasses_replace(_cfg(train_data, tmp_path / "cut", 2), steps=3, checkpoint_every=1)
+    module, name = (safetensors.torch, "save_file") if where == "model" else (checkpoint.torch, "save")
+    real, calls = getattr(module, name), []
+
+    def half_written(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the step-2 checkpoint
+            with open(path, "wb") as f:
+                f.write(b"\x00" * 64)
+            raise KeyboardInterrupt
+        return real(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, half_written)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, log=lambda s: None)
+    monkeypatch.setattr(module, name, real)
+    out = tmp_path / "cut"
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "log.jsonl", "model.safetensors"]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 1
+    exported = load_file(out / "model.safetensors")
+    if where == "model":  # the export of step 1 is untouched as well
+        assert all(torch.equal(v, state["task"]["student." + k]) for k, v in exported.items())
+
+    train(cfg, resume=True, log=lambda s: None)
+    whole = dataclasses_replace(cfg, out_dir=str(tmp_path / "whole"))
+    train(whole, log=lambda s: None)
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(out / "checkpoint.pt", weights_only=True)
+    _assert_same(a["task"], b["task"])
+    _assert_same(a["optimizer"], b["optimizer"])
