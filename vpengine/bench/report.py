@@ -121,11 +121,14 @@ def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
     rows = []
     for (_, suite, op, mode, shape, dtype, backend), m in cases.items():
         if suite == "ceilings":
-            rate = m.get("tflops") or m.get("gbps")
-            rows.append([op, mode, shape, dtype, backend, "", "",
-                         _fmt(m["tflops"]["median"]) if "tflops" in m else "",
-                         _fmt(m["gbps"]["median"]) if "gbps" in m else "", "", "", "",
-                         f"p20-p80 {_fmt(rate['p20'])}-{_fmt(rate['p80'])}"])
+            # The spread beside the rate it belongs to: in the last column it
+            # read as a speedup, a column whose numbers are ratios.
+            def rate(metric):
+                r = m.get(metric)
+                return f"{_fmt(r['median'])} ({_fmt(r['p20'])}-{_fmt(r['p80'])})" if r else ""
+
+            rows.append([op, mode, shape, dtype, backend, "", "", rate("tflops"), rate("gbps"),
+                         "", "", "", ""])
             continue
         t = m.get("time")
         if t is None:
