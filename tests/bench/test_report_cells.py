@@ -8,7 +8,8 @@ from test_report import rec
 
 
 def cells(table: str, columns=COLUMNS) -> dict[str, dict[str, str]]:
-    """First cell (op) + backend -> column -> text, cut at the header's positions."""
+    """"op backend" (+ " shape" where it is not "B=1") -> column -> text, cut
+    at the header's positions."""
     lines = table.splitlines()
     (head,) = [i for i, line in enumerate(lines) if line.startswith("op ")]
     starts = [lines[head].index(c) for c in columns]
@@ -17,7 +18,7 @@ def cells(table: str, columns=COLUMNS) -> dict[str, dict[str, str]]:
         if not line.strip():
             break
         row = {c: line[a:b].strip() for c, a, b in zip(columns, starts, [*starts[1:], None])}
-        out[f"{row['op']} {row['backend']}"] = row
+        out[" ".join(x for x in (row["op"], row["backend"], row["shape"]) if x and x != "B=1")] = row
     return out
 
 
@@ -35,3 +36,50 @@ def test_a_ceiling_row_keeps_its_spread_out_of_the_speedup_column():
     assert rows["ceiling/matmul_bf16 torch"]["TFLOP/s"] == "678 (643-683)"
     assert rows["ceiling/copy torch"]["TFLOP/s"] == "" and rows["ceiling/matmul_bf16 torch"]["GB/s"] == ""
     assert rows["token_gather auto"]["speedup"] == "1.5x vs index_select"
+
+
+def _ceiling(gbps=20.0):
+    return rec("ceiling/copy", "torch", "gbps", gbps, suite="ceilings", mode="measure")
+
+
+def _gather(ms, speedup=None, backend="auto", shape="B=1"):
+    out = [rec("token_gather", backend, "time", ms, shape=shape)]
+    if speedup is not None:
+        out.append(rec("token_gather", backend, "speedup", speedup, note="vs ref", shape=shape))
+    return out
+
+
+def test_a_row_a_later_run_of_its_suite_did_not_measure_says_it_is_old():
+    """Runs appended to one file (device_check's steps, a rerun of a suite):
+    a case measured by run 1 and skipped by run 2 (its budget ran out)
+    showed run 1's numbers among run 2's, nothing on the row saying so."""
+    from vpengine.bench.report import compact_table
+
+    first = [_ceiling(), *_gather(1.0, 3.0), *_gather(3.0, backend="ref"),
+             *_gather(2.0, 1.5, shape="B=2"), *_gather(3.0, backend="ref", shape="B=2")]
+    skipped = dict(rec("token_gather", "auto", "skipped", shape="B=2"), note="time budget of 5 s used up")
+    second = [_ceiling(), *_gather(0.5, 6.0), *_gather(3.0, backend="ref"), skipped,
+              dict(rec("token_gather", "ref", "skipped", shape="B=2"), note="time budget of 5 s used up")]
+    table = format_table(first + second)
+    rows = cells(table)
+    assert rows["token_gather auto B=2"]["speedup"] == "1.5x vs ref; old: run 1; run 2 did not measure it"
+    assert rows["token_gather ref B=2"]["speedup"] == "old: run 1; run 2 did not measure it"
+    assert rows["token_gather auto"]["speedup"] == "6x vs ref"  # run 2's own row: no note
+    assert rows["ceiling/copy torch"]["speedup"] == ""
+    compact = compact_table(first + second).splitlines()
+    (b2,) = [line for line in compact if line.startswith("token_gather") and "B=2" in line]
+    (b1,) = [line for line in compact if line.startswith("token_gather") and "B=1" in line]
+    assert b2.endswith("1.5x vs ref; old: run 1; run 2 did not measure it") and b1.endswith("6x vs ref")
+
+
+def test_a_later_run_that_failed_its_suite_makes_the_rows_old_and_other_suites_do_not():
+    """A suite that could not even list its cases in a later run left one
+    line (op = the suite's name); device_check runs one suite per run, so a
+    later run of another suite says nothing about this one's rows."""
+    first = [_ceiling(), *_gather(1.0, 3.0), *_gather(3.0, backend="ref")]
+    other = [_ceiling(), rec("patchify", "auto", "time", 0.1, suite="patchify")]
+    assert "old:" not in format_table(first + other)
+    failed = [_ceiling(), rec("tokens", "-", "error", mode="-", shape="-", dtype="-", note="ImportError: boom")]
+    rows = cells(format_table(first + other + failed))
+    assert rows["token_gather auto"]["speedup"] == "3x vs ref; old: run 1; run 3 did not measure it"
+    assert rows["patchify auto"]["speedup"] == ""

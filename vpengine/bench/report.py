@@ -106,11 +106,29 @@ def _measured_cases(records: list[dict]) -> tuple[OrderedDict, dict, list[str], 
     return cases, case_run, notes, skips
 
 
+def _older_than_suite(records: list[dict], case_run: dict[tuple, int]) -> dict[tuple, str]:
+    """case key -> a note for each case measured by an earlier run than the
+    latest run of its suite in ``records``: that run skipped it, failed it or
+    never reached it, so the row's numbers are older than the rest of the
+    suite's (another commit's, or another machine state's)."""
+    last: dict[tuple, int] = {}
+    for r, run in zip(records, run_indices(records)):
+        if r["suite"] != "ceilings":
+            last[(r["device"], r["suite"])] = run
+    return {key: f"old: run {run + 1}; run {last[key[:2]] + 1} did not measure it"
+            for key, run in case_run.items() if run < last.get(key[:2], -1)}
+
+
+def _with_note(text: str, note: str | None) -> str:
+    return "; ".join(x for x in (text, note) if x)
+
+
 def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
     """One row per measured case (ceilings first) and notes for skipped/failed
     ones. Give it one device's records (:func:`by_device`): the rows do not
     name their device."""
-    cases, _, notes, skips = _measured_cases(records)
+    cases, case_run, notes, skips = _measured_cases(records)
+    old = _older_than_suite(records, case_run)
     for (suite, backend, _), group in skips.items():
         r = group[0]
         if len(group) == 1:
@@ -119,7 +137,8 @@ def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
             ops = ", ".join(dict.fromkeys(g["op"] for g in group))
             notes.append(f"skipped: [{suite}] {backend}, {len(group)} cases of {ops}; the first: {r['note']}")
     rows = []
-    for (_, suite, op, mode, shape, dtype, backend), m in cases.items():
+    for key, m in cases.items():
+        _, suite, op, mode, shape, dtype, backend = key
         if suite == "ceilings":
             # The spread beside the rate it belongs to: in the last column it
             # read as a speedup, a column whose numbers are ratios.
@@ -141,7 +160,7 @@ def rows_from_records(records: list[dict]) -> tuple[list[list[str]], list[str]]:
             _fmt(m["clips_per_s"]["median"]) if "clips_per_s" in m else "",
             _fmt(m["pct_roofline"]["median"]) if "pct_roofline" in m else "",
             _fmt(m["mfu"]["median"]) if "mfu" in m else "",
-            f"{_fmt(sp['median'])}x {sp['note']}" if sp else "",
+            _with_note(f"{_fmt(sp['median'])}x {sp['note']}" if sp else "", old.get(key)),
         ])
     return rows, notes
 
@@ -209,6 +228,7 @@ def _compact_block(records: list[dict], several: bool) -> list[str]:
     # All the lines, ceilings too: they are what tells one run from the next
     # (without them two runs of a commit read as one, their metrics mixed).
     cases, case_run, _, _ = _measured_cases(records)
+    old = _older_than_suite(records, case_run)
     best: OrderedDict[tuple, tuple] = OrderedDict()
     for key, m in cases.items():
         # no speedup: a baseline, or a vpengine path with no baseline measured
@@ -227,6 +247,7 @@ def _compact_block(records: list[dict], several: bool) -> list[str]:
         copy = copies.get(group)
         if copy is not None and copy[0] == case_run[key]:  # another run's copy timed another machine state
             speedup += f"; {100 * copy[1] / m['time']['median']:.0f}% of a same-size copy"
+        speedup = _with_note(speedup, old.get(key))
         share = m.get("pct_roofline") or m.get("mfu")
         out.append([*group, key[6], _fmt(m["time"]["median"]),
                     _fmt(m["tflops"]["median"]) if "tflops" in m else "",
