@@ -83,3 +83,34 @@ def test_a_later_run_that_failed_its_suite_makes_the_rows_old_and_other_suites_d
     rows = cells(format_table(first + other + failed))
     assert rows["token_gather auto"]["speedup"] == "3x vs ref; old: run 1; run 3 did not measure it"
     assert rows["patchify auto"]["speedup"] == ""
+
+
+def test_compact_keeps_a_group_whose_baselines_were_not_timed():
+    """--compact showed only groups with a speedup line: where the budget
+    ran out before a group's baselines (run 4: VideoPrism-L, auto and
+    compile(auto) timed, ref and HF skipped), the group and its MFU were
+    missing from the summary a GPU run prints last. A baseline alone (its
+    vpengine paths skipped) is still no "best" path."""
+    from vpengine.bench.report import compact_table
+
+    def enc(size, backend, metric, value, note=""):
+        return rec(f"encoder/{size}", backend, metric, value, suite="encoder", shape="B=32", dtype="bfloat16",
+                   note=note)
+
+    lines = [_ceiling(),
+             enc("base", "auto", "time", 98.0), enc("base", "auto", "mfu", 46.9),
+             enc("base", "auto", "speedup", 1.7, "vs hf_flex"), enc("base", "compile(auto)", "time", 74.5),
+             enc("base", "compile(auto)", "speedup", 2.3, "vs hf_flex"), enc("base", "hf_flex", "time", 169.0),
+             enc("base", "ref", "time", 205.0),
+             enc("large", "auto", "time", 127.0), enc("large", "auto", "mfu", 55.8),
+             enc("large", "compile(auto)", "time", 102.0), enc("large", "compile(auto)", "mfu", 69.3),
+             dict(enc("large", "ref", "skipped", None), note="time budget of 48 s used up"),
+             enc("giant", "ref", "time", 900.0),
+             dict(enc("giant", "auto", "skipped", None), note="time budget of 48 s used up")]
+    out = compact_table(lines).splitlines()
+    (large,) = [x for x in out if x.startswith("encoder/large")]
+    assert large.split()[4:7] == ["compile(auto)", "102", "69.3"]
+    assert large.endswith("no baseline timed beside it")
+    (base,) = [x for x in out if x.startswith("encoder/base")]
+    assert base.split()[4] == "compile(auto)" and base.endswith("2.3x vs hf_flex")
+    assert not [x for x in out if x.startswith("encoder/giant")]  # ref: a baseline, never a "best" path
