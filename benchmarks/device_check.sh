@@ -54,7 +54,10 @@ if [ -z "$COMMIT" ]; then
   fi
 fi
 export VPENGINE_COMMIT=$COMMIT
-NAME="$(date -u +%Y%m%d-%H%M)_${CARD:-unknown}_${COMMIT}"
+# Only letters, digits, ".", "_" and "-" in the names: the GPU machine sends
+# any other file in $OUT behind: a "+dirty" commit would lose every output.
+# The lines keep the commit as it is.
+NAME="$(date -u +%Y%m%d-%H%M)_${CARD:-unknown}_$(printf '%s' "$COMMIT" | tr -c 'A-Za-z0-9._-' '-')"
 JSONL="$OUTDIR/$NAME.jsonl"
 PNG="$OUTDIR/$NAME.png"
 TABLE="$OUTDIR/$NAME.table.txt"
@@ -178,7 +181,7 @@ TUNE="$OUTDIR/$NAME.tune.jsonl"
 export PY QUICK JSONL TESTS TUNE
 export -f machine_facts build_ext cpp_throw_check gpu_tests tune_tiles bench_suite
 
-echo "vpengine device check -> $OUTDIR/$NAME.* (total limit ${TOTAL_S}s)" | tee -a "$LOG"
+echo "vpengine device check of $COMMIT -> $OUTDIR/$NAME.* (total limit ${TOTAL_S}s)" | tee -a "$LOG"
 step "machine facts" 30 machine_facts
 if [ "${VPENGINE_CHECK_SKIP_BUILD:-0}" = "1" ]; then
   STEPS+=("build extension|skipped (VPENGINE_CHECK_SKIP_BUILD=1)|0")
