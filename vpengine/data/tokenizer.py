@@ -24,6 +24,15 @@ def canonicalize_text(text: str) -> str:
     return text + "."
 
 
+def _check_flags(add_bos, canonicalize) -> None:
+    if add_bos is not None and not isinstance(add_bos, bool):
+        raise ValueError(f"add_bos must be True, False or None; got {add_bos!r}")
+    # Only an exact bool: canonicalize=None read as false would skip the official
+    # canonicalization silently, and every id (so every embedding) would change.
+    if not isinstance(canonicalize, bool):
+        raise ValueError(f"canonicalize must be True or False; got {canonicalize!r}")
+
+
 class Tokenizer:
     """``Tokenizer(path)(texts) -> (ids int32 [N, L], paddings float32 [N, L])``."""
 
@@ -53,6 +62,9 @@ class Tokenizer:
         return self.sp.bos_id()
 
     def encode(self, text: str, *, add_bos: bool | None = None, canonicalize: bool = True) -> list[int]:
+        _check_flags(add_bos, canonicalize)
+        if not isinstance(text, str):  # SentencePiece takes bytes and lists too: ids of another text, or nested
+            raise ValueError(f"text must be a str; got {type(text).__name__}")
         if canonicalize:
             text = canonicalize_text(text)
         ids = list(self.sp.EncodeAsIds(text))
@@ -74,12 +86,14 @@ class Tokenizer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(texts, str):
             texts = [texts]
-        elif isinstance(texts, (bytes, set, frozenset, dict)) or not hasattr(texts, "__len__"):
+        elif isinstance(texts, (bytes, bytearray, memoryview, set, frozenset, dict)) or not hasattr(texts, "__len__"):
             # A set's order changes between runs: rows would no longer line up with labels.
+            # Bytes-like objects iterate as ints: the error would blame texts[0] for being an int.
             raise ValueError(f"texts must be a str or an ordered sequence of str (list, tuple, array); "
                              f"got {type(texts).__name__}")
-        if add_bos is not None and not isinstance(add_bos, bool):
-            raise ValueError(f"add_bos must be True, False or None; got {add_bos!r}")
+        elif isinstance(texts, np.ndarray) and texts.ndim != 1:  # 0-d: no len(); 2-D: its rows are not texts
+            raise ValueError(f"texts as an array must be 1-D, one text per element; got shape {texts.shape}")
+        _check_flags(add_bos, canonicalize)
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length <= 0:
             raise ValueError(f"max_length must be a positive int; got {max_length!r}")
         ids = np.zeros((len(texts), max_length), dtype=np.int32)
