@@ -72,7 +72,8 @@ class TextEncoder(nn.Module):
         in_graph = torch.compiler.is_compiling()  # reading values would break the graph
         if ids_BL.numel() and not in_graph and (int(ids_BL.min()) < 0 or int(ids_BL.max()) >= c.vocab_size):
             raise ValueError(
-                f"text ids must lie in [0, {c.vocab_size}); got [{int(ids_BL.min())}, {int(ids_BL.max())}]"
+                f"text ids must lie in [0, {c.vocab_size}), the model's text vocabulary; got "
+                f"[{int(ids_BL.min())}, {int(ids_BL.max())}] (ids from a tokenizer of another vocabulary?)"
             )
         B, L = ids_BL.shape
         scale = math.sqrt(c.width)
