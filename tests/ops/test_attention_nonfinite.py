@@ -16,10 +16,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 # (kernel, device, dtype): Triton under the interpreter and on the GPU (bf16
 # there too: tensor-core dots, where a NaN would cross sequences inside the
 # MMA); the CUDA time-axis kernel on the GPU.
-KERNELS = [("triton", "cpu", torch.float32), ("cpu", "cpu", torch.float32),
+# fp16 (bf16 on the GPU) for the 16-bit backward's delta, which comes from p
+# and dp where a tile holds whole rows and falls back to O on a non-finite row.
+KERNELS = [("triton", "cpu", torch.float32), ("cpu", "cpu", torch.float32), ("triton", "cpu", torch.float16),
            pytest.param("triton", "cuda", torch.float32, marks=pytest.mark.gpu),
            pytest.param("triton", "cuda", torch.bfloat16, marks=pytest.mark.gpu),
-           pytest.param("cuda", "cuda", torch.float32, marks=pytest.mark.gpu)]
+           pytest.param("cuda", "cuda", torch.float32, marks=pytest.mark.gpu),
+           pytest.param("cuda", "cuda", torch.bfloat16, marks=pytest.mark.gpu)]
 H, E = 2, 16
 # (B, T, S): both axes pack several sequences per tile; S = 70 runs the space
 # axis one sequence per tile, its last query tile ragged (rows past L).
@@ -54,6 +57,8 @@ def test_nonfinite_stays_in_its_sequence(axis, shape, part, bad, pads, kernel, d
         pytest.skip("needs a CUDA device (run benchmarks/device_check.sh on a GPU machine)")
     if kernel == "cuda" and axis != "time":
         pytest.skip("the cuda kernel takes the time axis only")
+    if dtype == torch.float16 and shape == "ragged":
+        pytest.skip("the 16-bit delta is p * dp only where a tile holds whole rows: not at S = 70")
     B, T, S = SHAPES[shape]
     gen = torch.Generator().manual_seed(0)
     qkv = torch.randn(B, T, S, 3 * H * E, generator=gen)
