@@ -58,4 +58,23 @@ def reuse_unless_disabled() -> bool:
     return setting == "1" and reuse_freed_memory()
 
 
-__all__ = ["reuse_freed_memory"]
+def release_cpu_pool() -> int:
+    """Unmap every block the ``cpu`` backend's output cache holds idle (see
+    README, Backends); the bytes released, 0 without the C++ extension.
+
+    ``torch.ops.vpengine.cpu_pool_release`` exists only once the extension
+    has loaded, at the first op that needs it: this loads it first, so it
+    works right after ``import vpengine`` too.
+    """
+    import torch
+
+    from ._ext import cpu_ext_reasons
+
+    if cpu_ext_reasons():
+        return 0
+    cached = int(torch.ops.vpengine.cpu_pool_stats()[0])
+    torch.ops.vpengine.cpu_pool_release()
+    return cached
+
+
+__all__ = ["release_cpu_pool", "reuse_freed_memory"]

@@ -174,3 +174,25 @@ def test_fork_while_other_threads_allocate():
     env = dict(os.environ, STRESS_S="8", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", _FORK_STRESS], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "hung 0", out.stdout + out.stderr[-2000:]
+
+
+_RELEASE = """
+import torch, vpengine.memory as memory
+print(memory.release_cpu_pool())  # straight after import: no op has loaded the extension yet
+import vpengine.ops as ops
+y = ops.token_gather(torch.randn(2, 2048, 1024), torch.rand(2, 2048).argsort(dim=1))
+del y
+print(memory.release_cpu_pool(), list(torch.ops.vpengine.cpu_pool_stats())[:2])
+"""
+
+
+def test_release_works_right_after_import():
+    """The README's way to empty the cache works before any op has loaded the
+    extension (torch.ops.vpengine.cpu_pool_release did not exist then), and
+    reports the bytes it unmapped."""
+    done = _in_subprocess("1024", _RELEASE)
+    assert done.returncode == 0, done.stderr
+    first, last = done.stdout.strip().splitlines()[-2:]
+    assert first == "0"
+    released, rest = last.split(" ", 1)
+    assert int(released) >= 2 * 2048 * 1024 * 4 and eval(rest) == [0, 0]
