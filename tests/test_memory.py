@@ -14,6 +14,10 @@ _FAULTS = """
 import resource, sys, torch
 from vpengine.memory import reuse_freed_memory
 took = reuse_freed_memory() if sys.argv[1] == "1" else None
+if sys.argv[1] == "lib":  # a program using vpengine as a library, CPU ops and all
+    import vpengine.cli, vpengine.embed, vpengine.ops as ops
+    n = 4096
+    ops.token_shuffle(torch.randn(1, n, 256), torch.arange(n)[None])
 for i in range(30):  # glibc's aligned allocations settle into reusable blocks within ~10
     if i == 20:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -22,8 +26,9 @@ print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _faults(reuse: bool) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", _FAULTS, "1" if reuse else "0"], capture_output=True, text=True,
+def _faults(reuse: bool | str) -> tuple[str, int]:
+    mode = reuse if isinstance(reuse, str) else "1" if reuse else "0"
+    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True,
                          check=True).stdout.split()
     return out[0], int(out[1])
 
@@ -36,6 +41,14 @@ def test_reuse_spares_the_page_faults_of_fresh_tensors():
     _, fresh = _faults(False)
     assert fresh > 10 * 16384 * 0.9  # the premise: every 64 MiB tensor faulted its 16384 pages in
     assert reused < fresh / 10
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_using_vpengine_as_a_library_leaves_malloc_as_it_was():
+    """Only the CLI's jobs change the process's allocator: importing vpengine
+    (its CLI module too) and running its CPU ops must not."""
+    _, faults = _faults("lib")
+    assert faults > 10 * 16384 * 0.9  # every 64 MiB tensor still a fresh mapping
 
 
 def test_cli_jobs_on_the_cpu_turn_it_on_unless_told_not_to(tmp_path, monkeypatch, capsys):
