@@ -47,8 +47,11 @@ def test_reuse_spares_the_page_faults_of_fresh_tensors():
 def test_using_vpengine_as_a_library_leaves_malloc_as_it_was():
     """Only the CLI's jobs change the process's allocator: importing vpengine
     (its CLI module too) and running its CPU ops must not."""
+    # Against a plain process's count, not a page count: with transparent
+    # huge pages a fresh mapping faults once per 2 MiB, not per 4 KiB.
+    _, fresh = _faults(False)
     _, faults = _faults("lib")
-    assert faults > 10 * 16384 * 0.9  # every 64 MiB tensor still a fresh mapping
+    assert faults > fresh / 2  # every 64 MiB tensor still a fresh mapping (reuse: under fresh / 10)
 
 
 def test_cli_jobs_on_the_cpu_turn_it_on_unless_told_not_to(tmp_path, monkeypatch, capsys):
