@@ -18,6 +18,10 @@ except Exception:  # pragma: no cover
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("VPENGINE_CHECK_INDICES", "1")
+# The CLI's CPU jobs switch malloc to keep freed memory (vpengine.memory);
+# called in-process by the CLI tests, that would hold every later test of the
+# run to its peak memory. tests/test_memory.py checks the switch itself.
+os.environ.setdefault("VPENGINE_REUSE_CPU_MEMORY", "0")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("VPENGINE_SHARED", REPO.parent / "shared"))

@@ -56,6 +56,7 @@ def test_using_vpengine_as_a_library_leaves_malloc_as_it_was():
 
 def test_cli_jobs_on_the_cpu_turn_it_on_unless_told_not_to(tmp_path, monkeypatch, capsys):
     calls = []
+    monkeypatch.delenv("VPENGINE_REUSE_CPU_MEMORY", raising=False)  # tests/conftest.py sets 0
     monkeypatch.setattr(memory, "reuse_freed_memory", lambda: calls.append(1) or True)
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("")
