@@ -15,6 +15,7 @@ import os
 
 import torch
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .. import ops
 from .config import EncoderConfig
@@ -44,13 +45,22 @@ def resize_table(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     does not reproduce this rule."""
     h0, w0, D = table.shape
     h, w = size
-    if (h0, w0) == (h, w):
+    # Under torch.compile(dynamic=True) h and w are symbolic: a plain == would
+    # pin the frame count or grid to the trained table's size and recompile
+    # for every other one. The resize by identity weights is exact anyway.
+    if statically_known_true(h == h0) and statically_known_true(w == w0):
         return table
     # At least float32 (the official math); float64 tables stay float64.
     dtype = torch.promote_types(table.dtype, torch.float32)
     wh = resize_weights(h0, h, table.device, dtype)
     ww = resize_weights(w0, w, table.device, dtype)
-    out = torch.einsum("ih,jw,hwd->ijd", wh, ww, table.to(dtype))
+    if not torch.compiler.is_compiling():
+        out = torch.einsum("ih,jw,hwd->ijd", wh, ww, table.to(dtype))
+    else:
+        # einsum's contraction-path search reads the sizes, which pins a
+        # dynamic graph to this frame size. Its order (so its rounding)
+        # varies with the sizes, so eager keeps einsum, bit for bit as before.
+        out = ww @ (wh @ table.to(dtype).reshape(h0, w0 * D)).reshape(h, w0, D)
     return out.to(table.dtype)
 
 
