@@ -68,6 +68,30 @@ inline void prefetch_row(const char* row, int64_t n) {
   for (int64_t i = 0; i < n; i += 64) __builtin_prefetch(row + i);
 }
 
+#if defined(__x86_64__)
+// The streaming copy in 32-byte vectors (AVX), for rows whose every 64-byte
+// line is two aligned 32-byte halves. On an AMD EPYC (Zen) VM, 2 threads,
+// a B=8, N=4096, K=819, D=768 fp32 gather ran 1.2x (source rows from DRAM)
+// to 1.7x (from L3) faster with them than with 16-byte streaming stores,
+// measured side by side in a standalone copy loop.
+__attribute__((target("avx"))) inline void stream_row_avx(char* dst, const char* src, int64_t n,
+                                                           const char* next) {
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t line = 0; line < n; line += 64) {
+    if (next) _mm_prefetch(next + line, _MM_HINT_T0);
+    const __m256i a = src ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + line)) : zero;
+    const __m256i b = src ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + line + 32)) : zero;
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + line), a);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + line + 32), b);
+  }
+}
+
+inline bool cpu_has_avx() {
+  static const bool yes = __builtin_cpu_supports("avx");
+  return yes;
+}
+#endif
+
 // Copy (src) or zero (src == nullptr) one row of n bytes, and prefetch the
 // row copied next (`next`, nullptr for none). Streaming (use_streaming)
 // skips the read-for-ownership of the destination lines, and the prefetch
@@ -76,6 +100,10 @@ inline void prefetch_row(const char* row, int64_t n) {
 // 1.2x (fp32) over prefetching the whole next row up front on one core.
 inline void put_row(char* dst, const char* src, int64_t n, bool stream, const char* next) {
 #if defined(__x86_64__)
+  if (stream && n % 64 == 0 && reinterpret_cast<uintptr_t>(dst) % 32 == 0 && cpu_has_avx()) {
+    stream_row_avx(dst, src, n, next);
+    return;
+  }
   if (stream) {
     const __m128i zero = _mm_setzero_si128();
     for (int64_t line = 0; line < n; line += 64) {

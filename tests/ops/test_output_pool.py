@@ -72,6 +72,23 @@ def test_reused_blocks_are_fully_overwritten(dtype):
             assert torch.equal(got, want), f"{name} ({dtype}): stale bytes of a reused block survived"
 
 
+@pytest.mark.parametrize("width", [1536, 1540, 1538], ids=["64B-rows", "16B-rows", "8B-rows"])
+def test_every_streaming_row_width_is_exact(width):
+    """Rows of whole 64-byte lines stream in 32-byte vectors, rows of whole
+    16-byte vectors in 16-byte ones, others are copied plainly: each into a
+    poisoned reused block, copies and zero rows alike."""
+    x, keep, perm, kept, fill, pos = make_inputs(B, N, K, width, torch.float32)
+    runs = {"gather": (lambda: token_gather(x, keep), ref.token_gather_ref(x, keep)),
+            "scatter zero": (lambda: token_scatter(kept, keep, N), ref.token_scatter_ref(kept, keep, N))}
+    with use_backend("cpu"), torch.no_grad():
+        for name, (run, want) in runs.items():
+            first = run()
+            assert first.nbytes >= 8 << 20, f"{name}: too small for the streaming path"
+            first.view(torch.uint8).fill_(0xFF)
+            del first
+            assert torch.equal(run(), want), f"{name}, D={width}: stale bytes of a reused block survived"
+
+
 def test_pooled_tensor_behaves_like_any_tensor():
     x, keep, perm, *_ = inputs()
     with use_backend("cpu"):
