@@ -9,15 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from vpengine.data.tokenizer import Tokenizer, canonicalize_text
+from vpengine.data.tokenizer import canonicalize_text
 from vpengine.model.config import TextConfig
 from vpengine.model.text import TextEncoder
 
-CORPUS = [
-    "a video of playing drums", "someone slicing an apple slowly", "hello world",
-    "a person rides a red bicycle along a wet road", "two dogs run behind a bus",
-    "the camera pans to show tall buildings and boats", "a bright orange sunset over the hills",
-] * 20
+from test_tokenizer import CORPUS, _train  # the same tiny SentencePiece model
 
 HELD_OUT = [
     "", " ", "   \t\n\r\x0b\x0c ", "!!!???...", "...---...", "Hello, World!", "MiXeD CaSe TeXt",
@@ -26,19 +22,6 @@ HELD_OUT = [
     "non\u00a0breaking\u2009thin\u3000ideographic", "Ｆｕｌｌｗｉｄｔｈ，ｃｏｍｍａ", "İstanbul ΣΟΦΙΑ straße",
     "tab\u2028line\u2029para\x1cfs\x85nel", "a" * 500, " ".join(CORPUS[:40]), "x",
 ]
-
-
-def _train(tmp_path, bos_id):
-    import sentencepiece as spm
-
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS))
-    prefix = tmp_path / f"spm_bos{bos_id}"
-    spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(prefix), vocab_size=60, model_type="unigram",
-        bos_id=bos_id, eos_id=2, pad_id=0, unk_id=3, minloglevel=2,
-    )
-    return Tokenizer(f"{prefix}.model")
 
 
 @pytest.fixture(scope="module")
