@@ -294,11 +294,7 @@ void token_rows_cpu(at::Tensor& out_BID, const at::Tensor& x_in, const int64_t* 
   };
   if (!pos) {
     at::parallel_for(0, B * I, grain, [&](int64_t begin, int64_t end) {
-      prefetch_row(source(begin), row_bytes);
-      for (int64_t r = begin; r < end; ++r) {
-        put_row(op + r * row_bytes, source(r), row_bytes, stream, r + 1 < end ? source(r + 1) : nullptr);
-      }
-      stream_fence(stream);
+      copy_rows(op, begin, end, row_bytes, stream, source);
     });
     return;
   }

@@ -72,11 +72,14 @@ def test_reused_blocks_are_fully_overwritten(dtype):
             assert torch.equal(got, want), f"{name} ({dtype}): stale bytes of a reused block survived"
 
 
+@pytest.mark.parametrize("batch,kept_rows", [(B, K), (3, K + 1)], ids=["even-rows", "odd-rows"])
 @pytest.mark.parametrize("width", [1536, 1540, 1538], ids=["64B-rows", "16B-rows", "8B-rows"])
-def test_every_streaming_row_width_is_exact(width):
-    """Rows of whole 64-byte lines stream in 32-byte vectors, rows of whole
-    16-byte vectors in 16-byte ones, others are copied plainly: each into a
-    poisoned reused block, copies and zero rows alike."""
+def test_every_streaming_row_width_is_exact(width, batch, kept_rows):
+    """Rows of whole 64-byte lines stream two at a time in 32-byte vectors,
+    rows of whole 16-byte vectors one at a time in 16-byte ones, others are
+    copied plainly: each into a poisoned reused block, copies and zero rows
+    alike. An odd row count leaves a last row outside every pair."""
+    B, K = batch, kept_rows
     x, keep, perm, kept, fill, pos = make_inputs(B, N, K, width, torch.float32)
     runs = {"gather": (lambda: token_gather(x, keep), ref.token_gather_ref(x, keep)),
             "scatter zero": (lambda: token_scatter(kept, keep, N), ref.token_scatter_ref(kept, keep, N))}
