@@ -167,14 +167,28 @@ def test_a_run_that_fails_before_writing_leaves_no_folder(train_data, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_a_log_line_cut_off_by_a_crash_stays_apart_from_the_next(train_data, tmp_path):
+def test_a_log_line_cut_off_by_a_crash_is_dropped_on_resume(train_data, tmp_path):
+    """A step is logged before its checkpoint: a line cut off mid-write is of
+    a step the resumed run logs again. The log stays one JSON record a line."""
     out = tmp_path / "run"
     train(_cfg(train_data, out, steps=2), log=_quiet)
+    whole = _log(out)
     with open(out / "log.jsonl", "a") as f:
-        f.write('{"step": 2, "lo')  # a crash in the middle of a write
+        f.write('{"step": 3, "lo')  # a crash in the middle of step 3's write
     train(_cfg(train_data, out, steps=3), resume=True, log=_quiet)
     lines = _log(out)
-    assert lines[-2] == '{"step": 2, "lo' and json.loads(lines[-1])["step"] == 3
+    assert lines[:-1] == whole
+    assert [json.loads(x)["step"] for x in lines][-2:] == [2, 3]
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(train_data, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(train_data, out, steps=2), log=_quiet)
+    whole = _log(out)
+    (out / "log.jsonl").write_text("\n".join(whole))  # the crash came before the last newline
+    train(_cfg(train_data, out, steps=3), resume=True, log=_quiet)
+    lines = _log(out)
+    assert lines[:-1] == whole and json.loads(lines[-1])["step"] == 3
 
 
 def test_an_epoch_without_a_batch_by_chance_does_not_end_the_run(train_data, tmp_path, monkeypatch):

@@ -275,12 +275,16 @@ def _train(run: _Run) -> dict:
 
 
 def _drop_log_after(path: str, step: int) -> None:
+    """Drops the lines of steps after ``step`` and any line a crash cut off.
+    A step is logged before its checkpoint is written, so a line cut off
+    mid-write belongs to a step after the last checkpoint: the resumed run
+    logs that step again, whole, and every line left is valid JSON."""
     if not os.path.exists(path):
         return
     with open(path) as f:
         lines = f.readlines()
-    kept = [ln for ln in lines if _logged_step(ln) <= step]
-    if kept and not kept[-1].endswith("\n"):  # cut off by a crash: the next line must not join it
+    kept = [ln for ln in lines if (s := _logged_step(ln)) is not None and s <= step]
+    if kept and not kept[-1].endswith("\n"):  # a whole record whose newline was not written
         kept[-1] += "\n"
     if kept != lines:
         def write(tmp: str) -> None:
@@ -290,11 +294,12 @@ def _drop_log_after(path: str, step: int) -> None:
         write_atomically(path, write)
 
 
-def _logged_step(line: str) -> int:
+def _logged_step(line: str) -> int | None:
+    """The step of a log line; None for a line cut off by a crash."""
     try:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
-        return 0  # a line cut off by a crash: kept as it was
+        return None
 
 
 def _all_ranks(value, world: int) -> list:
