@@ -201,6 +201,23 @@ def test_tune_attention_script_runs(tmp_path):
     assert sum(r["shipped"] for r in rows) == len({(r["shape"], r["kind"]) for r in rows})
 
 
+def test_tune_attention_spends_nothing_past_its_budget(tmp_path, monkeypatch):
+    """Past the budget no shape is started: not even its references."""
+    import importlib.util
+    import pathlib
+
+    from vpengine import ops
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "tune_attention.py"
+    spec = importlib.util.spec_from_file_location("tune_attention", path)
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    calls = []
+    monkeypatch.setattr(ops, "spacetime_attention", lambda *a, **k: calls.append(a) or 1 / 0)
+    assert tune.main(["--smoke", "--budget-s", "-1", "--json", str(tmp_path / "tune.jsonl")]) == 0
+    assert calls == [] and not (tmp_path / "tune.jsonl").exists()
+
+
 def test_device_check_dry_run(tmp_path):
     """benchmarks/device_check.sh end to end without a GPU (no build, no GPU
     tests, two small suites): every step is reported, a failing step (the tile
