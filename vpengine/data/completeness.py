@@ -201,12 +201,14 @@ def declared_extent(container, stream) -> tuple[int, float, float | None]:
 
 
 def check_complete(path: str, declared: tuple[int, float, float | None], demuxed: int, end_s: float,
-                    fps: float) -> None:
+                   fps: float, origin: float = 0.0) -> None:
     """Raise BadVideoError when the video stream stops short of what its header
     declares: its end time before the declared duration's end, or fewer
     packets than the declared frame count and an end before those frames'.
     "Before" means by over 3 frame intervals and 5% (muxers round durations,
     and AVI counts the frames before a late start, never by that much).
+    Times are on the container's clock; the message gives them less
+    ``origin``, the file's start time, on the clock ClipInfo.timestamps use.
     """
     frames, start, declared_end = declared
     slack = lambda end: max(3.0 / max(fps, 1e-3), 0.05 * (end - start))  # noqa: E731
@@ -215,5 +217,5 @@ def check_complete(path: str, declared: tuple[int, float, float | None], demuxed
         if frames_end - end_s > slack(frames_end):
             raise BadVideoError(path, f"truncated: the header declares {frames} frames, the file holds {demuxed}")
     if declared_end is not None and declared_end - end_s > slack(declared_end):
-        raise BadVideoError(path, f"truncated: the header declares {declared_end:.3f} s, "
-                                  f"the video stream ends at {end_s:.3f} s")
+        raise BadVideoError(path, f"truncated: the header declares {declared_end - origin:.3f} s, "
+                                  f"the video stream ends at {end_s - origin:.3f} s")

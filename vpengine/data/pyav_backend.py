@@ -7,10 +7,12 @@ timestamps, sorted, are the frames in display order (packets come in decode
 order, so with B-frames they are not sorted). Their count is the official
 ``num_frames`` (mediapy counts frames with ``ffmpeg -vcodec copy``, the same
 demux-only count), and ``pts * time_base`` is each frame's timestamp, exact for
-variable-frame-rate files too. In MPEG-TS/PS the timestamps run on the
-recorder's or broadcaster's clock, which starts anywhere (the ffmpeg muxer
-starts it at 1.4 s): there times count from the file's start time, as
-players show them and ``ffmpeg -ss`` seeks.
+variable-frame-rate files too. Times count from the file's start time, in
+every container, as players show them and ``ffmpeg -ss`` seeks (ffmpeg adds
+the input's start time to -ss unless -copyts): MPEG-TS/PS timestamps run on
+the recorder's or broadcaster's clock, which starts anywhere (the ffmpeg
+muxer starts it at 1.4 s), and an MP4, MKV or WebM cut with -copyts or
+written with -output_ts_offset starts where its source was.
 
 Decoding: :mod:`vpengine.data.pyav_decode`.
 
@@ -77,8 +79,8 @@ class VideoProbe:
     # that starts mid-GOP): not frames of the video here, though DALI's
     # decoder would count them.
     skipped_start: int = 0
-    # Subtracted from every timestamp: the container's start time in
-    # MPEG-TS/PS (see the module docstring), 0 elsewhere.
+    # Subtracted from every timestamp: the file's start time (_clock_start;
+    # see the module docstring).
     start: Fraction = Fraction(0)
     # Bits per sample of the stream's pixel format (10 for yuv420p10le); 0: not known.
     bit_depth: int = 0
@@ -167,15 +169,29 @@ def _video_stream(container, path: str, without: frozenset[int] = frozenset()):
 
 
 def _clock_start(container) -> Fraction:
-    """The earliest start of the file's streams, exact in their time bases
-    (``container.start_time`` is rounded to microseconds: a first frame at
-    90 kHz tick 900005 would come out 0.4 us before 0, outside a window at 0)."""
-    starts = [Fraction(s.start_time) * s.time_base for s in container.streams
-              if s.start_time is not None and s.time_base]
+    """The file's start time as FFmpeg reckons ``container.start_time`` (the
+    one the ffmpeg command line and players count from), exact in the
+    streams' time bases: that one is rounded to microseconds, and a first
+    frame at 90 kHz tick 900005 would come out 0.4 us before 0, outside a
+    window at 0. It is the earliest start of the audio and video streams;
+    a subtitle or data stream (KLV, SCTE-35 in MPEG-TS) counts only where
+    there is no other or it starts under 1 s before them (FFmpeg's
+    update_stream_timings: an outlier is ignored). FFmpeg takes a stream's
+    start from its first timed packet in decode order that is not
+    discarded (an MP4 edit list's lead-in is), so with the frames before
+    it that _demux adds, a video's first frame is at 0 unless audio
+    starts earlier."""
+    main, side = [], []
+    for s in container.streams:
+        if s.start_time is not None and s.time_base:
+            (side if s.type in ("subtitle", "data") else main).append(Fraction(s.start_time) * s.time_base)
+    if main and side and min(main) - min(side) >= 1:
+        side = []
+    starts = main + side
     return min(starts) if starts else Fraction(0)
 
 
-# Containers a recording may start anywhere in: their first frames are checked by decoding.
+# Containers a recording may start anywhere in (mid-GOP): their first frames are checked by decoding.
 _CAPTURES = frozenset({"mpegts", "mpeg"})
 # Containers whose packet times may be decode times (see _demux).
 _DECODE_ORDER_TIMES = frozenset({"avi", "asf", "mxf"})
@@ -239,7 +255,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             rate = stream.average_rate or stream.guessed_rate
             declared = declared_extent(container, stream)
             fmt = container.format.name
-            clock = _clock_start(container) if fmt in _CAPTURES else Fraction(0)
+            clock = _clock_start(container)
             if fmt == "avi":
                 short = riff_shortfall(path)
                 if short:
@@ -318,6 +334,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     facts = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, index)
     skipped = 0
     end_s = float(end * tb) if end is not None and tb and not untimed else None
+    origin = clock if not untimed else Fraction(0)  # of the times end_s and declared are on
     if gaps and pts and tb:
         # Frame k is the decoder's k-th, timed at the stream's rate from the
         # first frame's time (FFmpeg gives an untimed frame no timestamp).
@@ -339,6 +356,13 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
         skipped, pts = len(pts) - len(kept), kept
     if not pts:  # another video stream may have them (ffmpeg would take that one)
         return _demux(path, _empty | {index})
+    if tb and not untimed and min(pts) * tb < clock:
+        # FFmpeg starts a stream at its first packet in decode order, and
+        # pictures shown before it may follow it (the decodable leading
+        # pictures of a segment cut at an HEVC IDR_W_RADL): they would read
+        # before 0 and fall outside a window from 0, where players show
+        # the first frame at 0.
+        clock = origin = min(pts) * tb
     if untimed:  # frame numbers: the time base is one frame
         rate = 1 / (tick * tb) if tick and tb else rate or Fraction(25)
         tb = 1 / Fraction(rate)
@@ -350,7 +374,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     in_order = pts == sorted(pts)
     pts.sort()
     fps = float(rate) if rate else (len(pts) - 1) / max(float((pts[-1] - pts[0]) * tb), 1e-9)
-    check_complete(path, declared, demuxed, float(end * tb) if end_s is None else end_s, fps)
+    check_complete(path, declared, demuxed, float(end * tb) if end_s is None else end_s, fps, float(origin))
     if cut:  # short of nothing the header declares, or declaring nothing (IVF, AVI within its slack)
         raise BadVideoError(path, "truncated: the last packet is cut short (the demuxer flags it corrupt)")
     if untimed:
