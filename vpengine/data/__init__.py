@@ -50,9 +50,11 @@ at sharp edges.
 Files as players show them: frames come out upright (the display matrix's
 rotation and mirroring applied as the ffmpeg command line does, by every
 backend; see orientation.py), the lead-in frames of an MP4 edit list are not
-frames, and a stream that changes resolution midway is resized frame by
-frame. A file cut short raises BadVideoError even where its container still
-demuxes (Matroska, WebM; an AVI whose RIFF chunks run past its end, while
+frames, times (timestamps and windows) count from the file's start in every
+container as ffmpeg -ss and players count, not on the container's clock (an
+MPEG-TS capture, an MP4 cut with -copyts), and a stream that changes
+resolution midway is resized frame by frame. A file cut short raises
+BadVideoError even where its container still demuxes (Matroska, WebM; an AVI whose RIFF chunks run past its end, while
 one whose header counts the empty chunks of held frames reads; an ASF (WMV)
 whose objects run past its end; a last packet
 the demuxer flags as cut short in IVF, FLV, AVI), as do repeated timestamps and wanted frames the decoder

@@ -38,8 +38,11 @@ class ClipInfo:
 
     frame_indices: T indices into the file's frames (display order), absolute
         (not relative to the time window).
-    timestamps: T presentation times in seconds, ``pts * time_base`` (in
-        MPEG-TS/PS counted from the file's start time, as players show them).
+    timestamps: T presentation times in seconds, ``pts * time_base`` less the
+        file's start time in every container (the earliest start of its
+        audio and video streams, as ffmpeg and players count), so the first
+        frame is at 0 unless audio starts earlier; the clock of ClipSpec's
+        window.
     frame_paddings: T floats, 1.0 where stride sampling repeated the last frame.
     num_source_frames: frames in the whole file; window: the [i0, i1) range
         the clip was sampled from.

@@ -135,7 +135,8 @@ class ClipLoader:
     """Iterate ``ClipBatch`` es over a manifest (see the module doc for order and bad files).
 
     manifest: a .jsonl/.csv path or a list of paths/rows (:func:`read_manifest`).
-    spec: the ClipSpec of every clip; a row's start/end override its window.
+    spec: the ClipSpec of every clip; a row's start/end override its window
+        (seconds from the file's start, as ClipSpec's).
     backend: ``"auto"`` (DALI on the GPU when ``device`` is CUDA and DALI is
         present, else PyAV), ``"pyav"``, ``"dali-cpu"`` or ``"dali-gpu"``.
     rank, world_size: shard explicitly; default from torch.distributed.

@@ -2,7 +2,8 @@
 
 One row per clip (JSON: one object per line, or one array of objects),
 with a ``path`` and optionally a ``caption`` and a time
-window ``start``/``end`` in seconds (``start_time``/``end_time``,
+window ``start``/``end`` in seconds from the file's start, as players and
+``ffmpeg -ss`` count and as ClipSpec's window (``start_time``/``end_time``,
 ``time_start``/``time_end`` and ``text`` are accepted as aliases; names are
 matched without regard to case or surrounding spaces)::
 

@@ -45,8 +45,10 @@ class ClipSpec:
         are faster torch filters (antialiased where torch supports it).
     start_time, end_time: optional window in seconds; only frames whose
         timestamp t satisfies ``start_time <= t < end_time`` count as the source
-        (``ClipInfo.timestamps``: in MPEG-TS/PS counted from the file's start,
-        whose clock starts anywhere, as players and ``ffmpeg -ss`` count).
+        (``ClipInfo.timestamps``: counted from the file's start in every
+        container, as players and ``ffmpeg -ss`` count, not on the
+        container's own clock, which an MPEG-TS capture or an MP4 cut with
+        ``-copyts`` starts anywhere).
     """
 
     num_frames: int
