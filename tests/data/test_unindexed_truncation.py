@@ -58,6 +58,19 @@ def test_a_y4m_cut_inside_a_frame_is_truncation(tmp_path, n, h, w, pix_fmt):
             _read_all(cut, n - 1)
 
 
+@pytest.mark.parametrize("keep", ["header", "header_without_line_end", "half_header"])
+def test_a_y4m_cut_back_to_its_header_is_truncation(tmp_path, keep):
+    """No FRAME at all: FFmpeg's open failed with a bare "Invalid argument"
+    where the header's line end was cut too, and the file read as a video
+    stream without frames where it was not."""
+    data = _write(tmp_path / "whole.y4m", "yuv4mpegpipe", "rawvideo", index_frames(2), "yuv420p")
+    header = data[: data.index(b"\n") + 1]
+    kept = {"header": header, "header_without_line_end": header[:-1], "half_header": header[:len(header) // 2]}
+    (tmp_path / "cut.y4m").write_bytes(kept[keep])
+    with pytest.raises(BadVideoError, match=r"truncated: the file ends (inside|after) its y4m header \(no frames\)"):
+        _read_all(tmp_path / "cut.y4m", 1)
+
+
 def test_a_y4m_cut_between_frames_reads(tmp_path):
     """A cut exactly between frames leaves a whole file of fewer frames: no
     header counts them, so nothing tells it from one written so."""

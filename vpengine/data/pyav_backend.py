@@ -26,7 +26,8 @@ stream_facts.StartWatch). A raw H.264/HEVC stream, with no timestamps to
 count by, is counted by one full decode. A file whose demuxed frames fall
 short of what its header declares (frame count, or the duration of a
 video-only file) is truncated, and raises (completeness.py); so is a y4m or
-GIF file that ends inside a frame or block (unindexed.py).
+GIF file that ends inside a frame or block, or a y4m file that ends inside
+or right after its header (unindexed.py).
 
 Footgun (toolchain notes): never touch a stream object after its container
 closed (reading ``average_rate`` then segfaulted), so everything is copied
@@ -47,7 +48,7 @@ from .file_cache import FileCache
 from .frame_sizes import TRACKED
 from .pyav_io import _av, _open, _wrap
 from .stream_facts import StartWatch, _orientation, _output_reorders, _size_varies, decoder_start, output_count
-from .unindexed import gif_shortfall, y4m_frame_bytes, y4m_shortfall
+from .unindexed import gif_shortfall, y4m_frame_bytes, y4m_no_frame, y4m_shortfall
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,8 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
                 short = asf_shortfall(path)
                 if short:  # FFmpeg's demuxer drops a cut file's declared duration: only its objects tell
                     raise BadVideoError(path, f"truncated: its ASF objects declare {short} bytes past the end of the file")
+            elif fmt == "yuv4mpegpipe" and (why := y4m_no_frame(path)):
+                raise BadVideoError(path, why)
             elif fmt == "yuv4mpegpipe" and (frame_bytes := y4m_frame_bytes(pixels)):
                 short = y4m_shortfall(path, frame_bytes)
                 if short:  # FFmpeg's demuxer drops a partial last frame without a word
@@ -329,6 +332,8 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     except BadVideoError:
         raise
     except Exception as e:  # av.error.* (InvalidDataError, ...), OSError, UnicodeDecodeError
+        if why := y4m_no_frame(path):  # FFmpeg's reason, EINVAL, names nothing
+            raise BadVideoError(path, why) from e
         raise _wrap(path, e, "cannot open as a video") from e
     st = os.stat(path)
     facts = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, index)

@@ -6,7 +6,8 @@ the containers that declare one).
   so every frame has a known byte count: a file cut short ends inside its
   last ``FRAME``. FFmpeg's demuxer drops that partial frame without a word,
   and the file read as a whole video of fewer frames. A cut exactly between
-  two frames leaves a whole (shorter) file: nothing tells it.
+  two frames leaves a whole (shorter) file: nothing tells it. A file cut
+  back to its header has no frame at all (``y4m_no_frame``).
 - ``gif_shortfall``: GIF. Its blocks (extensions, images) follow one another
   up to the trailer byte 0x3B, and each one's data comes in sub-blocks that
   end with an empty one: a file cut short ends inside a block, or between
@@ -42,6 +43,27 @@ def y4m_frame_bytes(pixels) -> int | None:
             return None
         planes[c.plane] = c.width * c.height * ((c.bits + 7) // 8)
     return sum(planes.values()) or None
+
+
+def y4m_no_frame(path: str) -> str | None:
+    """Why a y4m file holds no frame at all, or None (it has a ``FRAME``
+    line, or is no y4m). A file cut inside its header line fails FFmpeg's
+    open with a bare EINVAL ("Invalid argument"); one cut right after it
+    reads as a stream with no packets. Either is a file cut back to (part
+    of) its header: a y4m writer puts a frame after it at once."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_LINE_MAX + 1)
+    except OSError:
+        return None
+    if not head.startswith(b"YUV4MPEG2"):
+        return None
+    end = head.find(b"\n")
+    if end < 0:
+        return "truncated: the file ends inside its y4m header (no frames)" if len(head) < _LINE_MAX else None
+    if len(head) == end + 1:
+        return "truncated: the file ends after its y4m header (no frames)"
+    return None
 
 
 def y4m_shortfall(path: str, frame_bytes: int) -> int | None:
