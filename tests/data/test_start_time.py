@@ -78,6 +78,22 @@ def test_a_file_starting_at_0_keeps_its_times(tmp_path):
     assert info.timestamps == pytest.approx(_ffmpeg_times(path)) and info.timestamps[0] == 0.0
 
 
+def test_b_frame_delay_without_an_edit_list_is_not_a_late_start(tmp_path):
+    """An MP4 with B-frames and no edit list (``-use_editlist 0``; other
+    writers): its first frame shows at the reorder delay, 0.2 s here. With
+    the edit list FFmpeg writes, the times start at 0, the frames before
+    the cut of ``ffmpeg -ss X -c copy`` below 0 and discarded (see
+    test_unusual_files); without it the first frame is still at 0."""
+    src = encode_video(tmp_path / "src.mp4", index_frames(20), "libx264", fps=FPS)
+    bare = _remux_later(src, tmp_path / "bare.mp4", 0, {"use_editlist": "0"})
+    with av.open(bare) as c:
+        assert c.start_time == 200_000  # the reorder delay: 2 frames
+    frames, info = read_clip(bare, FIRST_SECOND, backend="pyav")
+    assert info.window == (0, FPS) and gray_index(frames) == list(range(FPS))
+    assert info.timestamps == pytest.approx([i / FPS for i in range(FPS)])
+    assert info.timestamps == pytest.approx(_ffmpeg_times(bare)[:FPS], abs=1e-6)
+
+
 def test_audio_starting_first_starts_the_file(tmp_path):
     """Video from 10 s, audio from 9 s: the file starts at 9 s, so its first
     frame is at 1 s, as players show it."""
