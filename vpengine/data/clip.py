@@ -44,6 +44,10 @@ class ClipInfo:
         frame is at 0 unless audio starts earlier; the clock of ClipSpec's
         window.
     frame_paddings: T floats, 1.0 where stride sampling repeated the last frame.
+    fps: the file's frame rate: FFmpeg's declared one (30000/1001 exactly)
+        where the frames' timestamps bear it out, else their mean rate, as
+        for a VFR file or an AVI with 1 ms ticks (see frame_rate.py); the
+        same for every backend.
     num_source_frames: frames in the whole file; window: the [i0, i1) range
         the clip was sampled from.
     source_size / size: (height, width) of the stored frames / of the clip.

@@ -45,6 +45,7 @@ from functools import cached_property
 from .completeness import asf_shortfall, check_complete, declared_extent, ebml_shortfall, riff_shortfall
 from .errors import BadVideoError, check_file
 from .file_cache import FileCache
+from .frame_rate import declared_rates, frame_rate
 from .frame_sizes import TRACKED
 from .pyav_io import _av, _open, _wrap
 from .stream_facts import StartWatch, _orientation, _output_reorders, _size_varies, decoder_start, output_count
@@ -59,7 +60,7 @@ class VideoProbe:
     pts: tuple[int, ...]  # display order
     keyframe_pts: tuple[int, ...]  # sorted
     time_base: Fraction
-    fps: float
+    fps: float  # declared, or the timestamps' mean rate where they belie it (frame_rate.py)
     height: int  # as stored; decoded frames are turned upright (see `orientation`)
     width: int
     codec: str  # FFmpeg's codec name ("h264", "av1"), not its decoder's ("libdav1d")
@@ -253,7 +254,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
             bit_depth = max((c.bits for c in pixels.components), default=0) if pixels is not None else 0
             paletted = pixels is not None and pixels.name == "pal8"
             tb = stream.time_base
-            rate = stream.average_rate or stream.guessed_rate
+            rates = declared_rates(stream.average_rate, stream.guessed_rate)
             declared = declared_extent(container, stream)
             fmt = container.format.name
             clock = _clock_start(container)
@@ -369,7 +370,7 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
         # the first frame at 0.
         clock = origin = min(pts) * tb
     if untimed:  # frame numbers: the time base is one frame
-        rate = 1 / (tick * tb) if tick and tb else rate or Fraction(25)
+        rate = 1 / (tick * tb) if tick and tb else (rates or [Fraction(25)])[0]
         tb = 1 / Fraction(rate)
     if tb is None:
         raise BadVideoError(path, "the video stream has no time base")
@@ -378,7 +379,8 @@ def _demux(path: str, _empty: frozenset[int] = frozenset()) -> VideoProbe:
     # packets: the decoder's output order tells which.
     in_order = pts == sorted(pts)
     pts.sort()
-    fps = float(rate) if rate else (len(pts) - 1) / max(float((pts[-1] - pts[0]) * tb), 1e-9)
+    # An untimed stream's numbers say nothing of its rate (frame_rate.py).
+    fps = float(rate) if untimed else frame_rate(rates, pts, Fraction(tb))
     check_complete(path, declared, demuxed, float(end * tb) if end_s is None else end_s, fps, float(origin))
     if cut:  # short of nothing the header declares, or declaring nothing (IVF, AVI within its slack)
         raise BadVideoError(path, "truncated: the last packet is cut short (the demuxer flags it corrupt)")
