@@ -155,8 +155,11 @@ def test_inference_path_equals_training_path():
 def test_compile_fullgraph(backend):
     """aot_eager traces through the fake impls and autograd as inductor does
     (inductor itself takes ~45 s on a 2-core CPU; the GPU test runs it)."""
-    qkv = make_qkv(1, 2, 5, 2, 16, torch.float32).requires_grad_(True)
-    pad = make_paddings(1, 2, "some")
+    qkv = make_qkv(2, 3, 5, 2, 16, torch.float32).requires_grad_(True)
+    # Kept frames beside padded ones: were every frame padded (as make_paddings(1, 2)
+    # makes), each row would be uniform and q and k get no gradient, so a compiled
+    # backward wrong in q or k would pass.
+    pad = make_paddings(2, 3, "some")
 
     def f(x, p):
         y = ops.spacetime_attention(x, "space", 2, frame_paddings=p)
