@@ -126,10 +126,17 @@ def test_fully_padded_rows_gradient(backend):
         assert g[..., : 2 * H * E].abs().max() == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("backend", ["ref", "triton", "cpu"])
-def test_opcheck(backend):
-    qkv = make_qkv(1, 2, 3, 1, 16, torch.float32).requires_grad_(True)
-    pad = make_paddings(1, 2, "some")
+def test_opcheck(backend, dtype):
+    """Fake impls against the kernels, autograd registration. In bf16 the
+    saved lse must still be fp32, as the fake impl says; kept frames beside
+    padded ones (two clips of three frames) so no row is all masked."""
+    if backend == "triton" and dtype == torch.bfloat16:
+        pytest.skip("bf16 tl.dot is wrong under the Triton interpreter (GPU tests cover it)")
+    qkv = make_qkv(2, 3, 3, 1, 16, dtype).requires_grad_(True)
+    pad = make_paddings(2, 3, "some")
+    assert 0 < pad.sum() < pad.numel()
     with ops.use_backend(backend):
         torch.library.opcheck(st._spacetime_attention_op, (qkv, "time", 1, 50.0, pad))
         torch.library.opcheck(st._spacetime_attention_op, (qkv, "space", 1, 0.0, None))
