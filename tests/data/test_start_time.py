@@ -15,7 +15,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from clip_facts import FPS, gray_index
+from clip_facts import FPS, gray_index, radl_segment
 from vpengine.data import BadVideoError, ClipLoader, ClipSpec, read_clip
 from vpengine.data.synthetic import encode_video, index_frames
 
@@ -155,16 +155,7 @@ def test_pictures_shown_before_the_first_packet_start_at_0(tmp_path, ext):
     before the IDR and follow it in decode order, and FFmpeg starts the
     stream at the IDR. They read at -0.2 and -0.1 s there, outside a window
     from 0; the first frame is at 0, as players show it."""
-    opts = {"x265-params": "log-level=error:open-gop=0:radl=2:keyint=8:min-keyint=8:bframes=3:scenecut=0:b-adapt=0"}
-    full = encode_video(tmp_path / f"full.{ext}", index_frames(34), "libx265", fps=FPS, codec_options=opts)
-    cut = str(tmp_path / f"segment.{ext}")
-    with av.open(full) as c, av.open(cut, "w") as o:
-        out = o.add_stream_from_template(c.streams.video[0])
-        packets = [p for p in c.demux(c.streams.video[0]) if p.size]
-        second_idr = [i for i, p in enumerate(packets) if p.is_keyframe][1]
-        for p in packets[second_idr:]:
-            p.stream = out
-            o.mux(p)
+    cut = radl_segment(tmp_path, ext)
     frames, info = read_clip(cut, ClipSpec(4, "stride", stride=1, size=None, start_time=0.0, end_time=0.4),
                              backend="pyav")
     assert info.window == (0, 4) and gray_index(frames) == [6, 7, 8, 9]  # the RADL pictures first

@@ -17,7 +17,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from clip_facts import FPS, gray_index
+from clip_facts import FPS, gray_index, radl_segment
 from vpengine.data import BadVideoError, ClipLoader, ClipSpec, pyav_backend, read_clip, read_manifest
 from vpengine.data.synthetic import encode_video, index_frames
 
@@ -174,16 +174,7 @@ def _same_frames_as_a_plain_decode(path):
 def test_an_hevc_segment_keeps_its_decodable_leading_pictures(tmp_path):
     """A segment cut at an IDR_W_RADL picture (x265 radl): its RADL pictures
     show before the IDR and decode from it alone. They are frames."""
-    opts = {"x265-params": "log-level=error:open-gop=0:radl=2:keyint=8:min-keyint=8:bframes=3:scenecut=0:b-adapt=0"}
-    full = encode_video(tmp_path / "full.mkv", index_frames(34), "libx265", fps=FPS, codec_options=opts)
-    cut = tmp_path / "segment.mkv"
-    with av.open(full) as c, av.open(str(cut), "w") as o:
-        out = o.add_stream_from_template(c.streams.video[0])
-        packets = [p for p in c.demux(c.streams.video[0]) if p.size]
-        second_idr = [i for i, p in enumerate(packets) if p.is_keyframe][1]
-        for p in packets[second_idr:]:
-            p.stream = out
-            o.mux(p)
+    cut = radl_segment(tmp_path, "mkv")
     probe = _same_frames_as_a_plain_decode(cut)
     assert probe.skipped_start == 0
 
